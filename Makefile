@@ -1,0 +1,43 @@
+# `make run` sets everything up on a fresh clone and runs the pipeline on bundled real data;
+# `make test` runs the whole suite. Both create the project virtualenv first if needed.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+export PYTHONUNBUFFERED := 1
+
+.PHONY: run test test-fast bench venv lock clean-state help
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+venv: $(STAMP)  ## create .venv with the pinned dependencies
+
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -r requirements.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@touch $@
+
+run: venv  ## run the pipeline (dvc repro) on the bundled real data and print the leaderboard
+	dvc repro
+	@echo
+	@alphaforge leaderboard
+
+test: venv  ## run the whole test suite (unit, data, model and end-to-end)
+	$(BIN)/python -m pytest -q
+
+test-fast: venv  ## the suite without the slow end-to-end tests
+	$(BIN)/python -m pytest -q -m "not slow and not e2e"
+
+bench: venv  ## run every benchmark; results land in benchmarks/results/
+	$(BIN)/python benchmarks/features.py --out benchmarks/results/features.json
+
+lock: venv  ## re-pin requirements.lock from the current environment
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^alphaforge' > requirements.lock
+
+clean-state:  ## remove local MLflow runs and pipeline outputs (keeps .venv)
+	rm -rf .alphaforge data/raw data/validated data/features data/predictions models/lightgbm models/run.json reports dvc.lock

@@ -1,0 +1,132 @@
+"""The ``alphaforge`` command: one subcommand per pipeline stage, plus helpers.
+
+``dvc repro`` runs the stages in order and skips what has not changed; each
+subcommand runs one stage by hand with the same code (``pipelines/<stage>.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(
+    help="alphaforge: market data in, validated, featured, walk-forward trained and honestly evaluated.\n\n"
+    "Run the whole pipeline with `dvc repro` (or `make run`); each command below runs one stage, "
+    "reading params.yaml from the current folder.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="the params file to read")
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """One line per event on stderr; quiet the chatty libraries."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+        stream=sys.stderr,
+        force=True,
+    )
+    for noisy in ("great_expectations", "alembic", "mlflow", "urllib3", "matplotlib", "numexpr", "git"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def run_stage_or_exit(name: str, params_path: Path) -> None:
+    """Run a stage; a data or configuration problem ends with its message and exit code 2, not a traceback."""
+    from alphaforge.config import ConfigError, load_params
+    from alphaforge.schema import DataError
+    from alphaforge.stages import run_stage
+
+    setup_logging()
+    try:
+        run_stage(name, load_params(params_path))
+    except (DataError, ConfigError) as err:
+        typer.secho(f"alphaforge {name}: failed\n{err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from err
+
+
+@app.command()
+def ingest(params: Path = ParamsOption) -> None:
+    """Read the source named by ingest.source into data/raw/bars.parquet (canonical long schema).
+
+    Sources: skfolio_sp500 (default), bokeh_stocks, arch_sp500, backtesting_goog, backtesting_eurusd, synthetic,
+    or file (your CSV/Parquet with timestamp, symbol, close and optionally open, high, low, volume, bid, ask,
+    bid_size, ask_size). ingest.start / ingest.end / ingest.symbols take a slice.
+    """
+    run_stage_or_exit("ingest", params)
+
+
+@app.command()
+def validate(params: Path = ParamsOption) -> None:
+    """Check the bars with a Great Expectations suite; fail, naming rule, column and rows, on bad data.
+
+    Writes reports/validation/result.json and index.html either way; only data that passes reaches
+    data/validated/bars.parquet, so nothing downstream runs on bad data.
+    """
+    run_stage_or_exit("validate", params)
+
+
+@app.command()
+def features(params: Path = ParamsOption) -> None:
+    """Compute indicators (past data only) and forward labels into data/features/dataset.parquet."""
+    run_stage_or_exit("features", params)
+
+
+@app.command()
+def train(params: Path = ParamsOption) -> None:
+    """Walk-forward LightGBM with purge and embargo; out-of-fold predictions, fold models, MLflow run."""
+    run_stage_or_exit("train", params)
+
+
+@app.command()
+def evaluate(params: Path = ParamsOption) -> None:
+    """Out-of-sample IC, accuracy and net-of-cost backtest of the model against naive baselines, with plots."""
+    run_stage_or_exit("evaluate", params)
+
+
+@app.command()
+def leaderboard(
+    metrics: Path = typer.Option(Path("reports/evaluate/leaderboard.txt"), help="the leaderboard the evaluate stage wrote"),
+) -> None:
+    """Print the latest out-of-sample leaderboard (model vs baselines)."""
+    if not metrics.exists():
+        typer.secho(f"{metrics} not found: run `dvc repro` (or `make run`) first", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    typer.echo(metrics.read_text().rstrip())
+
+
+@app.command()
+def sources() -> None:
+    """List the data sources ingest can read."""
+    from alphaforge.data.ingest import SOURCES
+
+    for name, description in SOURCES.items():
+        typer.echo(f"{name:20s} {description}")
+
+
+@app.command("show-params")
+def show_params(params: Path = ParamsOption) -> None:
+    """Print params.yaml as the stages see it, every default filled in (and checked)."""
+    from alphaforge.config import ConfigError, load_params
+
+    try:
+        loaded = load_params(params)
+    except ConfigError as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from err
+    typer.echo(json.dumps(loaded.model_dump(by_alias=True, mode="json"), indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
