@@ -1,6 +1,7 @@
 # `make run` sets everything up on a fresh clone and runs the pipeline on bundled real data;
 # `make test` runs the whole suite. Both create the project virtualenv first if needed.
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -17,9 +18,10 @@ venv: $(STAMP)  ## create .venv with the pinned dependencies
 
 $(STAMP): requirements.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements.lock
-	$(BIN)/python -m pip install --quiet --no-deps -e .
+	@echo "installing the pinned dependencies into $(VENV) (a few minutes the first time)"
+	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(BIN)/python -m pip install --quiet -r requirements.lock 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(BIN)/python -m pip install --quiet --no-deps -e . 2>&1 | { grep -v '^WARNING: Location' || true; }
 	@touch $@
 
 run: venv  ## run the pipeline (dvc repro) on the bundled real data and print the leaderboard

@@ -95,7 +95,7 @@ def ingest(params: Params) -> dict[str, Any]:
 def validate(params: Params) -> dict[str, Any]:
     """Run the expectation suite; on failure write the reports and raise, passing nothing downstream."""
     from alphaforge.data.ingest import write_parquet_atomic
-    from alphaforge.validate import ValidationFailed, validate_bars, write_report
+    from alphaforge.validate import validate_bars, write_report
 
     Paths.validated_bars.unlink(missing_ok=True)
     bars = pd.read_parquet(Paths.raw_bars)
@@ -110,8 +110,7 @@ def validate(params: Params) -> dict[str, Any]:
         "warnings": [r.rule for r in report.warnings],
     }
     write_json_atomic(summary, Paths.validation_summary)
-    if not report.success:
-        raise ValidationFailed(report)
+    report.raise_if_failed()
     for warning in report.warnings:
         log.warning("validate: warning %s on %s: %d rows", warning.rule, warning.column, warning.unexpected_count)
     write_parquet_atomic(bars, Paths.validated_bars)

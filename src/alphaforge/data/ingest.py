@@ -89,7 +89,7 @@ def _load_bokeh() -> pd.DataFrame:
             "open": raw["Open"] * ratio,
             "high": raw["High"] * ratio,
             "low": raw["Low"] * ratio,
-            "close": raw["Adj Close"],
+            "close": raw["Close"] * ratio,
             "volume": raw["Volume"] / ratio,
         }
     )
@@ -101,7 +101,7 @@ def _load_arch() -> pd.DataFrame:
 
     raw = sp500.load()
     ratio = raw["Adj Close"] / raw["Close"]
-    frame = raw[["Open", "High", "Low", "Volume"]].mul(ratio, axis=0).assign(Close=raw["Adj Close"])
+    frame = raw[["Open", "High", "Low", "Close"]].mul(ratio, axis=0)
     frame["Volume"] = raw["Volume"]
     return _from_wide_ohlcv(frame, "SPX")
 

@@ -1,0 +1,752 @@
+"""Technical features and forward-looking labels, vectorised across all symbols at once.
+
+Everything is counted in bars of each symbol (not calendar time). The bars (canonical
+long schema, sorted by symbol then timestamp) are laid out as a symbols x bars panel
+(NaN past each symbol's last bar), and every indicator is a whole-panel NumPy/SciPy
+operation along the time axis: shifts, block-wise cumulative sums, IIR filters for
+the exponential averages, and running max/min filters. No Python loop over symbols,
+no pandas groupby-rolling (the plain pandas reference lives in
+``benchmarks/feature_reference.py``; the tests hold the two to 1e-9).
+
+**Causality.** The features of bar ``t`` depend only on that symbol's bars ``<= t``;
+the cross-sectional ranks use only the rows at timestamp ``t``. Each panel row is
+computed from its own past only, so results do not even change in the last bit when
+later bars are cut off (the tests check this for every feature).
+
+Definitions (``p`` is a bar's position within its symbol; a window that is not yet
+full gives NaN):
+
+* ``log_return_{h}`` = log(close[p] / close[p-h]).
+* ``sma_ratio_{w}`` = close / SMA_w(close) - 1; ``ema_ratio_{w}`` = close / EMA_w(close) - 1,
+  where EMA_w is pandas' ``ewm(span=w, adjust=False)`` (starts at the first close,
+  NaN for the first w-1 bars).
+* ``rsi`` (0..100, Wilder): average gain and loss start at bar ``n`` as the simple mean of
+  the first ``n`` one-bar changes, then ``avg += (x - avg) / n``;
+  ``rsi = 100 * gain / (gain + loss)``, and **50 when there was no movement** (0/0).
+* ``macd`` = (EMA_fast - EMA_slow) / close; ``macd_signal`` = EMA_signal of the raw MACD line
+  (started at its first value) / close; ``macd_hist`` = macd - macd_signal.
+* ``bollinger_position`` = (close - SMA_w) / (k * std_w) with the population std (ddof=0);
+  **0 on a flat window** (std 0).
+* ``volatility_{w}``: sample std (ddof=1) of the last ``w`` one-bar log returns (0 when
+  they are all equal, e.g. a symbol that did not trade).
+* ``atr_ratio`` = ATR / close; true range needs the previous close (NaN on a symbol's
+  first bar); ATR is Wilder-smoothed like the RSI averages. Needs high, low.
+* ``stochastic_k`` = (close - lowest low) / (highest high - lowest low) over ``n`` bars,
+  in 0..1, **0.5 when highest high == lowest low**; ``stochastic_d`` = its ``smooth``-bar
+  mean. Needs high, low.
+* ``volume_ratio`` = volume / mean volume over ``w`` bars; ``log_dollar_volume`` =
+  log(mean of close * volume over ``w`` bars). Both **NaN when the window has no volume**.
+* ``spread`` = (ask - bid) / mid (NaN when mid is 0); ``order_imbalance`` =
+  (bid_size - ask_size) / (bid_size + ask_size), **0 when both sizes are 0**.
+* ``day_of_week`` (Monday 0), ``month`` (1..12) in UTC; ``hour`` (UTC) only for intraday
+  data (median gap between a symbol's consecutive bars under one day).
+* ``{name}_cs_rank``: percentile rank (ties averaged, pandas ``rank(pct=True)``) of a feature
+  among the symbols at the same timestamp; only when the data has more than one symbol.
+
+Rolling sums are cumulative sums restarted every block of bars and taken relative to
+the block's first value, so they neither drift with a series' length nor cancel
+catastrophically in the variance (see :class:`_Rolling`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from scipy.ndimage import maximum_filter1d, minimum_filter1d
+from scipy.signal import lfilter
+
+from alphaforge.schema import KEY_COLUMNS, NUMERIC_COLUMNS, DataError
+
+log = logging.getLogger(__name__)
+
+FEATURE_VERSION: str = "1"
+LABEL_COLUMNS: tuple[str, ...] = ("forward_return", "forward_direction", "forward_volatility", "forward_return_1")
+
+# Panel cells (symbols x bars) computed at once; bounds memory, not results.
+_PANEL_CELL_BUDGET: int = 1 << 20
+# Rolling sums restart every _MIN_BLOCK bars (or the largest window, if longer).
+_MIN_BLOCK: int = 128
+_NANOS_PER_DAY: int = 86_400_000_000_000
+_NANOS_PER_HOUR: int = 3_600_000_000_000
+
+
+class FeatureParams(BaseModel):
+    """Windows (in bars) and switches of the feature set; the defaults are the usual textbook ones."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    return_horizons: tuple[int, ...] = Field((1, 5, 10, 20), min_length=1)
+    ma_windows: tuple[int, ...] = (5, 10, 20, 50)
+    rsi_window: int = Field(14, ge=1)
+    macd_fast: int = Field(12, ge=1)
+    macd_slow: int = Field(26, ge=2)
+    macd_signal: int = Field(9, ge=1)
+    bollinger_window: int = Field(20, ge=2)
+    bollinger_k: float = Field(2.0, gt=0.0)
+    atr_window: int = Field(14, ge=1)
+    stochastic_window: int = Field(14, ge=1)
+    stochastic_smooth: int = Field(3, ge=1)
+    volatility_windows: tuple[int, ...] = (5, 20)
+    volume_window: int = Field(20, ge=1)
+    calendar: bool = True
+    cross_sectional_ranks: tuple[str, ...] = ("log_return_5", "log_return_20", "volatility_20")
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureParams:
+        for name, windows, least in (
+            ("return_horizons", self.return_horizons, 1),
+            ("ma_windows", self.ma_windows, 1),
+            ("volatility_windows", self.volatility_windows, 2),
+        ):
+            if any(w < least for w in windows):
+                raise ValueError(f"features.{name}: every window must be >= {least} bars, got {windows}")
+            if len(set(windows)) != len(windows):
+                raise ValueError(f"features.{name}: windows must be distinct, got {windows}")
+        if self.macd_fast >= self.macd_slow:
+            raise ValueError(f"features.macd_fast ({self.macd_fast}) must be < macd_slow ({self.macd_slow})")
+        possible = set(_plan(self, all_columns=True, multi_symbol=False, intraday=True)[0])
+        unknown = [name for name in self.cross_sectional_ranks if name not in possible]
+        if unknown:
+            raise ValueError(
+                f"features.cross_sectional_ranks: {unknown} are not features of this configuration; "
+                f"choose from {sorted(possible)}"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Which features exist for which data
+# --------------------------------------------------------------------------------------------
+
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "atr": ("high", "low"),
+    "stochastic": ("high", "low"),
+    "volume": ("volume",),
+    "spread": ("bid", "ask"),
+    "order_imbalance": ("bid_size", "ask_size"),
+}
+
+
+_GROUP_NAMES: dict[str, tuple[str, ...]] = {
+    "atr": ("atr_ratio",),
+    "stochastic": ("stochastic_k", "stochastic_d"),
+    "volume": ("volume_ratio", "log_dollar_volume"),
+    "spread": ("spread",),
+    "order_imbalance": ("order_imbalance",),
+}
+
+
+def _plan(
+    params: FeatureParams, *, columns: set[str] | None = None, all_columns: bool = False,
+    multi_symbol: bool, intraday: bool,
+) -> tuple[list[str], list[str]]:
+    """The feature names for data with ``columns``, in output order, and log lines for the skipped ones."""
+    present = set(NUMERIC_COLUMNS) if all_columns else (columns or set())
+    names = [f"log_return_{h}" for h in params.return_horizons]
+    names += [f"sma_ratio_{w}" for w in params.ma_windows]
+    names += [f"ema_ratio_{w}" for w in params.ma_windows]
+    names += ["rsi", "macd", "macd_signal", "macd_hist", "bollinger_position"]
+    names += [f"volatility_{w}" for w in params.volatility_windows]
+    skipped: list[str] = []
+    for group, needed in _NEEDS.items():
+        missing = [c for c in needed if c not in present]
+        if missing:
+            skipped.append(
+                f"features: skipping {', '.join(_GROUP_NAMES[group])}: the bars have no "
+                f"{', '.join(repr(c) for c in missing)} column"
+            )
+        else:
+            names += _GROUP_NAMES[group]
+    if params.calendar:
+        names += ["day_of_week", "month"] + (["hour"] if intraday else [])
+    if multi_symbol:
+        for name in params.cross_sectional_ranks:
+            if name in names:
+                names.append(f"{name}_cs_rank")
+            else:
+                skipped.append(f"features: skipping {name}_cs_rank: {name} is not computed for these bars")
+    return names, skipped
+
+
+# --------------------------------------------------------------------------------------------
+# Input checks and the symbols x bars layout
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """Where each symbol's contiguous run of rows starts, and how long it is."""
+
+    starts: np.ndarray
+    lengths: np.ndarray
+    timestamps_ns: np.ndarray
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.lengths.sum())
+
+
+def _timestamps_ns(bars: pd.DataFrame, caller: str) -> np.ndarray:
+    column = bars["timestamp"]
+    if not pd.api.types.is_datetime64_any_dtype(column.dtype):
+        raise DataError(f"{caller}: column 'timestamp' must be datetime64 (UTC), got dtype {column.dtype}")
+    index = pd.DatetimeIndex(column)
+    if index.tz is not None:
+        index = index.tz_convert("UTC").tz_localize(None)
+    if index.hasnans:
+        row = int(np.flatnonzero(index.isna())[0])
+        raise DataError(f"{caller}: column 'timestamp', row {row}: missing timestamp")
+    return index.as_unit("ns").asi8
+
+
+def _check_bars(bars: pd.DataFrame, caller: str, *, close_only: bool = False) -> _Groups:
+    """Verify the schema promises the features rely on; raise :class:`DataError` naming row and rule."""
+    missing = [c for c in ("timestamp", "symbol", "close") if c not in bars.columns]
+    if missing:
+        raise DataError(f"{caller}: the bars lack required column(s) {missing}")
+    if len(bars) == 0:
+        raise DataError(f"{caller}: the bars have no rows")
+    timestamps = _timestamps_ns(bars, caller)
+    symbol_values = bars["symbol"].to_numpy()
+    codes, uniques = pd.factorize(symbol_values, use_na_sentinel=True)
+    if (codes < 0).any():
+        row = int(np.flatnonzero(codes < 0)[0])
+        raise DataError(f"{caller}: column 'symbol', row {row}: missing symbol")
+    order_hint = "sort with bars.sort_values(['symbol', 'timestamp'], kind='stable')"
+    backwards = np.flatnonzero(np.diff(codes) < 0)
+    names = np.asarray(uniques, dtype=object)
+    unsorted_names = np.flatnonzero(~(names[:-1] < names[1:])) + 1
+    if backwards.size or unsorted_names.size:
+        if backwards.size:
+            row = int(backwards[0]) + 1
+        else:
+            row = int(np.flatnonzero(codes == unsorted_names[0])[0])
+        raise DataError(
+            f"{caller}: rule sorted_by_symbol_then_time: row {row} (symbol {symbol_values[row]!r}) comes after "
+            f"symbol {symbol_values[row - 1]!r}; {order_hint}"
+        )
+    same_symbol = codes[1:] == codes[:-1]
+    not_forward = np.flatnonzero(same_symbol & (timestamps[1:] <= timestamps[:-1]))
+    if not_forward.size:
+        row = int(not_forward[0]) + 1
+        rule = "duplicate timestamp" if timestamps[row] == timestamps[row - 1] else "time goes backwards"
+        raise DataError(
+            f"{caller}: rule sorted_by_symbol_then_time: row {row} (symbol {symbol_values[row]!r}, timestamp "
+            f"{pd.Timestamp(timestamps[row], tz='UTC')}) is not after row {row - 1} ({rule}); {order_hint}"
+        )
+    _check_numeric(bars, "close", caller, positive=True, allow_nan=False)
+    for column in () if close_only else ("high", "low"):
+        if column in bars.columns:
+            _check_numeric(bars, column, caller, positive=True, allow_nan=False)
+    if "volume" in bars.columns and not close_only:
+        _check_numeric(bars, "volume", caller, positive=False, allow_nan=False)
+    for column in () if close_only else ("bid", "ask", "bid_size", "ask_size"):
+        if column in bars.columns:
+            _check_numeric(bars, column, caller, positive=False, allow_nan=True)
+    boundaries = np.flatnonzero(~same_symbol) + 1
+    starts = np.concatenate(([0], boundaries)).astype(np.int64)
+    lengths = np.diff(np.concatenate((starts, [len(bars)])))
+    return _Groups(starts=starts, lengths=lengths, timestamps_ns=timestamps)
+
+
+def _check_numeric(bars: pd.DataFrame, column: str, caller: str, *, positive: bool, allow_nan: bool) -> None:
+    try:
+        values = bars[column].to_numpy(dtype=np.float64, na_value=np.nan)
+    except (TypeError, ValueError) as err:
+        raise DataError(f"{caller}: column {column!r} is not numeric (dtype {bars[column].dtype}): {err}") from err
+    bad = np.isinf(values) if allow_nan else ~np.isfinite(values)
+    if positive:
+        bad |= values <= 0
+    elif not allow_nan:
+        bad |= values < 0
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        rule = "must be finite and > 0" if positive else ("must not be infinite" if allow_nan else "must be finite and >= 0")
+        raise DataError(f"{caller}: column {column!r}, row {row}: value {values[row]!r} {rule}")
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A run of consecutive symbols laid out as a (symbols, bars) panel, NaN past each symbol's end."""
+
+    row_lo: int
+    row_hi: int
+    lengths: np.ndarray
+
+    @property
+    def width(self) -> int:
+        return int(self.lengths.max())
+
+    @property
+    def rectangular(self) -> bool:
+        return bool((self.lengths == self.lengths[0]).all())
+
+    def panel(self, values: np.ndarray) -> np.ndarray:
+        part = values[self.row_lo:self.row_hi]
+        if self.rectangular:
+            return np.array(part, dtype=np.float64).reshape(len(self.lengths), self.width)
+        out = np.full((len(self.lengths), self.width), np.nan)
+        out[self._inside()] = part
+        return out
+
+    def long(self, panel: np.ndarray) -> np.ndarray:
+        if self.rectangular:
+            return panel.reshape(-1)
+        return panel[self._inside()]
+
+    def _inside(self) -> np.ndarray:
+        return np.arange(self.width)[None, :] < self.lengths[:, None]
+
+
+def _chunks(groups: _Groups) -> Iterator[_Chunk]:
+    """Consecutive symbols, grouped so that each panel stays within the cell budget.
+
+    The loop only partitions the symbols; all arithmetic happens on whole panels.
+    """
+    lengths = groups.lengths.tolist()
+    first = 0
+    widest = 0
+    for index, length in enumerate(lengths):
+        widest_with = max(widest, length)
+        if index > first and widest_with * (index - first + 1) > _PANEL_CELL_BUDGET:
+            yield _make_chunk(groups, first, index)
+            first, widest_with = index, length
+        widest = widest_with
+    yield _make_chunk(groups, first, len(lengths))
+
+
+def _make_chunk(groups: _Groups, first: int, stop: int) -> _Chunk:
+    row_lo = int(groups.starts[first])
+    lengths = groups.lengths[first:stop]
+    return _Chunk(row_lo=row_lo, row_hi=row_lo + int(lengths.sum()), lengths=lengths)
+
+
+# --------------------------------------------------------------------------------------------
+# Panel primitives (time runs along axis 1; each row is one symbol)
+# --------------------------------------------------------------------------------------------
+
+
+def _lag(x: np.ndarray, lag: int) -> np.ndarray:
+    """``x`` shifted ``lag`` bars later within each row (NaN where there is no earlier bar)."""
+    out = np.full_like(x, np.nan)
+    if lag < x.shape[1]:
+        out[:, lag:] = x[:, : x.shape[1] - lag]
+    return out
+
+
+def _mask_before(x: np.ndarray, first_valid: int) -> np.ndarray:
+    """Set the first ``first_valid`` bars of every row to NaN (window not yet full), in place."""
+    x[:, : max(first_valid, 0)] = np.nan
+    return x
+
+
+def _window_count(flags: np.ndarray, window: int) -> np.ndarray:
+    """How many of the last ``window`` bars (including this one) are flagged; exact (integer sums)."""
+    counts = np.cumsum(flags, axis=1, dtype=np.int64)
+    if window < counts.shape[1]:
+        counts[:, window:] = counts[:, window:] - counts[:, :-window].copy()
+    return counts
+
+
+class _Rolling:
+    """Precise O(n) rolling sums of one panel series, for every window up to ``max_window``.
+
+    The time axis is cut into blocks of ``block >= max_window`` bars. Within a block the
+    values are taken relative to the block's first value (its anchor) and summed
+    cumulatively, restarting at each block, so no sum runs over more than one block
+    (no drift with the series' length) and the values summed are deviations from a
+    nearby level (no catastrophic cancellation in ``sum(x**2) - sum(x)**2 / w`` when the
+    level is far from 0, e.g. prices). A window that straddles two blocks adds the tail
+    of the previous block, re-expressed around the current anchor exactly.
+    The first ``first_valid`` bars of ``x`` may be NaN (e.g. returns); windows that reach
+    them are NaN.
+    """
+
+    def __init__(self, x: np.ndarray, max_window: int, *, first_valid: int = 0, second_moment: bool = False) -> None:
+        self.n_symbols, self.width = x.shape
+        self.first_valid = first_valid
+        self.block = max(_MIN_BLOCK, max_window)
+        self._source = x
+        n_blocks = -(-self.width // self.block)
+        padded = np.full((self.n_symbols, n_blocks * self.block), np.nan)
+        padded[:, : self.width] = x
+        if 0 < first_valid < self.width:
+            padded[:, :first_valid] = padded[:, first_valid : first_valid + 1]
+        blocks = padded.reshape(self.n_symbols, n_blocks, self.block)
+        self.anchor = blocks[:, :, :1].copy()
+        deviations = blocks - self.anchor
+        self.sum1 = np.cumsum(deviations, axis=2)
+        self.sum2 = np.cumsum(np.square(deviations), axis=2) if second_moment else None
+        self._means: dict[int, np.ndarray] = {}
+
+    def _window_sums(self, window: int, cumulative: np.ndarray, first: np.ndarray | None) -> np.ndarray:
+        """Sum over the last ``window`` bars of the block-relative values (or, with ``first``, their squares)."""
+        block = self.block
+        out = np.empty_like(cumulative)
+        out[:, :, window:] = cumulative[:, :, window:] - cumulative[:, :, :-window]
+        out[:, :, window - 1] = cumulative[:, :, window - 1]
+        if window > 1:
+            straddle = window - 1  # positions 0..window-2 of a block reach into the previous block
+            # tail of the previous block, around the previous anchor
+            tail = cumulative[:, :-1, block - 1 : block] - cumulative[:, :-1, block - window : block - 1]
+            shift = self.anchor[:, :-1] - self.anchor[:, 1:]  # previous anchor - current anchor
+            count = np.arange(straddle, 0, -1, dtype=np.float64)  # bars taken from the previous block
+            if first is None:
+                tail = tail + count * shift
+            else:
+                first_tail = self.sum1[:, :-1, block - 1 : block] - self.sum1[:, :-1, block - window : block - 1]
+                tail = tail + 2.0 * shift * first_tail + count * np.square(shift)
+            out[:, 1:, :straddle] = cumulative[:, 1:, :straddle] + tail
+            out[:, 0, :straddle] = np.nan
+        return out
+
+    def _valid(self, values: np.ndarray, window: int) -> np.ndarray:
+        flat = values.reshape(self.n_symbols, -1)[:, : self.width]
+        return _mask_before(np.ascontiguousarray(flat), self.first_valid + window - 1)
+
+    def mean(self, window: int) -> np.ndarray:
+        """Rolling mean over ``window`` bars (NaN until the window is full)."""
+        if window not in self._means:
+            sums = self._window_sums(window, self.sum1, None)
+            self._means[window] = self._valid(self.anchor + sums / window, window)
+        return self._means[window]
+
+    def std(self, window: int, ddof: int) -> np.ndarray:
+        """Rolling standard deviation (``ddof`` 0 or 1), exactly 0 on a window of equal values."""
+        if self.sum2 is None:
+            raise RuntimeError("_Rolling.std needs second_moment=True")
+        if window - ddof <= 0:
+            return np.full((self.n_symbols, self.width), np.nan)
+        sum1 = self._window_sums(window, self.sum1, None)
+        sum2 = self._window_sums(window, self.sum2, self.sum1)
+        squares = sum2 - np.square(sum1) / window
+        variance = np.maximum(squares, 0.0) / (window - ddof)
+        std = self._valid(np.sqrt(variance), window)
+        std[self.is_constant(window)] = 0.0
+        return std
+
+    def is_constant(self, window: int) -> np.ndarray:
+        """Whether the last ``window`` values are all equal (exact comparison, not a tolerance)."""
+        changes = np.zeros(self._source.shape, dtype=bool)
+        np.not_equal(self._source[:, 1:], self._source[:, :-1], out=changes[:, 1:])
+        # pairs inside a window of `window` bars: the last window-1 changes
+        constant = _window_count(changes, window - 1) == 0 if window > 1 else np.ones_like(changes)
+        constant[:, : self.first_valid + window - 1] = False
+        return constant
+
+
+def _exponential_average(first: np.ndarray, rest: np.ndarray, alpha: float) -> np.ndarray:
+    """``y[0] = first``, ``y[i] = (1 - alpha) * y[i-1] + alpha * rest[i-1]`` along each row (an IIR filter)."""
+    out = np.empty((first.shape[0], rest.shape[1] + 1))
+    out[:, 0] = first
+    if rest.shape[1]:
+        zi = ((1.0 - alpha) * first)[:, None]
+        out[:, 1:], _ = lfilter([alpha], [1.0, alpha - 1.0], rest, axis=1, zi=zi)
+    return out
+
+
+def _ema(x: np.ndarray, span: int, start: int = 0) -> np.ndarray:
+    """pandas ``ewm(span=span, adjust=False, min_periods=span)`` of a row series whose values begin at ``start``."""
+    out = np.full_like(x, np.nan)
+    if start < x.shape[1]:
+        out[:, start:] = _exponential_average(x[:, start], x[:, start + 1 :], 2.0 / (span + 1.0))
+    return _mask_before(out, start + span - 1)
+
+
+def _wilder(x: np.ndarray, window: int) -> np.ndarray:
+    """Wilder's smoothing of a series that starts at bar 1: mean of bars 1..n at bar n, then alpha = 1/n."""
+    out = np.full_like(x, np.nan)
+    if window < x.shape[1]:
+        seed = x[:, 1 : window + 1].mean(axis=1)
+        out[:, window:] = _exponential_average(seed, x[:, window + 1 :], 1.0 / window)
+    return out
+
+
+def _safe_divide(numerator: np.ndarray, denominator: np.ndarray, where_zero: float) -> np.ndarray:
+    """numerator / denominator, with ``where_zero`` where the denominator is 0 (no inf, no warning)."""
+    zero = denominator == 0
+    out = numerator / np.where(zero, 1.0, denominator)
+    out[zero] = where_zero
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# The features of one panel
+# --------------------------------------------------------------------------------------------
+
+
+def _panel_features(
+    panel: Callable[[str], np.ndarray], params: FeatureParams, names: set[str]
+) -> dict[str, np.ndarray]:
+    """Every per-symbol time-series feature in ``names`` for one chunk of symbols."""
+    out: dict[str, np.ndarray] = {}
+    close = panel("close")
+    log_close = np.log(close)
+    for horizon in params.return_horizons:
+        out[f"log_return_{horizon}"] = log_close - _lag(log_close, horizon)
+    returns = out.get("log_return_1")
+    if returns is None:
+        returns = log_close - _lag(log_close, 1)
+
+    close_windows = [*params.ma_windows, params.bollinger_window]
+    close_rolling = _Rolling(close, max(close_windows), second_moment=True)
+    for window in params.ma_windows:
+        out[f"sma_ratio_{window}"] = close / close_rolling.mean(window) - 1.0
+    for window in params.ma_windows:
+        out[f"ema_ratio_{window}"] = close / _ema(close, window) - 1.0
+
+    change = close - _lag(close, 1)
+    gain = _wilder(np.maximum(change, 0.0), params.rsi_window)
+    loss = _wilder(np.maximum(-change, 0.0), params.rsi_window)
+    out["rsi"] = _safe_divide(100.0 * gain, gain + loss, where_zero=50.0)
+
+    macd_line = _ema(close, params.macd_fast) - _ema(close, params.macd_slow)
+    signal = _ema(macd_line, params.macd_signal, start=params.macd_slow - 1)
+    out["macd"] = macd_line / close
+    out["macd_signal"] = signal / close
+    out["macd_hist"] = (macd_line - signal) / close
+
+    middle = close_rolling.mean(params.bollinger_window)
+    band = params.bollinger_k * close_rolling.std(params.bollinger_window, ddof=0)
+    out["bollinger_position"] = _safe_divide(close - middle, band, where_zero=0.0)
+
+    return_rolling = _Rolling(returns, max(params.volatility_windows), first_valid=1, second_moment=True)
+    for window in params.volatility_windows:
+        out[f"volatility_{window}"] = return_rolling.std(window, ddof=1)
+
+    if "atr_ratio" in names:
+        high, low = panel("high"), panel("low")
+        previous_close = _lag(close, 1)
+        true_range = np.maximum(high - low, np.maximum(np.abs(high - previous_close), np.abs(low - previous_close)))
+        out["atr_ratio"] = _wilder(true_range, params.atr_window) / close
+    if "stochastic_k" in names:
+        high, low = panel("high"), panel("low")
+        window = params.stochastic_window
+        origin = (window - 1) // 2  # makes the centred scipy window the trailing one
+        highest = maximum_filter1d(high, window, axis=1, origin=origin)
+        lowest = minimum_filter1d(low, window, axis=1, origin=origin)
+        stochastic_k = _mask_before(_safe_divide(close - lowest, highest - lowest, where_zero=0.5), window - 1)
+        out["stochastic_k"] = stochastic_k
+        smooth = _Rolling(stochastic_k, params.stochastic_smooth, first_valid=window - 1)
+        out["stochastic_d"] = smooth.mean(params.stochastic_smooth)
+    if "volume_ratio" in names:
+        volume = panel("volume")
+        window = params.volume_window
+        traded = _window_count(volume > 0, window) > 0  # exact: float sums of zeros may not be exactly 0
+        mean_volume = _Rolling(volume, window).mean(window)
+        usable = traded & (mean_volume > 0)
+        out["volume_ratio"] = np.where(usable, volume / np.where(usable, mean_volume, 1.0), np.nan)
+        dollar = _Rolling(close * volume, window).mean(window)
+        usable = traded & (dollar > 0)
+        out["log_dollar_volume"] = np.where(usable, np.log(np.where(usable, dollar, 1.0)), np.nan)
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# Features computed on the long rows directly
+# --------------------------------------------------------------------------------------------
+
+
+def _is_intraday(groups: _Groups) -> bool:
+    """Whether the median gap between a symbol's consecutive bars is under one day."""
+    gaps = np.diff(groups.timestamps_ns)
+    gaps[groups.starts[1:] - 1] = 0  # a gap across two symbols is no gap
+    gaps = gaps[gaps > 0]
+    return bool(gaps.size) and float(np.median(gaps)) < _NANOS_PER_DAY
+
+
+def _calendar(timestamps: _TimestampGrid, intraday: bool) -> dict[str, np.ndarray]:
+    """Day of week (Monday 0), month (1..12) and, for intraday data, hour, all in UTC."""
+    unique_ns = timestamps.uniques_ns
+    days = unique_ns // _NANOS_PER_DAY
+    months = unique_ns.view("datetime64[ns]").astype("datetime64[M]").astype(np.int64)
+    per_timestamp = {
+        "day_of_week": ((days + 3) % 7).astype(np.float64),  # 1970-01-01 was a Thursday
+        "month": (months % 12 + 1).astype(np.float64),
+    }
+    if intraday:
+        per_timestamp["hour"] = ((unique_ns // _NANOS_PER_HOUR) % 24).astype(np.float64)
+    return {name: values[timestamps.codes] for name, values in per_timestamp.items()}
+
+
+@dataclass(frozen=True)
+class _TimestampGrid:
+    """Rows grouped by timestamp: each row's timestamp number and its cell in a (timestamps, slots) grid."""
+
+    uniques_ns: np.ndarray
+    codes: np.ndarray
+    cells: np.ndarray
+    width: int
+
+    @classmethod
+    def build(cls, timestamps_ns: np.ndarray) -> _TimestampGrid:
+        codes, uniques = pd.factorize(timestamps_ns)
+        order = np.argsort(codes, kind="stable")
+        counts = np.bincount(codes, minlength=len(uniques))
+        starts = np.cumsum(counts) - counts
+        slots = np.empty(len(codes), dtype=np.int64)
+        slots[order] = np.arange(len(codes)) - starts[codes[order]]
+        width = int(counts.max())
+        return cls(uniques_ns=np.asarray(uniques), codes=codes, cells=codes.astype(np.int64) * width + slots, width=width)
+
+
+def _cross_sectional_pct_rank(values: np.ndarray, timestamps: _TimestampGrid) -> np.ndarray:
+    """pandas ``groupby(timestamp).rank(pct=True)``: average rank of ties / number of non-NaN values.
+
+    The rows at each timestamp are sorted at once as a (timestamps, slots) grid. Sorting
+    plain integer keys is several times faster than ``argsort``, so each value becomes an
+    order-preserving integer with its slot packed into the low bits. Values that differ
+    only in those dropped low bits could come out of order; such grid rows are detected
+    and re-sorted with ``argsort``, so the result is exact either way.
+    """
+    n_times, width, cells = len(timestamps.uniques_ns), timestamps.width, timestamps.cells
+    grid = np.full(n_times * width, np.nan)
+    grid[cells] = values
+    grid = grid.reshape(n_times, width)
+    count = (~np.isnan(grid)).sum(axis=1)
+    slot_bits = max(1, (width - 1).bit_length())
+    keys = (grid + 0.0).view(np.int64)  # + 0.0 turns -0.0 into 0.0, which must tie with it
+    keys ^= (keys >> 63) & np.int64(0x7FFF_FFFF_FFFF_FFFF)  # IEEE bits -> monotone int64
+    keys[np.isnan(grid)] = np.iinfo(np.int64).max  # NaN last
+    keys >>= slot_bits
+    keys <<= slot_bits
+    keys |= np.arange(width, dtype=np.int64)
+    keys.sort(axis=1)
+    keys &= np.int64((1 << slot_bits) - 1)
+    order = keys  # the slot at each sorted position
+    row_start = (np.arange(n_times, dtype=np.int64) * width)[:, None]
+    ordered = grid.ravel()[order + row_start]
+    misordered = np.flatnonzero((ordered[:, 1:] < ordered[:, :-1]).any(axis=1))
+    if misordered.size:
+        order[misordered] = np.argsort(grid[misordered], axis=1, kind="stable")
+        ordered[misordered] = np.take_along_axis(grid[misordered], order[misordered], axis=1)
+
+    position = np.arange(width, dtype=np.float64)
+    pct = np.empty(grid.shape)
+    pct[:] = position + 1.0
+    tied = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
+    if tied.size:  # average rank over each run of equal values
+        run = ordered[tied]
+        run_start = np.ones(run.shape, dtype=bool)
+        run_start[:, 1:] = run[:, 1:] != run[:, :-1]
+        run_end = np.ones(run.shape, dtype=bool)
+        run_end[:, :-1] = run_start[:, 1:]
+        first = np.maximum.accumulate(np.where(run_start, position, 0.0), axis=1)
+        last = np.minimum.accumulate(np.where(run_end, position, width - 1.0)[:, ::-1], axis=1)[:, ::-1]
+        pct[tied] = (first + last) / 2.0 + 1.0
+    pct /= np.maximum(count, 1)[:, None]
+    pct[position[None, :] >= count[:, None]] = np.nan  # the NaN values, sorted last
+    ranked = np.empty(n_times * width)
+    ranked[order + row_start] = pct
+    return ranked[cells]
+
+
+# --------------------------------------------------------------------------------------------
+# Public API
+# --------------------------------------------------------------------------------------------
+
+
+def compute_features(bars: pd.DataFrame, params: FeatureParams) -> pd.DataFrame:
+    """All features of ``bars``, one row per bar (same index and order), float64.
+
+    ``bars`` must be in the canonical long schema sorted by (symbol, timestamp), with
+    finite positive close (and high/low when present) and finite non-negative volume;
+    otherwise :class:`DataError` names the row and the rule. Features whose input
+    columns are absent are skipped with one INFO log line each.
+    """
+    groups = _check_bars(bars, "compute_features")
+    columns = set(bars.columns)
+    multi_symbol = len(groups.starts) > 1
+    intraday = params.calendar and _is_intraday(groups)
+    names, skipped = _plan(params, columns=columns, multi_symbol=multi_symbol, intraday=intraday)
+    for line in skipped:
+        log.info(line)
+    values = np.empty((len(names), groups.n_rows))
+    slot = {name: i for i, name in enumerate(names)}
+    name_set = set(names)
+
+    long_columns = {
+        c: bars[c].to_numpy(dtype=np.float64, na_value=np.nan)
+        for c in ("close", "high", "low", "volume")
+        if c in columns
+    }
+    for chunk in _chunks(groups):
+        panels: dict[str, np.ndarray] = {}
+
+        def panel(column: str, chunk: _Chunk = chunk, panels: dict[str, np.ndarray] = panels) -> np.ndarray:
+            if column not in panels:
+                panels[column] = chunk.panel(long_columns[column])
+            return panels[column]
+
+        for name, result in _panel_features(panel, params, name_set).items():
+            if name in slot:
+                values[slot[name], chunk.row_lo : chunk.row_hi] = chunk.long(result)
+
+    if "spread" in slot:
+        bid, ask = (bars[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in ("bid", "ask"))
+        mid = (ask + bid) / 2.0
+        values[slot["spread"]] = _safe_divide(ask - bid, mid, where_zero=np.nan)
+    if "order_imbalance" in slot:
+        bid_size, ask_size = (bars[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in ("bid_size", "ask_size"))
+        values[slot["order_imbalance"]] = _safe_divide(bid_size - ask_size, bid_size + ask_size, where_zero=0.0)
+    ranked = [name for name in names if name.endswith("_cs_rank")]
+    if params.calendar or ranked:
+        timestamps = _TimestampGrid.build(groups.timestamps_ns)
+        if params.calendar:
+            for name, result in _calendar(timestamps, intraday).items():
+                values[slot[name]] = result
+        for name in ranked:
+            source = values[slot[name.removesuffix("_cs_rank")]]
+            values[slot[name]] = _cross_sectional_pct_rank(source, timestamps)
+
+    return _with_keys(bars, pd.DataFrame(values.T, columns=names, index=bars.index, copy=False))
+
+
+def _with_keys(bars: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with the bars' timestamp and symbol columns in front (same dtypes as in ``bars``)."""
+    symbol = bars["symbol"]
+    frame.insert(0, "symbol", symbol.to_numpy() if symbol.dtype == object else symbol.array)
+    frame.insert(0, "timestamp", bars["timestamp"].array)
+    return frame
+
+
+def feature_columns(frame: pd.DataFrame) -> list[str]:
+    """The feature columns of ``frame``: everything but the keys, raw bar columns and labels, in frame order."""
+    excluded = set(KEY_COLUMNS) | set(NUMERIC_COLUMNS) | set(LABEL_COLUMNS)
+    return [c for c in frame.columns if c not in excluded]
+
+
+def compute_labels(bars: pd.DataFrame, horizon: int) -> pd.DataFrame:
+    """What happens after each bar, per symbol: the targets (never features).
+
+    * ``forward_return`` = log(close[t+h] / close[t]);
+    * ``forward_direction`` = 1.0 if forward_return > 0 else 0.0 (NaN where it is NaN);
+    * ``forward_volatility`` = sample std (ddof=1) of the h one-bar log returns t+1..t+h
+      (NaN for h = 1: one return has no sample std);
+    * ``forward_return_1`` = log(close[t+1] / close[t]).
+
+    NaN where the symbol's future is not in ``bars`` (its last bars); never reaches into
+    the next symbol. Same row order and index as ``bars``.
+    """
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        raise ValueError(f"compute_labels: horizon must be an integer >= 1 bar, got {horizon!r}")
+    horizon = int(horizon)
+    groups = _check_bars(bars, "compute_labels", close_only=True)
+    close = bars["close"].to_numpy(dtype=np.float64)
+    values = np.empty((len(LABEL_COLUMNS), groups.n_rows))
+    for chunk in _chunks(groups):
+        log_close = np.log(chunk.panel(close))
+        forward_return = _lag(log_close[:, ::-1], horizon)[:, ::-1] - log_close
+        forward_return_1 = _lag(log_close[:, ::-1], 1)[:, ::-1] - log_close
+        returns = log_close - _lag(log_close, 1)
+        past_volatility = _Rolling(returns, horizon, first_valid=1, second_moment=True).std(horizon, ddof=1)
+        forward_volatility = _lag(past_volatility[:, ::-1], horizon)[:, ::-1]
+        direction = np.where(np.isnan(forward_return), np.nan, (forward_return > 0).astype(np.float64))
+        for i, result in enumerate((forward_return, direction, forward_volatility, forward_return_1)):
+            values[i, chunk.row_lo : chunk.row_hi] = chunk.long(np.ascontiguousarray(result))
+    return _with_keys(bars, pd.DataFrame(values.T, columns=list(LABEL_COLUMNS), index=bars.index, copy=False))

@@ -1,0 +1,1 @@
+"""Model families behind one scikit-learn-style interface (see :mod:`alphaforge.models.base`)."""

@@ -1,0 +1,137 @@
+"""The whole pipeline with the real tools: `dvc repro` in a temporary copy of the repository.
+
+Runs on a small slice of real data (skfolio closes, 2016-2022) with a small model, so it
+takes well under a minute, and checks what a user sees: every stage's outputs, the MLflow
+run, the leaderboard, that a second `dvc repro` skips everything, and that bad data stops
+the pipeline at validate with nothing downstream written.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+SMALL = {
+    "ingest": {"source": "skfolio_sp500", "start": "2016-01-01", "symbols": ["AAPL", "JPM", "KO", "XOM", "WMT", "PFE"]},
+    "train": {
+        "walk_forward": {"n_splits": 3, "min_train_size": 400, "embargo": 2},
+        "lightgbm": {"n_estimators": 40, "min_child_samples": 50},
+    },
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(base.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
+
+
+def copy_repo(repo_root: Path, target: Path) -> Path:
+    """The files git would give a fresh clone (tracked and untracked-not-ignored), in a new git repo."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=repo_root, check=True, capture_output=True,
+    ).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        source = repo_root / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    subprocess.run(["git", "init", "-q"], cwd=target, check=True)
+    return target
+
+
+def run(cmd: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = dict(os.environ)
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    env["ALPHAFORGE_HOME"] = str(cwd / ".alphaforge")
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def workspace(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    target = copy_repo(repo_root, tmp_path_factory.mktemp("repo"))
+    params = yaml.safe_load((target / "params.yaml").read_text())
+    (target / "params.yaml").write_text(yaml.safe_dump(_merge(params, SMALL)))
+    return target
+
+
+@pytest.fixture(scope="module")
+def first_repro(workspace: Path) -> subprocess.CompletedProcess:
+    return run(["dvc", "repro"], workspace)
+
+
+def test_dvc_repro_runs_every_stage(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
+    assert first_repro.returncode == 0, first_repro.stdout[-3000:] + first_repro.stderr[-3000:]
+    for stage in ("ingest", "validate", "features", "train", "evaluate"):
+        assert f"Running stage '{stage}'" in first_repro.stdout
+    for out in ("data/raw/bars.parquet", "data/validated/bars.parquet", "data/features/dataset.parquet",
+                "data/predictions/oof.parquet", "models/lightgbm/final.txt", "models/lightgbm/fold_2.txt",
+                "reports/validation/index.html", "reports/evaluate/plots/equity.png"):
+        assert (workspace / out).stat().st_size > 0, out
+    assert "fold 3/3" in first_repro.stderr  # progress per fold
+
+
+def test_metrics_compare_model_with_baselines(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
+    metrics = json.loads((workspace / "reports/evaluate/metrics.json").read_text())
+    assert set(metrics["baselines"]) == {"buy_and_hold", "momentum_20", "last_return"}
+    for block in (metrics["model"], *metrics["baselines"].values()):
+        assert {"sharpe", "max_drawdown", "turnover", "annual_return"} <= set(block)
+    shown = run(["dvc", "metrics", "show", "--json"], workspace)
+    assert shown.returncode == 0 and "mean_fold_ic" in shown.stdout
+    board = run(["alphaforge", "leaderboard"], workspace)
+    assert board.returncode == 0 and "model" in board.stdout and "buy_and_hold" in board.stdout
+
+
+def test_the_run_is_tracked_in_mlflow(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
+    run_id = json.loads((workspace / "models/run.json").read_text())["run_id"]
+    with sqlite3.connect(workspace / ".alphaforge/mlflow.db") as db:
+        status = db.execute("select status from runs where run_uuid = ?", (run_id,)).fetchone()[0]
+        keys = {k for (k,) in db.execute("select key from metrics where run_uuid = ?", (run_id,))}
+        params = {k for (k,) in db.execute("select key from params where run_uuid = ?", (run_id,))}
+    assert status == "FINISHED"
+    assert "mean_fold_ic" in keys and any(k.startswith("oos.model.") for k in keys)
+    assert "train.lightgbm.n_estimators" in params
+    artifacts = workspace / ".alphaforge/mlartifacts"
+    assert list(artifacts.rglob("final.txt")) and list(artifacts.rglob("equity.png"))
+
+
+def test_second_repro_skips_every_stage(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
+    again = run(["dvc", "repro"], workspace)
+    assert again.returncode == 0
+    assert "Running stage" not in again.stdout
+    assert "didn't change, skipping" in again.stdout
+
+
+def test_bad_data_stops_at_validate(workspace: Path, first_repro: subprocess.CompletedProcess, tmp_path: Path) -> None:
+    bad = tmp_path / "bad"
+    outputs = {".alphaforge", "data", "models", "reports"}
+    shutil.copytree(workspace, bad, ignore=lambda folder, names: outputs & set(names) if Path(folder) == workspace else [])
+    (bad / "data/external").mkdir(parents=True)
+    (bad / "data/external/bars.csv").write_text(
+        "timestamp,symbol,open,high,low,close,volume\n"
+        + "".join(f"2024-01-{d:02d},X,10,11,9,10.5,100\n" for d in range(2, 20))
+        + "2024-01-22,X,10,9,11,10.5,100\n"  # high below low
+    )
+    params = yaml.safe_load((bad / "params.yaml").read_text())
+    params["ingest"] = {"source": "file", "path": "data/external/bars.csv"}
+    (bad / "params.yaml").write_text(yaml.safe_dump(params))
+    result = run(["dvc", "repro"], bad)
+    assert result.returncode != 0
+    assert "high_ge_open_close" in result.stderr or "high_ge_open_close" in result.stdout
+    assert (bad / "reports/validation/index.html").exists()
+    assert not (bad / "data/validated/bars.parquet").exists()
+    assert not (bad / "data/features/dataset.parquet").exists()
+    assert not (bad / "models/lightgbm").exists()
