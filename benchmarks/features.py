@@ -18,7 +18,8 @@ import platform
 import statistics
 import sys
 import time
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -56,15 +57,19 @@ def random_ohlcv(n_symbols: int, n_bars: int, seed: int) -> pd.DataFrame:
     )
 
 
-def _timed(function, repeats: int) -> tuple[float, object]:
-    """Median wall time over ``repeats`` calls, and the last result."""
-    seconds = []
-    result = None
+def _timed(function: Callable[[], pd.DataFrame], repeats: int) -> tuple[float, float, pd.DataFrame]:
+    """Median wall time and median CPU time of this process over ``repeats`` calls, and the last result.
+
+    CPU time is reported too because a shared machine's other load inflates wall time.
+    """
+    wall, cpu = [], []
+    result = pd.DataFrame()
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall_start, cpu_start = time.perf_counter(), time.process_time()
         result = function()
-        seconds.append(time.perf_counter() - start)
-    return statistics.median(seconds), result
+        cpu.append(time.process_time() - cpu_start)
+        wall.append(time.perf_counter() - wall_start)
+    return statistics.median(wall), statistics.median(cpu), result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         description=(
             "Time alphaforge.features.compute_features against a plain per-symbol pandas "
             "groupby-rolling reference on seeded random OHLCV, check they agree, and write JSON "
-            "(rows per second for each, speedup, feature count, machine)."
+            "(rows per second for each, wall and CPU-time speedup, feature count, machine). "
+            "Library time is the median of --repeats runs after a warm-up; the reference runs --reference-repeats "
+            "times."
         )
     )
     parser.add_argument("--out", required=True, type=Path, help="where to write the JSON result")
@@ -89,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     params = FeatureParams()
     compute_features(bars.iloc[: args.bars * 2], params)  # warm-up: lazy imports, first-call costs
 
-    library_s, features = _timed(lambda: compute_features(bars, params), args.repeats)
-    reference_s, reference = _timed(lambda: reference_features(bars, params), args.reference_repeats)
+    load_before = os.getloadavg()[0]
+    library_s, library_cpu_s, features = _timed(lambda: compute_features(bars, params), args.repeats)
+    reference_s, reference_cpu_s, reference = _timed(lambda: reference_features(bars, params), args.reference_repeats)
 
     columns = feature_columns(features)
     if columns != feature_columns(reference):
@@ -115,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         "library_rows_per_s": round(n_rows / library_s),
         "reference_rows_per_s": round(n_rows / reference_s),
         "speedup": round(reference_s / library_s, 2),
+        "library_cpu_seconds": round(library_cpu_s, 4),
+        "reference_cpu_seconds": round(reference_cpu_s, 4),
+        "speedup_cpu": round(reference_cpu_s / library_cpu_s, 2),
         "max_abs_diff_vs_reference": max_abs_diff,
         "library_repeats": args.repeats,
         "reference_repeats": args.reference_repeats,
@@ -123,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(),
+            "load_average_1min_at_start": round(load_before, 2),
             "python": platform.python_version(),
             "numpy": np.__version__,
             "pandas": pd.__version__,
         },
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

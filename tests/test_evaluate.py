@@ -329,7 +329,7 @@ def test_metrics_json_leaderboard_and_plots(cross_sectional_oof: pd.DataFrame, t
     assert "NaN" not in text and "Infinity" not in text
     metrics = json.loads(text)
     assert metrics == json.loads(json.dumps(evaluation.to_metrics_json(), allow_nan=False))
-    assert set(metrics["model"]) == set(METRICS)
+    assert set(metrics["models"]["model"]) == set(METRICS)
     assert set(metrics["baselines"]) == set(BASELINES)
     assert metrics["baselines"]["buy_and_hold"]["ic_mean"] is None
     assert metrics["mode"] == "cross_sectional" and metrics["periods_per_year"] == 252

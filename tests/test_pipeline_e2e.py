@@ -24,9 +24,11 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 SMALL = {
     "ingest": {"source": "skfolio_sp500", "start": "2016-01-01", "symbols": ["AAPL", "JPM", "KO", "XOM", "WMT", "PFE"]},
     "train": {
+        "families": ["lightgbm", "ridge"],
         "walk_forward": {"n_splits": 3, "min_train_size": 400, "embargo": 2},
-        "lightgbm": {"n_estimators": 40, "min_child_samples": 50},
+        "models": {"lightgbm": {"n_estimators": 40, "min_child_samples": 50}},
     },
+    "tune": {"families": ["lightgbm"], "n_trials": 3, "timeout_seconds": 60},
 }
 
 
@@ -78,21 +80,26 @@ def test_dvc_repro_runs_every_stage(workspace: Path, first_repro: subprocess.Com
     for stage in ("ingest", "validate", "features", "train", "evaluate"):
         assert f"Running stage '{stage}'" in first_repro.stdout
     for out in ("data/raw/bars.parquet", "data/validated/bars.parquet", "data/features/dataset.parquet",
-                "data/predictions/oof.parquet", "models/lightgbm/final.txt", "models/lightgbm/fold_2.txt",
-                "reports/validation/index.html", "reports/evaluate/plots/equity.png"):
+                "data/predictions/oof.parquet", "models/trained/lightgbm/final/config.json",
+                "models/trained/lightgbm/fold_2/config.json", "models/tuned/best_params.json",
+                "reports/validation/index.html", "reports/evaluate/plots/equity.png",
+                "reports/train/permutation_importance_lightgbm.png", "reports/train/gain_importance_ridge.png"):
         assert (workspace / out).stat().st_size > 0, out
-    assert "fold 3/3" in first_repro.stderr  # progress per fold
+    assert "lightgbm: fold 3/3" in first_repro.stderr  # progress per fold
+    assert "tune lightgbm" in first_repro.stderr.lower() or "trial" in first_repro.stderr  # progress per trial
 
 
 def test_metrics_compare_model_with_baselines(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
     metrics = json.loads((workspace / "reports/evaluate/metrics.json").read_text())
     assert set(metrics["baselines"]) == {"buy_and_hold", "momentum_20", "last_return"}
-    for block in (metrics["model"], *metrics["baselines"].values()):
+    assert set(metrics["models"]) == {"lightgbm", "ridge"}
+    assert 0.5 < metrics["models"]["lightgbm"]["interval_coverage"] < 1
+    for block in (*metrics["models"].values(), *metrics["baselines"].values()):
         assert {"sharpe", "max_drawdown", "turnover", "annual_return"} <= set(block)
     shown = run(["dvc", "metrics", "show", "--json"], workspace)
-    assert shown.returncode == 0 and "mean_fold_ic" in shown.stdout
+    assert shown.returncode == 0 and "mean_fold_rank_ic" in shown.stdout
     board = run(["alphaforge", "leaderboard"], workspace)
-    assert board.returncode == 0 and "model" in board.stdout and "buy_and_hold" in board.stdout
+    assert board.returncode == 0 and "lightgbm *" in board.stdout and "buy_and_hold" in board.stdout
 
 
 def test_the_run_is_tracked_in_mlflow(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
@@ -102,10 +109,10 @@ def test_the_run_is_tracked_in_mlflow(workspace: Path, first_repro: subprocess.C
         keys = {k for (k,) in db.execute("select key from metrics where run_uuid = ?", (run_id,))}
         params = {k for (k,) in db.execute("select key from params where run_uuid = ?", (run_id,))}
     assert status == "FINISHED"
-    assert "mean_fold_ic" in keys and any(k.startswith("oos.model.") for k in keys)
-    assert "train.lightgbm.n_estimators" in params
+    assert "lightgbm.mean_fold_rank_ic" in keys and any(k.startswith("oos.models.lightgbm.") for k in keys)
+    assert "train.models.lightgbm.n_estimators" in params
     artifacts = workspace / ".alphaforge/mlartifacts"
-    assert list(artifacts.rglob("final.txt")) and list(artifacts.rglob("equity.png"))
+    assert list(artifacts.rglob("config.json")) and list(artifacts.rglob("equity.png"))
 
 
 def test_second_repro_skips_every_stage(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
@@ -134,4 +141,4 @@ def test_bad_data_stops_at_validate(workspace: Path, first_repro: subprocess.Com
     assert (bad / "reports/validation/index.html").exists()
     assert not (bad / "data/validated/bars.parquet").exists()
     assert not (bad / "data/features/dataset.parquet").exists()
-    assert not (bad / "models/lightgbm").exists()
+    assert not (bad / "models/trained").exists()

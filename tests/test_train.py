@@ -9,10 +9,11 @@ import pytest
 from alphaforge.data.synthetic import SyntheticParams, make_synthetic
 from alphaforge.features import FeatureParams, compute_features, compute_labels
 from alphaforge.splits import WalkForward, WalkForwardParams
-from alphaforge.train import walk_forward_train
+from alphaforge.train import model_factory, walk_forward_train
 
-MODEL = {"n_estimators": 80, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 100, "subsample": 0.8,
-         "subsample_freq": 1, "colsample_bytree": 0.8, "reg_lambda": 1.0, "max_bin": 63, "num_threads": 2, "seed": 1}
+HYPERPARAMETERS = {"n_estimators": 80, "learning_rate": 0.05, "num_leaves": 15, "min_child_samples": 100,
+                   "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8, "reg_lambda": 1.0, "max_bin": 63}
+MODEL = model_factory("lightgbm", task="regression", hyperparameters=HYPERPARAMETERS, uncertainty_method="conformal")
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +40,12 @@ def test_model_finds_the_planted_signal(synthetic_dataset: pd.DataFrame) -> None
     result = walk_forward_train(synthetic_dataset, splitter(), MODEL, fit_final_model=False)
     ic, tstat = mean_cross_sectional_ic(result.oof)
     assert ic > 0.05 and tstat > 5, (ic, tstat)
-    assert all(f.ic > 0 for f in result.folds)
+    assert all(f.rank_ic > 0 for f in result.folds)
+    # conformal 90% intervals are reported per fold; regime switches in the synthetic market move the
+    # realised coverage around the nominal level (conformal assumes exchangeable residuals)
+    coverages = [f.coverage for f in result.folds]
+    assert 0.75 < np.mean(coverages) < 0.98, coverages
+    assert (result.oof["lower"] <= result.oof["prediction"]).all() and (result.oof["prediction"] <= result.oof["upper"]).all()
     assert result.oof["fold"].nunique() == 3
     # out-of-fold rows are exactly the test windows, each (timestamp, symbol) once
     assert not result.oof.duplicated(["timestamp", "symbol"]).any()
@@ -55,15 +61,19 @@ def test_shuffled_labels_give_no_signal(synthetic_dataset: pd.DataFrame) -> None
 
 
 def test_final_model_and_importance(synthetic_dataset: pd.DataFrame, tmp_path) -> None:
-    result = walk_forward_train(synthetic_dataset, splitter(), MODEL, fit_final_model=True)
-    assert result.final_model is not None
-    path = tmp_path / "final.txt"
-    result.final_model.save(path)
-    import lightgbm as lgb
+    from alphaforge.models.importance import permutation_importance
 
-    reloaded = lgb.Booster(model_file=str(path))
-    rows = synthetic_dataset[result.feature_names].tail(50)
-    np.testing.assert_allclose(reloaded.predict(rows), result.final_model.predict(rows))
-    # the planted mean reversion lives in moving-average deviations: they lead the importance table
+    def importance(model, frame, mask):
+        table = permutation_importance(model, frame, frame["forward_return"], predict_mask=mask, n_repeats=1)
+        return table.set_index("feature")["importance_mean"]
+
+    result = walk_forward_train(synthetic_dataset, splitter(), MODEL, fit_final_model=True, importance=importance)
+    assert result.final_model is not None
+    result.final_model.save(tmp_path / "final")
+    from alphaforge.models.registry import load_forecaster
+
+    reloaded = load_forecaster(tmp_path / "final")
+    np.testing.assert_allclose(reloaded.predict(synthetic_dataset), result.final_model.predict(synthetic_dataset))
+    # the planted mean reversion lives in moving-average deviations: they lead the permutation importance
     top = result.importance.index[:5].tolist()
     assert any(name.startswith(("ema_ratio", "sma_ratio", "bollinger")) for name in top), top

@@ -38,7 +38,7 @@ def setup_logging(verbose: bool = False) -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
-def run_stage_or_exit(name: str, params_path: Path) -> None:
+def run_stage_or_exit(name: str, params_path: Path, **options: object) -> None:
     """Run a stage; a data or configuration problem ends with its message and exit code 2, not a traceback."""
     from alphaforge.config import ConfigError, load_params
     from alphaforge.schema import DataError
@@ -46,7 +46,7 @@ def run_stage_or_exit(name: str, params_path: Path) -> None:
 
     setup_logging()
     try:
-        run_stage(name, load_params(params_path))
+        run_stage(name, load_params(params_path), **options)
     except (DataError, ConfigError) as err:
         typer.secho(f"alphaforge {name}: failed\n{err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from err
@@ -80,14 +80,34 @@ def features(params: Path = ParamsOption) -> None:
 
 
 @app.command()
+def tune(
+    params: Path = ParamsOption,
+    workers: int = typer.Option(1, "--workers", "-w", min=1, help="worker processes sharing each study"),
+) -> None:
+    """Walk-forward Optuna search per family (tune.families); best params to models/tuned/best_params.json.
+
+    The objective is the mean out-of-sample tune.metric (rank_ic, sharpe or directional_accuracy) over the
+    walk-forward folds, with pruning after each fold. The study lives in tune.storage (SQLite under
+    .alphaforge/ by default; a PostgreSQL URL, or $ALPHAFORGE_OPTUNA_STORAGE, for several workers or machines).
+    Workers started anywhere against the same storage share the study; a killed worker can simply be restarted.
+    Budget: tune.n_trials finished trials per study, tune.timeout_seconds of wall clock per worker.
+    """
+    run_stage_or_exit("tune", params, workers=workers)
+
+
+@app.command()
 def train(params: Path = ParamsOption) -> None:
-    """Walk-forward LightGBM with purge and embargo; out-of-fold predictions, fold models, MLflow run."""
+    """Walk-forward training of train.families with purge and embargo, starting from the tuned parameters.
+
+    Writes out-of-fold predictions (with intervals), fold and final models under models/trained/, gain and
+    permutation importance (and Transformer attention maps) under reports/train/, and one MLflow run.
+    """
     run_stage_or_exit("train", params)
 
 
 @app.command()
 def evaluate(params: Path = ParamsOption) -> None:
-    """Out-of-sample IC, accuracy and net-of-cost backtest of the model against naive baselines, with plots."""
+    """Out-of-sample IC, accuracy and net-of-cost backtest of every model against naive baselines, with plots."""
     run_stage_or_exit("evaluate", params)
 
 

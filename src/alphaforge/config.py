@@ -7,51 +7,65 @@ stage never runs with a setting silently ignored.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from alphaforge.data.ingest import IngestParams
 from alphaforge.evaluate import EvaluationParams
 from alphaforge.features import FeatureParams
 from alphaforge.splits import WalkForwardParams
+from alphaforge.tune import TuneParams
 from alphaforge.validate import ValidationParams
 
 
 class LabelParams(BaseModel):
-    """What the model predicts: the log return over the next ``horizon`` bars."""
+    """What the models predict, and over how many bars ahead."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     horizon: int = Field(5, ge=1)
+    target: Literal["forward_return", "forward_direction", "forward_volatility"] = "forward_return"
 
 
-class LightGBMParams(BaseModel):
-    """LightGBM settings for the per-fold models (a small, regularised default)."""
+class UncertaintyParams(BaseModel):
+    """Prediction intervals: conformal residuals on a calibration slice, or quantile LightGBM (tabular families).
+
+    Sequence families always give Monte Carlo dropout intervals at the same ``alpha``.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    n_estimators: int = Field(200, ge=1)
-    learning_rate: float = Field(0.03, gt=0)
-    num_leaves: int = Field(15, ge=2)
-    min_child_samples: int = Field(200, ge=1)
-    subsample: float = Field(0.8, gt=0, le=1)
-    subsample_freq: int = Field(1, ge=0)
-    colsample_bytree: float = Field(0.8, gt=0, le=1)
-    reg_lambda: float = Field(1.0, ge=0)
-    max_bin: int = Field(63, ge=2)
-    num_threads: int = Field(2, ge=1)
-    seed: int = 42
+    method: Literal["conformal", "quantile", "none"] = "conformal"
+    alpha: float = Field(0.1, gt=0, lt=1)
+    calibration_fraction: float = Field(0.2, gt=0, lt=0.9)
 
 
 class TrainParams(BaseModel):
-    """Walk-forward training: the splits and the model."""
+    """Walk-forward training: which families, their hyperparameters, the splits and the extras."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    families: tuple[str, ...] = ("lightgbm",)
     walk_forward: WalkForwardParams = WalkForwardParams()
-    lightgbm: LightGBMParams = LightGBMParams()
+    models: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    use_tuned: bool = True
+    uncertainty: UncertaintyParams = UncertaintyParams()
+    permutation_repeats: int = Field(1, ge=0, description="0 turns permutation importance off")
     fit_final_model: bool = True
+
+    @field_validator("families")
+    @classmethod
+    def _known_families(cls, families: tuple[str, ...]) -> tuple[str, ...]:
+        from alphaforge.models.registry import FAMILIES
+
+        unknown = [f for f in families if f not in FAMILIES]
+        if unknown:
+            raise ValueError(f"unknown model families {unknown}; choose from {list(FAMILIES)}")
+        if not families:
+            raise ValueError("train.families is empty; name at least one model family")
+        return families
 
 
 class TrackingParams(BaseModel):
@@ -72,6 +86,7 @@ class Params(BaseModel):
     validate_: ValidationParams = Field(ValidationParams(), alias="validate")
     features: FeatureParams = FeatureParams()
     labels: LabelParams = LabelParams()
+    tune: TuneParams = TuneParams()
     train: TrainParams = TrainParams()
     evaluate: EvaluationParams = EvaluationParams()
     tracking: TrackingParams = TrackingParams()

@@ -12,7 +12,8 @@ Two evaluation modes, picked once from the data (:func:`evaluation_mode`):
 * ``single_series`` otherwise. The IC is one time-series correlation per fold (all of the fold's rows pooled),
   and the strategy is long-flat: long when the signal is positive, flat otherwise.
 
-Signals compared (:data:`SIGNALS`): the model (``prediction``) and three baselines that need no training:
+Signals compared: each model (by default one, ``model``, read from ``prediction``; the train stage passes one
+column per model family) and three baselines that need no training:
 ``buy_and_hold`` (always long), ``momentum_20`` (the past 20-bar log return: its sign decides every position in
 single-series mode, its rank in cross-sectional mode, where the sign alone would tie almost every symbol) and
 ``last_return`` (the last bar's log return, i.e. continuation).
@@ -79,9 +80,8 @@ OOF_COLUMNS: tuple[str, ...] = (
     "timestamp", "symbol", "fold", "prediction", "forward_return", "forward_return_1", "log_return_1",
     "log_return_20",
 )
-NUMERIC_OOF_COLUMNS: tuple[str, ...] = (
-    "prediction", "forward_return", "forward_return_1", "log_return_1", "log_return_20",
-)
+NUMERIC_OOF_COLUMNS: tuple[str, ...] = ("forward_return", "forward_return_1", "log_return_1", "log_return_20")
+DEFAULT_MODELS: dict[str, str] = {MODEL_SIGNAL: "prediction"}
 
 METRICS: tuple[str, ...] = (
     "ic_mean", "ic_tstat", "rank_ic_mean", "rank_ic_tstat", "directional_accuracy", "annual_return", "sharpe",
@@ -129,11 +129,17 @@ class Evaluation:
     mode: Mode
     periods_per_year: float
     params: EvaluationParams
+    models: tuple[str, ...]
     per_fold: pd.DataFrame
     overall: pd.DataFrame
     equity: pd.DataFrame
     returns: dict[str, pd.DataFrame]
     ic_by_fold: pd.DataFrame
+
+    @property
+    def signals(self) -> tuple[str, ...]:
+        """Models first, then the baselines."""
+        return (*self.models, *BASELINES)
 
     def to_metrics_json(self) -> dict[str, Any]:
         """A JSON-able dict for ``dvc metrics show``: NaN becomes None, numpy scalars become Python numbers."""
@@ -141,7 +147,7 @@ class Evaluation:
             return {metric: _json_number(self.overall.at[signal, metric]) for metric in METRICS}
 
         return {
-            "model": row(MODEL_SIGNAL),
+            "models": {name: row(name) for name in self.models},
             "baselines": {name: row(name) for name in BASELINES},
             "mode": self.mode,
             "periods_per_year": _json_number(self.periods_per_year),
@@ -157,13 +163,14 @@ def _row(label: Any) -> str:
     return repr(label.item() if isinstance(label, np.generic) else label)
 
 
-def _validate_oof(oof: pd.DataFrame) -> None:
+def _validate_oof(oof: pd.DataFrame, model_columns: list[str]) -> None:
     """Raise :class:`DataError` naming column, row and rule when ``oof`` is not a usable OOF frame."""
     if not isinstance(oof, pd.DataFrame):
         raise DataError(f"OOF frame: expected a pandas DataFrame, got {type(oof).__name__}")
-    missing = [c for c in OOF_COLUMNS if c not in oof.columns]
+    required = [c for c in OOF_COLUMNS if c != "prediction"] + model_columns
+    missing = [c for c in required if c not in oof.columns]
     if missing:
-        raise DataError(f"OOF frame: missing required column(s) {missing}; rule: columns {list(OOF_COLUMNS)}")
+        raise DataError(f"OOF frame: missing required column(s) {missing}; rule: columns {required}")
     if oof.empty:
         raise DataError("OOF frame: no rows; rule: at least one out-of-fold prediction is needed")
     timestamps = oof["timestamp"]
@@ -175,7 +182,7 @@ def _validate_oof(oof: pd.DataFrame) -> None:
         raise DataError(f"OOF frame column 'symbol': missing at row {_row(oof.index[oof['symbol'].isna()][0])}")
     if not pd.api.types.is_integer_dtype(oof["fold"]):
         raise DataError(f"OOF frame column 'fold': dtype {oof['fold'].dtype}; rule: integer fold ids")
-    for column in NUMERIC_OOF_COLUMNS:
+    for column in (*model_columns, *NUMERIC_OOF_COLUMNS):
         if not pd.api.types.is_numeric_dtype(oof[column]):
             raise DataError(f"OOF frame column {column!r}: dtype {oof[column].dtype}; rule: numeric")
         infinite = np.isinf(oof[column].to_numpy(dtype=float))
@@ -208,7 +215,7 @@ def _require_columns(frame: pd.DataFrame, columns: list[str], caller: str) -> No
         raise DataError(f"{caller}: missing required column(s) {missing}")
 
 
-def build_signals(oof: pd.DataFrame) -> pd.DataFrame:
+def build_signals(oof: pd.DataFrame, models: dict[str, str] | None = None) -> pd.DataFrame:
     """A copy of ``oof`` with one column per entry of :data:`SIGNALS` (positive = bullish).
 
     ``model`` is the prediction; ``buy_and_hold`` is a constant 1; ``momentum_20`` is ``log_return_20`` (see the
@@ -216,7 +223,8 @@ def build_signals(oof: pd.DataFrame) -> pd.DataFrame:
     is ``log_return_1``.
     """
     frame = oof.copy()
-    frame[MODEL_SIGNAL] = frame["prediction"].astype(float)
+    for name, column in (models or DEFAULT_MODELS).items():
+        frame[name] = frame[column].astype(float)
     frame["buy_and_hold"] = 1.0
     frame["momentum_20"] = frame["log_return_20"].astype(float)
     frame["last_return"] = frame["log_return_1"].astype(float)
@@ -533,7 +541,7 @@ def _fold_ic_stats(ic: pd.Series, rank_ic: pd.Series, fold_of_stamp: pd.Series,
     return stats
 
 
-def evaluate_oof(oof: pd.DataFrame, params: EvaluationParams) -> Evaluation:
+def evaluate_oof(oof: pd.DataFrame, params: EvaluationParams, models: dict[str, str] | None = None) -> Evaluation:
     """Score the model and every baseline on the OOF frame, per fold and overall.
 
     IC and rank IC are against ``forward_return`` (the label the model was trained on); directional accuracy
@@ -541,10 +549,16 @@ def evaluate_oof(oof: pd.DataFrame, params: EvaluationParams) -> Evaluation:
     (net of cost, annualised with ``params.periods_per_year`` or :func:`infer_periods_per_year`).
     In cross-sectional mode a fold's ``ic_mean``/``ic_tstat`` are over its per-timestamp ICs, and the overall ones
     over all timestamps; in single-series mode a fold has one IC (its t-stat is NaN) and the overall mean and
-    t-stat are over the per-fold ICs.
+    t-stat are over the per-fold ICs. ``models`` maps each model's name to its prediction column (default
+    ``{"model": "prediction"}``); a name may not be a baseline's.
     """
-    _validate_oof(oof)
-    frame = build_signals(oof)
+    models = dict(models or DEFAULT_MODELS)
+    clash = sorted(set(models) & set(BASELINES))
+    if clash:
+        raise DataError(f"evaluate_oof: model name(s) {clash} are baseline names; rename the model(s)")
+    _validate_oof(oof, list(models.values()))
+    frame = build_signals(oof, models)
+    signals = (*models, *BASELINES)
     mode = evaluation_mode(frame, params.min_cross_section)
     periods_per_year = params.periods_per_year or infer_periods_per_year(frame["timestamp"])
     fold_of_stamp = frame.groupby("timestamp")["fold"].first()
@@ -553,7 +567,7 @@ def evaluate_oof(oof: pd.DataFrame, params: EvaluationParams) -> Evaluation:
     per_fold_rows: list[dict[str, Any]] = []
     overall_rows: list[dict[str, Any]] = []
     returns: dict[str, pd.DataFrame] = {}
-    for signal in SIGNALS:
+    for signal in signals:
         ic = _ic_series(frame, signal, "forward_return", "pearson", mode, params.min_cross_section)
         rank_ic = _ic_series(frame, signal, "forward_return", "spearman", mode, params.min_cross_section)
         signal_returns = _strategy_returns(frame, signal, params, mode, long_only=signal in LONG_ONLY_SIGNALS)
@@ -581,12 +595,13 @@ def evaluate_oof(oof: pd.DataFrame, params: EvaluationParams) -> Evaluation:
     per_fold = pd.DataFrame(per_fold_rows, columns=["fold", "signal", *METRICS])
     overall = pd.DataFrame(overall_rows, columns=["signal", *METRICS]).set_index("signal")
     equity = pd.DataFrame({
-        signal: (1.0 + returns[signal].set_index("timestamp")["net_return"]).cumprod() for signal in SIGNALS
+        signal: (1.0 + returns[signal].set_index("timestamp")["net_return"]).cumprod() for signal in signals
     })
     equity.index.name = "timestamp"
     ic_by_fold = per_fold[["fold", "signal", "ic_mean", "rank_ic_mean"]].rename(
         columns={"ic_mean": "ic", "rank_ic_mean": "rank_ic"})
-    return Evaluation(mode=mode, periods_per_year=float(periods_per_year), params=params, per_fold=per_fold,
+    return Evaluation(mode=mode, periods_per_year=float(periods_per_year), params=params, models=tuple(models),
+                      per_fold=per_fold,
                       overall=overall, equity=equity, returns=returns, ic_by_fold=ic_by_fold)
 
 
@@ -622,7 +637,7 @@ def leaderboard(evaluation: Evaluation) -> str:
     ordered = evaluation.overall.sort_values("sharpe", ascending=False, na_position="last", kind="mergesort")
     header = ["rank", "signal", *[label for _, label, _ in columns]]
     rows = [
-        [str(position), f"{signal}{' *' if signal == MODEL_SIGNAL else ''}",
+        [str(position), f"{signal}{' *' if signal in evaluation.models else ''}",
          *[_format(ordered.at[signal, metric], kind) for metric, _, kind in columns]]
         for position, signal in enumerate(ordered.index, start=1)
     ]
@@ -632,7 +647,7 @@ def leaderboard(evaluation: Evaluation) -> str:
         return "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
 
     title = (f"OOF leaderboard ({evaluation.mode}, {evaluation.periods_per_year:g} periods/year, "
-             f"cost {evaluation.params.cost_bps:g} bps; * = model)")
+             f"cost {evaluation.params.cost_bps:g} bps; * = trained model, others are naive baselines)")
     rule = "-" * len(render(header))
     return "\n".join([title, rule, render(header), rule, *[render(r) for r in rows], rule])
 
@@ -672,12 +687,13 @@ def write_plots(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
     figure = Figure(figsize=(10, 5), dpi=100)
     FigureCanvasAgg(figure)
     axes = figure.add_subplot()
-    for signal in SIGNALS:
+    for signal in evaluation.signals:
         series = evaluation.equity[signal]
         axes.plot(series.index, series.to_numpy(), label=signal,
-                  linewidth=2.0 if signal == MODEL_SIGNAL else 1.0)
+                  linewidth=2.0 if signal in evaluation.models else 1.0,
+                  linestyle="-" if signal in evaluation.models else "--")
     axes.axhline(1.0, color="grey", linewidth=0.5)
-    model_returns = evaluation.returns[MODEL_SIGNAL]
+    model_returns = evaluation.returns[evaluation.models[0]]
     if "fold" in model_returns and not model_returns.empty:
         for fold_start in model_returns.groupby("fold")["timestamp"].min().iloc[1:]:
             axes.axvline(fold_start, color="grey", linewidth=0.5, linestyle=":")
@@ -689,15 +705,15 @@ def write_plots(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
 
     folds = sorted(evaluation.ic_by_fold["fold"].unique())
     positions = np.arange(len(folds))
-    width = 0.8 / len(SIGNALS)
+    width = 0.8 / len(evaluation.signals)
     figure = Figure(figsize=(10, 6), dpi=100)
     FigureCanvasAgg(figure)
     for panel, (column, label) in enumerate([("ic", "IC"), ("rank_ic", "rank IC")], start=1):
         axes = figure.add_subplot(2, 1, panel)
-        for offset, signal in enumerate(SIGNALS):
+        for offset, signal in enumerate(evaluation.signals):
             values = (evaluation.ic_by_fold[evaluation.ic_by_fold["signal"] == signal]
                       .set_index("fold")[column].reindex(folds).to_numpy(dtype=float))
-            axes.bar(positions + (offset - (len(SIGNALS) - 1) / 2) * width, np.nan_to_num(values), width,
+            axes.bar(positions + (offset - (len(evaluation.signals) - 1) / 2) * width, np.nan_to_num(values), width,
                      label=signal)
         axes.axhline(0.0, color="grey", linewidth=0.5)
         axes.set_xticks(positions, [str(f) for f in folds])

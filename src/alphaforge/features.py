@@ -39,13 +39,20 @@ full gives NaN):
 * ``spread`` = (ask - bid) / mid (NaN when mid is 0); ``order_imbalance`` =
   (bid_size - ask_size) / (bid_size + ask_size), **0 when both sizes are 0**.
 * ``day_of_week`` (Monday 0), ``month`` (1..12) in UTC; ``hour`` (UTC) only for intraday
-  data (median gap between a symbol's consecutive bars under one day).
+  data (more than half the gaps between a symbol's consecutive bars under one day).
 * ``{name}_cs_rank``: percentile rank (ties averaged, pandas ``rank(pct=True)``) of a feature
   among the symbols at the same timestamp; only when the data has more than one symbol.
 
+Features whose input columns the bars lack are skipped, with one INFO log line naming
+the feature and the missing column (skfolio's data, for one, has closes only).
+Inputs are checked first: bars sorted by (symbol, timestamp), close/high/low finite
+and > 0, volume finite and >= 0; anything else raises :class:`DataError` naming the
+column, row and rule. Bump :data:`FEATURE_VERSION` whenever a definition changes.
+
 Rolling sums are cumulative sums restarted every block of bars and taken relative to
 the block's first value, so they neither drift with a series' length nor cancel
-catastrophically in the variance (see :class:`_Rolling`).
+catastrophically in the variance (see :class:`_Rolling`); they match a two-pass
+computation to ~1e-14.
 """
 
 from __future__ import annotations
@@ -68,7 +75,7 @@ FEATURE_VERSION: str = "1"
 LABEL_COLUMNS: tuple[str, ...] = ("forward_return", "forward_direction", "forward_volatility", "forward_return_1")
 
 # Panel cells (symbols x bars) computed at once; bounds memory, not results.
-_PANEL_CELL_BUDGET: int = 1 << 20
+_PANEL_CELL_BUDGET: int = 1 << 17
 # Rolling sums restart every _MIN_BLOCK bars (or the largest window, if longer).
 _MIN_BLOCK: int = 128
 _NANOS_PER_DAY: int = 86_400_000_000_000
@@ -212,25 +219,28 @@ def _check_bars(bars: pd.DataFrame, caller: str, *, close_only: bool = False) ->
     if len(bars) == 0:
         raise DataError(f"{caller}: the bars have no rows")
     timestamps = _timestamps_ns(bars, caller)
-    symbol_values = bars["symbol"].to_numpy()
-    codes, uniques = pd.factorize(symbol_values, use_na_sentinel=True)
-    if (codes < 0).any():
-        row = int(np.flatnonzero(codes < 0)[0])
-        raise DataError(f"{caller}: column 'symbol', row {row}: missing symbol")
+    symbol = bars["symbol"]
+    # extension dtypes (string, categorical) may hold pd.NA, which does not compare; None does
+    symbol_values = symbol.to_numpy() if symbol.dtype == object else symbol.to_numpy(dtype=object, na_value=None)
+    same_symbol = np.asarray(symbol_values[1:] == symbol_values[:-1], dtype=bool)
+    starts = np.concatenate(([0], np.flatnonzero(~same_symbol) + 1)).astype(np.int64)
+    run_names = symbol_values[starts]
+    missing_name = np.flatnonzero(pd.isna(run_names))
+    if missing_name.size:
+        raise DataError(f"{caller}: column 'symbol', row {int(starts[missing_name[0]])}: missing symbol")
+    # Sorted by symbol <=> the names of the runs of equal symbols strictly increase (a symbol
+    # that comes back later, or out of order, breaks that).
+    try:
+        out_of_order = np.flatnonzero(~np.asarray(run_names[1:] > run_names[:-1], dtype=bool))
+    except TypeError as err:
+        raise DataError(f"{caller}: column 'symbol' mixes types that cannot be ordered: {err}") from err
     order_hint = "sort with bars.sort_values(['symbol', 'timestamp'], kind='stable')"
-    backwards = np.flatnonzero(np.diff(codes) < 0)
-    names = np.asarray(uniques, dtype=object)
-    unsorted_names = np.flatnonzero(~(names[:-1] < names[1:])) + 1
-    if backwards.size or unsorted_names.size:
-        if backwards.size:
-            row = int(backwards[0]) + 1
-        else:
-            row = int(np.flatnonzero(codes == unsorted_names[0])[0])
+    if out_of_order.size:
+        row = int(starts[out_of_order[0] + 1])
         raise DataError(
             f"{caller}: rule sorted_by_symbol_then_time: row {row} (symbol {symbol_values[row]!r}) comes after "
             f"symbol {symbol_values[row - 1]!r}; {order_hint}"
         )
-    same_symbol = codes[1:] == codes[:-1]
     not_forward = np.flatnonzero(same_symbol & (timestamps[1:] <= timestamps[:-1]))
     if not_forward.size:
         row = int(not_forward[0]) + 1
@@ -248,8 +258,6 @@ def _check_bars(bars: pd.DataFrame, caller: str, *, close_only: bool = False) ->
     for column in () if close_only else ("bid", "ask", "bid_size", "ask_size"):
         if column in bars.columns:
             _check_numeric(bars, column, caller, positive=False, allow_nan=True)
-    boundaries = np.flatnonzero(~same_symbol) + 1
-    starts = np.concatenate(([0], boundaries)).astype(np.int64)
     lengths = np.diff(np.concatenate((starts, [len(bars)])))
     return _Groups(starts=starts, lengths=lengths, timestamps_ns=timestamps)
 
@@ -266,20 +274,28 @@ def _check_numeric(bars: pd.DataFrame, column: str, caller: str, *, positive: bo
         bad |= values < 0
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        rule = "must be finite and > 0" if positive else ("must not be infinite" if allow_nan else "must be finite and >= 0")
+        if positive:
+            rule = "must be finite and > 0"
+        else:
+            rule = "must not be infinite" if allow_nan else "must be finite and >= 0"
         raise DataError(f"{caller}: column {column!r}, row {row}: value {values[row]!r} {rule}")
 
 
 @dataclass(frozen=True)
 class _Chunk:
-    """A run of consecutive symbols laid out as a (symbols, bars) panel, NaN past each symbol's end."""
+    """A run of consecutive symbols laid out as a (symbols, bars) panel.
+
+    The panel is NaN past each symbol's last bar, and its width is padded to a whole
+    number of ``block`` bars (see :class:`_Rolling`).
+    """
 
     row_lo: int
     row_hi: int
     lengths: np.ndarray
+    width: int
 
     @property
-    def width(self) -> int:
+    def longest(self) -> int:
         return int(self.lengths.max())
 
     @property
@@ -287,43 +303,56 @@ class _Chunk:
         return bool((self.lengths == self.lengths[0]).all())
 
     def panel(self, values: np.ndarray) -> np.ndarray:
-        part = values[self.row_lo:self.row_hi]
+        """The chunk's rows of a long column as a panel."""
+        part = values[self.row_lo : self.row_hi]
+        out = np.empty((len(self.lengths), self.width))
         if self.rectangular:
-            return np.array(part, dtype=np.float64).reshape(len(self.lengths), self.width)
-        out = np.full((len(self.lengths), self.width), np.nan)
-        out[self._inside()] = part
+            out[:, : self.longest] = part.reshape(len(self.lengths), self.longest)
+            out[:, self.longest :] = np.nan
+        else:
+            out.fill(np.nan)
+            out[self._inside()] = part
         return out
 
-    def long(self, panel: np.ndarray) -> np.ndarray:
+    def write(self, destination: np.ndarray, panel: np.ndarray) -> None:
+        """Copy a panel back into the chunk's rows of a long column (``destination`` is the whole column)."""
+        rows = destination[self.row_lo : self.row_hi]
         if self.rectangular:
-            return panel.reshape(-1)
-        return panel[self._inside()]
+            rows.reshape(len(self.lengths), self.longest)[...] = panel[:, : self.longest]
+        else:
+            rows[...] = panel[self._inside()]
 
     def _inside(self) -> np.ndarray:
         return np.arange(self.width)[None, :] < self.lengths[:, None]
 
 
-def _chunks(groups: _Groups) -> Iterator[_Chunk]:
+def _chunks(groups: _Groups, block: int) -> Iterator[_Chunk]:
     """Consecutive symbols, grouped so that each panel stays within the cell budget.
 
-    The loop only partitions the symbols; all arithmetic happens on whole panels.
+    The loop only partitions the symbols (cheap integer bookkeeping); all arithmetic
+    happens on whole panels. Small panels also stay in the CPU cache.
     """
-    lengths = groups.lengths.tolist()
+    padded = (-(-groups.lengths // block) * block).tolist()
     first = 0
     widest = 0
-    for index, length in enumerate(lengths):
-        widest_with = max(widest, length)
+    for index, width in enumerate(padded):
+        widest_with = max(widest, width)
         if index > first and widest_with * (index - first + 1) > _PANEL_CELL_BUDGET:
-            yield _make_chunk(groups, first, index)
-            first, widest_with = index, length
+            yield _make_chunk(groups, first, index, widest)
+            first, widest_with = index, width
         widest = widest_with
-    yield _make_chunk(groups, first, len(lengths))
+    yield _make_chunk(groups, first, len(padded), widest)
 
 
-def _make_chunk(groups: _Groups, first: int, stop: int) -> _Chunk:
+def _make_chunk(groups: _Groups, first: int, stop: int, width: int) -> _Chunk:
     row_lo = int(groups.starts[first])
     lengths = groups.lengths[first:stop]
-    return _Chunk(row_lo=row_lo, row_hi=row_lo + int(lengths.sum()), lengths=lengths)
+    return _Chunk(row_lo=row_lo, row_hi=row_lo + int(lengths.sum()), lengths=lengths, width=width)
+
+
+def _block_size(*windows: int) -> int:
+    """Bars per block of :class:`_Rolling`: at least every window, so a window spans at most two blocks."""
+    return max(_MIN_BLOCK, *windows)
 
 
 # --------------------------------------------------------------------------------------------
@@ -333,9 +362,19 @@ def _make_chunk(groups: _Groups, first: int, stop: int) -> _Chunk:
 
 def _lag(x: np.ndarray, lag: int) -> np.ndarray:
     """``x`` shifted ``lag`` bars later within each row (NaN where there is no earlier bar)."""
-    out = np.full_like(x, np.nan)
+    out = np.empty_like(x)
+    out[:, :lag] = np.nan
     if lag < x.shape[1]:
         out[:, lag:] = x[:, : x.shape[1] - lag]
+    return out
+
+
+def _lead(x: np.ndarray, lead: int) -> np.ndarray:
+    """``x`` shifted ``lead`` bars earlier within each row (NaN where there is no later bar)."""
+    out = np.empty_like(x)
+    out[:, max(x.shape[1] - lead, 0) :] = np.nan
+    if lead < x.shape[1]:
+        out[:, : x.shape[1] - lead] = x[:, lead:]
     return out
 
 
@@ -345,76 +384,75 @@ def _mask_before(x: np.ndarray, first_valid: int) -> np.ndarray:
     return x
 
 
-def _window_count(flags: np.ndarray, window: int) -> np.ndarray:
-    """How many of the last ``window`` bars (including this one) are flagged; exact (integer sums)."""
-    counts = np.cumsum(flags, axis=1, dtype=np.int64)
-    if window < counts.shape[1]:
-        counts[:, window:] = counts[:, window:] - counts[:, :-window].copy()
-    return counts
-
-
 class _Rolling:
-    """Precise O(n) rolling sums of one panel series, for every window up to ``max_window``.
+    """Precise O(n) rolling sums of one panel series, for any window up to the block size.
 
-    The time axis is cut into blocks of ``block >= max_window`` bars. Within a block the
-    values are taken relative to the block's first value (its anchor) and summed
-    cumulatively, restarting at each block, so no sum runs over more than one block
-    (no drift with the series' length) and the values summed are deviations from a
-    nearby level (no catastrophic cancellation in ``sum(x**2) - sum(x)**2 / w`` when the
-    level is far from 0, e.g. prices). A window that straddles two blocks adds the tail
-    of the previous block, re-expressed around the current anchor exactly.
+    The time axis is cut into blocks of ``block`` bars (the panel width is a multiple of
+    it). Within a block the values are taken relative to the block's first value (its
+    anchor) and summed cumulatively, restarting at each block: no sum runs over more than
+    one block (no rounding drift with the series' length), and the values summed are
+    deviations from a nearby level, so ``sum(d**2) - sum(d)**2 / w`` does not cancel
+    catastrophically when the level is far from 0 (prices). A window that straddles two
+    blocks adds the tail of the previous block, re-expressed around the current anchor
+    (exact algebra). Every row only ever uses its own past, bar by bar.
     The first ``first_valid`` bars of ``x`` may be NaN (e.g. returns); windows that reach
-    them are NaN.
+    them are NaN. ``anchored=False`` sums the values themselves (for non-negative series
+    such as volume, where an all-zero window must sum to exactly 0).
     """
 
-    def __init__(self, x: np.ndarray, max_window: int, *, first_valid: int = 0, second_moment: bool = False) -> None:
+    def __init__(
+        self, x: np.ndarray, block: int, *, first_valid: int = 0, second_moment: bool = False, anchored: bool = True
+    ) -> None:
         self.n_symbols, self.width = x.shape
+        if self.width % block:
+            raise ValueError(f"_Rolling: panel width {self.width} is not a multiple of the block {block}")
+        self.block = block
         self.first_valid = first_valid
-        self.block = max(_MIN_BLOCK, max_window)
         self._source = x
-        n_blocks = -(-self.width // self.block)
-        padded = np.full((self.n_symbols, n_blocks * self.block), np.nan)
-        padded[:, : self.width] = x
         if 0 < first_valid < self.width:
-            padded[:, :first_valid] = padded[:, first_valid : first_valid + 1]
-        blocks = padded.reshape(self.n_symbols, n_blocks, self.block)
-        self.anchor = blocks[:, :, :1].copy()
+            x = x.copy()
+            x[:, :first_valid] = x[:, first_valid : first_valid + 1]
+        blocks = x.reshape(self.n_symbols, self.width // block, block)
+        self.anchor = blocks[:, :, :1].copy() if anchored else np.zeros((self.n_symbols, self.width // block, 1))
         deviations = blocks - self.anchor
         self.sum1 = np.cumsum(deviations, axis=2)
-        self.sum2 = np.cumsum(np.square(deviations), axis=2) if second_moment else None
-        self._means: dict[int, np.ndarray] = {}
+        self.sum2: np.ndarray | None = None
+        if second_moment:
+            np.square(deviations, out=deviations)
+            self.sum2 = np.cumsum(deviations, axis=2)
+        self._change_counts: np.ndarray | None = None
 
-    def _window_sums(self, window: int, cumulative: np.ndarray, first: np.ndarray | None) -> np.ndarray:
-        """Sum over the last ``window`` bars of the block-relative values (or, with ``first``, their squares)."""
+    def _window_sums(self, window: int, cumulative: np.ndarray, *, squares: bool) -> np.ndarray:
+        """Sum over the last ``window`` bars of the block-relative values (``squares``: of their squares)."""
+        if window > self.block:
+            raise ValueError(f"_Rolling: window {window} is longer than the block {self.block}")
         block = self.block
         out = np.empty_like(cumulative)
-        out[:, :, window:] = cumulative[:, :, window:] - cumulative[:, :, :-window]
+        np.subtract(cumulative[:, :, window:], cumulative[:, :, :-window], out=out[:, :, window:])
         out[:, :, window - 1] = cumulative[:, :, window - 1]
         if window > 1:
-            straddle = window - 1  # positions 0..window-2 of a block reach into the previous block
-            # tail of the previous block, around the previous anchor
+            straddle = window - 1  # bars 0..window-2 of a block reach back into the previous block
             tail = cumulative[:, :-1, block - 1 : block] - cumulative[:, :-1, block - window : block - 1]
-            shift = self.anchor[:, :-1] - self.anchor[:, 1:]  # previous anchor - current anchor
+            shift = self.anchor[:, :-1] - self.anchor[:, 1:]  # previous anchor minus current anchor
             count = np.arange(straddle, 0, -1, dtype=np.float64)  # bars taken from the previous block
-            if first is None:
-                tail = tail + count * shift
+            if squares:
+                tail_sum = self.sum1[:, :-1, block - 1 : block] - self.sum1[:, :-1, block - window : block - 1]
+                tail += 2.0 * shift * tail_sum + count * np.square(shift)
             else:
-                first_tail = self.sum1[:, :-1, block - 1 : block] - self.sum1[:, :-1, block - window : block - 1]
-                tail = tail + 2.0 * shift * first_tail + count * np.square(shift)
-            out[:, 1:, :straddle] = cumulative[:, 1:, :straddle] + tail
+                tail += count * shift
+            np.add(cumulative[:, 1:, :straddle], tail, out=out[:, 1:, :straddle])
             out[:, 0, :straddle] = np.nan
         return out
 
-    def _valid(self, values: np.ndarray, window: int) -> np.ndarray:
-        flat = values.reshape(self.n_symbols, -1)[:, : self.width]
-        return _mask_before(np.ascontiguousarray(flat), self.first_valid + window - 1)
+    def _as_panel(self, values: np.ndarray, window: int) -> np.ndarray:
+        return _mask_before(values.reshape(self.n_symbols, self.width), self.first_valid + window - 1)
 
     def mean(self, window: int) -> np.ndarray:
         """Rolling mean over ``window`` bars (NaN until the window is full)."""
-        if window not in self._means:
-            sums = self._window_sums(window, self.sum1, None)
-            self._means[window] = self._valid(self.anchor + sums / window, window)
-        return self._means[window]
+        sums = self._window_sums(window, self.sum1, squares=False)
+        sums /= window
+        sums += self.anchor
+        return self._as_panel(sums, window)
 
     def std(self, window: int, ddof: int) -> np.ndarray:
         """Rolling standard deviation (``ddof`` 0 or 1), exactly 0 on a window of equal values."""
@@ -422,22 +460,42 @@ class _Rolling:
             raise RuntimeError("_Rolling.std needs second_moment=True")
         if window - ddof <= 0:
             return np.full((self.n_symbols, self.width), np.nan)
-        sum1 = self._window_sums(window, self.sum1, None)
-        sum2 = self._window_sums(window, self.sum2, self.sum1)
-        squares = sum2 - np.square(sum1) / window
-        variance = np.maximum(squares, 0.0) / (window - ddof)
-        std = self._valid(np.sqrt(variance), window)
+        squared_sum = np.square(self._window_sums(window, self.sum1, squares=False))
+        squared_sum /= window
+        variance = self._window_sums(window, self.sum2, squares=True)
+        variance -= squared_sum
+        np.maximum(variance, 0.0, out=variance)
+        variance /= window - ddof
+        std = self._as_panel(np.sqrt(variance, out=variance), window)
         std[self.is_constant(window)] = 0.0
         return std
 
     def is_constant(self, window: int) -> np.ndarray:
         """Whether the last ``window`` values are all equal (exact comparison, not a tolerance)."""
-        changes = np.zeros(self._source.shape, dtype=bool)
-        np.not_equal(self._source[:, 1:], self._source[:, :-1], out=changes[:, 1:])
-        # pairs inside a window of `window` bars: the last window-1 changes
-        constant = _window_count(changes, window - 1) == 0 if window > 1 else np.ones_like(changes)
+        if self._change_counts is None:
+            changes = np.zeros(self._source.shape, dtype=bool)
+            np.not_equal(self._source[:, 1:], self._source[:, :-1], out=changes[:, 1:])
+            self._change_counts = np.cumsum(changes, axis=1, dtype=np.int32)
+        counts = self._change_counts
+        pairs = window - 1  # a window of `window` bars holds window-1 consecutive pairs
+        constant = np.zeros(counts.shape, dtype=bool)
+        if pairs == 0:
+            constant[:] = True
+        elif pairs < counts.shape[1]:
+            np.equal(counts[:, pairs:], counts[:, :-pairs], out=constant[:, pairs:])
         constant[:, : self.first_valid + window - 1] = False
         return constant
+
+
+def _short_mean(x: np.ndarray, window: int, block: int, *, first_valid: int = 0) -> np.ndarray:
+    """Rolling mean; a plain sum of lagged copies for short windows (cheaper than cumulative sums)."""
+    if window > 8:
+        return _Rolling(x, block, first_valid=first_valid).mean(window)
+    total = x.copy()
+    for lag in range(1, window):
+        total += _lag(x, lag)
+    total /= window
+    return _mask_before(total, first_valid + window - 1)
 
 
 def _exponential_average(first: np.ndarray, rest: np.ndarray, alpha: float) -> np.ndarray:
@@ -468,10 +526,10 @@ def _wilder(x: np.ndarray, window: int) -> np.ndarray:
 
 
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray, where_zero: float) -> np.ndarray:
-    """numerator / denominator, with ``where_zero`` where the denominator is 0 (no inf, no warning)."""
-    zero = denominator == 0
-    out = numerator / np.where(zero, 1.0, denominator)
-    out[zero] = where_zero
+    """numerator / denominator, with ``where_zero`` where the denominator is 0 (never inf from a 0/0 or x/0)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.divide(numerator, denominator)
+    out[denominator == 0] = where_zero
     return out
 
 
@@ -480,8 +538,15 @@ def _safe_divide(numerator: np.ndarray, denominator: np.ndarray, where_zero: flo
 # --------------------------------------------------------------------------------------------
 
 
+def _feature_block(params: FeatureParams) -> int:
+    return _block_size(
+        *params.ma_windows, params.bollinger_window, *params.volatility_windows, params.volume_window,
+        params.stochastic_smooth,
+    )
+
+
 def _panel_features(
-    panel: Callable[[str], np.ndarray], params: FeatureParams, names: set[str]
+    panel: Callable[[str], np.ndarray], params: FeatureParams, names: set[str], block: int
 ) -> dict[str, np.ndarray]:
     """Every per-symbol time-series feature in ``names`` for one chunk of symbols."""
     out: dict[str, np.ndarray] = {}
@@ -493,8 +558,7 @@ def _panel_features(
     if returns is None:
         returns = log_close - _lag(log_close, 1)
 
-    close_windows = [*params.ma_windows, params.bollinger_window]
-    close_rolling = _Rolling(close, max(close_windows), second_moment=True)
+    close_rolling = _Rolling(close, block, second_moment=True)
     for window in params.ma_windows:
         out[f"sma_ratio_{window}"] = close / close_rolling.mean(window) - 1.0
     for window in params.ma_windows:
@@ -515,7 +579,7 @@ def _panel_features(
     band = params.bollinger_k * close_rolling.std(params.bollinger_window, ddof=0)
     out["bollinger_position"] = _safe_divide(close - middle, band, where_zero=0.0)
 
-    return_rolling = _Rolling(returns, max(params.volatility_windows), first_valid=1, second_moment=True)
+    return_rolling = _Rolling(returns, block, first_valid=1, second_moment=True)
     for window in params.volatility_windows:
         out[f"volatility_{window}"] = return_rolling.std(window, ddof=1)
 
@@ -532,18 +596,16 @@ def _panel_features(
         lowest = minimum_filter1d(low, window, axis=1, origin=origin)
         stochastic_k = _mask_before(_safe_divide(close - lowest, highest - lowest, where_zero=0.5), window - 1)
         out["stochastic_k"] = stochastic_k
-        smooth = _Rolling(stochastic_k, params.stochastic_smooth, first_valid=window - 1)
-        out["stochastic_d"] = smooth.mean(params.stochastic_smooth)
+        out["stochastic_d"] = _short_mean(stochastic_k, params.stochastic_smooth, block, first_valid=window - 1)
     if "volume_ratio" in names:
         volume = panel("volume")
         window = params.volume_window
-        traded = _window_count(volume > 0, window) > 0  # exact: float sums of zeros may not be exactly 0
-        mean_volume = _Rolling(volume, window).mean(window)
-        usable = traded & (mean_volume > 0)
-        out["volume_ratio"] = np.where(usable, volume / np.where(usable, mean_volume, 1.0), np.nan)
-        dollar = _Rolling(close * volume, window).mean(window)
-        usable = traded & (dollar > 0)
-        out["log_dollar_volume"] = np.where(usable, np.log(np.where(usable, dollar, 1.0)), np.nan)
+        # Not anchored: sums of non-negative values, so a window without volume sums to exactly 0.
+        mean_volume = _Rolling(volume, block, anchored=False).mean(window)
+        out["volume_ratio"] = _safe_divide(volume, mean_volume, where_zero=np.nan)
+        dollar = _Rolling(close * volume, block, anchored=False).mean(window)
+        dollar[dollar == 0] = np.nan
+        out["log_dollar_volume"] = np.log(dollar)
     return out
 
 
@@ -553,11 +615,11 @@ def _panel_features(
 
 
 def _is_intraday(groups: _Groups) -> bool:
-    """Whether the median gap between a symbol's consecutive bars is under one day."""
+    """Whether most gaps between a symbol's consecutive bars are under one day (the median gap is)."""
     gaps = np.diff(groups.timestamps_ns)
     gaps[groups.starts[1:] - 1] = 0  # a gap across two symbols is no gap
-    gaps = gaps[gaps > 0]
-    return bool(gaps.size) and float(np.median(gaps)) < _NANOS_PER_DAY
+    n_gaps = np.count_nonzero(gaps > 0)
+    return n_gaps > 0 and 2 * np.count_nonzero((gaps > 0) & (gaps < _NANOS_PER_DAY)) > n_gaps
 
 
 def _calendar(timestamps: _TimestampGrid, intraday: bool) -> dict[str, np.ndarray]:
@@ -584,66 +646,85 @@ class _TimestampGrid:
     width: int
 
     @classmethod
-    def build(cls, timestamps_ns: np.ndarray) -> _TimestampGrid:
-        codes, uniques = pd.factorize(timestamps_ns)
-        order = np.argsort(codes, kind="stable")
-        counts = np.bincount(codes, minlength=len(uniques))
-        starts = np.cumsum(counts) - counts
-        slots = np.empty(len(codes), dtype=np.int64)
-        slots[order] = np.arange(len(codes)) - starts[codes[order]]
-        width = int(counts.max())
-        return cls(uniques_ns=np.asarray(uniques), codes=codes, cells=codes.astype(np.int64) * width + slots, width=width)
+    def build(cls, groups: _Groups) -> _TimestampGrid:
+        """A symbol has at most one row per timestamp, so its number is a free slot; when most
+        timestamps lack most symbols, slots are packed instead (rank within the timestamp)."""
+        codes, uniques = pd.factorize(groups.timestamps_ns)
+        n_symbols, n_rows = len(groups.starts), len(codes)
+        if len(uniques) * n_symbols <= 2 * n_rows + 4096:
+            slots = np.repeat(np.arange(n_symbols, dtype=np.int64), groups.lengths)
+            width = n_symbols
+        else:
+            order = np.argsort(codes, kind="stable")
+            counts = np.bincount(codes, minlength=len(uniques))
+            starts = np.cumsum(counts) - counts
+            slots = np.empty(n_rows, dtype=np.int64)
+            slots[order] = np.arange(n_rows) - starts[codes[order]]
+            width = int(counts.max())
+        cells = codes.astype(np.int64) * width + slots
+        return cls(uniques_ns=np.asarray(uniques), codes=codes, cells=cells, width=width)
 
 
 def _cross_sectional_pct_rank(values: np.ndarray, timestamps: _TimestampGrid) -> np.ndarray:
     """pandas ``groupby(timestamp).rank(pct=True)``: average rank of ties / number of non-NaN values.
 
-    The rows at each timestamp are sorted at once as a (timestamps, slots) grid. Sorting
-    plain integer keys is several times faster than ``argsort``, so each value becomes an
-    order-preserving integer with its slot packed into the low bits. Values that differ
-    only in those dropped low bits could come out of order; such grid rows are detected
-    and re-sorted with ``argsort``, so the result is exact either way.
+    The rows are laid out as a (timestamps, slots) grid and ranked a block of timestamps at
+    a time (small blocks stay in the CPU cache); each timestamp only ever sees its own rows.
     """
     n_times, width, cells = len(timestamps.uniques_ns), timestamps.width, timestamps.cells
     grid = np.full(n_times * width, np.nan)
     grid[cells] = values
     grid = grid.reshape(n_times, width)
-    count = (~np.isnan(grid)).sum(axis=1)
+    rows_per_block = max(1, _PANEL_CELL_BUDGET // width)
+    for start in range(0, n_times, rows_per_block):
+        block = grid[start : start + rows_per_block]
+        block[...] = _pct_rank_rows(block)
+    return grid.reshape(-1)[cells]
+
+
+def _pct_rank_rows(grid: np.ndarray) -> np.ndarray:
+    """Percentile rank of each value within its row (NaN stays NaN; ties get their average rank).
+
+    Sorting plain integer keys is several times faster than ``argsort``: each value becomes
+    an order-preserving integer whose low bits are replaced by its column. Rows where two
+    keys collide after dropping those bits (exact ties, or values a few ulps apart that
+    might come out of order) are ranked again exactly, with ``argsort``; in the other rows
+    the sorted position is the rank.
+    """
+    n_rows, width = grid.shape
+    missing = np.isnan(grid)
+    count = (width - missing.sum(axis=1))[:, None]
     slot_bits = max(1, (width - 1).bit_length())
     keys = (grid + 0.0).view(np.int64)  # + 0.0 turns -0.0 into 0.0, which must tie with it
     keys ^= (keys >> 63) & np.int64(0x7FFF_FFFF_FFFF_FFFF)  # IEEE bits -> monotone int64
-    keys[np.isnan(grid)] = np.iinfo(np.int64).max  # NaN last
+    keys[missing] = np.iinfo(np.int64).max  # NaN last
     keys >>= slot_bits
     keys <<= slot_bits
     keys |= np.arange(width, dtype=np.int64)
     keys.sort(axis=1)
+    position = np.arange(width)
+    collide = (keys[:, 1:] >> slot_bits) == (keys[:, :-1] >> slot_bits)
+    collide &= position[None, 1:] < count
     keys &= np.int64((1 << slot_bits) - 1)
-    order = keys  # the slot at each sorted position
-    row_start = (np.arange(n_times, dtype=np.int64) * width)[:, None]
-    ordered = grid.ravel()[order + row_start]
-    misordered = np.flatnonzero((ordered[:, 1:] < ordered[:, :-1]).any(axis=1))
-    if misordered.size:
-        order[misordered] = np.argsort(grid[misordered], axis=1, kind="stable")
-        ordered[misordered] = np.take_along_axis(grid[misordered], order[misordered], axis=1)
-
-    position = np.arange(width, dtype=np.float64)
+    order = keys  # the column at each sorted position
     pct = np.empty(grid.shape)
     pct[:] = position + 1.0
-    tied = np.flatnonzero((ordered[:, 1:] == ordered[:, :-1]).any(axis=1))
-    if tied.size:  # average rank over each run of equal values
-        run = ordered[tied]
+    special = np.flatnonzero(collide.any(axis=1))
+    if special.size:
+        order[special] = np.argsort(grid[special], axis=1, kind="stable")
+        run = np.take_along_axis(grid[special], order[special], axis=1)
         run_start = np.ones(run.shape, dtype=bool)
         run_start[:, 1:] = run[:, 1:] != run[:, :-1]
         run_end = np.ones(run.shape, dtype=bool)
         run_end[:, :-1] = run_start[:, 1:]
-        first = np.maximum.accumulate(np.where(run_start, position, 0.0), axis=1)
-        last = np.minimum.accumulate(np.where(run_end, position, width - 1.0)[:, ::-1], axis=1)[:, ::-1]
-        pct[tied] = (first + last) / 2.0 + 1.0
-    pct /= np.maximum(count, 1)[:, None]
-    pct[position[None, :] >= count[:, None]] = np.nan  # the NaN values, sorted last
-    ranked = np.empty(n_times * width)
-    ranked[order + row_start] = pct
-    return ranked[cells]
+        first = np.maximum.accumulate(np.where(run_start, position, 0), axis=1)
+        last = np.minimum.accumulate(np.where(run_end, position, width - 1)[:, ::-1], axis=1)[:, ::-1]
+        pct[special] = (first + last) / 2.0 + 1.0  # the average rank of each run of equal values
+    pct /= np.maximum(count, 1)
+    pct[position[None, :] >= count] = np.nan  # the NaN values, sorted last
+    ranked = np.empty(grid.size)
+    ranked[order + (np.arange(n_rows, dtype=np.int64) * width)[:, None]] = pct
+    return ranked.reshape(grid.shape)
 
 
 # --------------------------------------------------------------------------------------------
@@ -675,7 +756,8 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams) -> pd.DataFrame:
         for c in ("close", "high", "low", "volume")
         if c in columns
     }
-    for chunk in _chunks(groups):
+    block = _feature_block(params)
+    for chunk in _chunks(groups, block):
         panels: dict[str, np.ndarray] = {}
 
         def panel(column: str, chunk: _Chunk = chunk, panels: dict[str, np.ndarray] = panels) -> np.ndarray:
@@ -683,9 +765,9 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams) -> pd.DataFrame:
                 panels[column] = chunk.panel(long_columns[column])
             return panels[column]
 
-        for name, result in _panel_features(panel, params, name_set).items():
+        for name, result in _panel_features(panel, params, name_set, block).items():
             if name in slot:
-                values[slot[name], chunk.row_lo : chunk.row_hi] = chunk.long(result)
+                chunk.write(values[slot[name]], result)
 
     if "spread" in slot:
         bid, ask = (bars[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in ("bid", "ask"))
@@ -696,7 +778,7 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams) -> pd.DataFrame:
         values[slot["order_imbalance"]] = _safe_divide(bid_size - ask_size, bid_size + ask_size, where_zero=0.0)
     ranked = [name for name in names if name.endswith("_cs_rank")]
     if params.calendar or ranked:
-        timestamps = _TimestampGrid.build(groups.timestamps_ns)
+        timestamps = _TimestampGrid.build(groups)
         if params.calendar:
             for name, result in _calendar(timestamps, intraday).items():
                 values[slot[name]] = result
@@ -739,14 +821,15 @@ def compute_labels(bars: pd.DataFrame, horizon: int) -> pd.DataFrame:
     groups = _check_bars(bars, "compute_labels", close_only=True)
     close = bars["close"].to_numpy(dtype=np.float64)
     values = np.empty((len(LABEL_COLUMNS), groups.n_rows))
-    for chunk in _chunks(groups):
+    block = _block_size(horizon)
+    for chunk in _chunks(groups, block):
         log_close = np.log(chunk.panel(close))
-        forward_return = _lag(log_close[:, ::-1], horizon)[:, ::-1] - log_close
-        forward_return_1 = _lag(log_close[:, ::-1], 1)[:, ::-1] - log_close
+        forward_return = _lead(log_close, horizon) - log_close
+        forward_return_1 = _lead(log_close, 1) - log_close
         returns = log_close - _lag(log_close, 1)
-        past_volatility = _Rolling(returns, horizon, first_valid=1, second_moment=True).std(horizon, ddof=1)
-        forward_volatility = _lag(past_volatility[:, ::-1], horizon)[:, ::-1]
+        past_volatility = _Rolling(returns, block, first_valid=1, second_moment=True).std(horizon, ddof=1)
+        forward_volatility = _lead(past_volatility, horizon)
         direction = np.where(np.isnan(forward_return), np.nan, (forward_return > 0).astype(np.float64))
         for i, result in enumerate((forward_return, direction, forward_volatility, forward_return_1)):
-            values[i, chunk.row_lo : chunk.row_hi] = chunk.long(np.ascontiguousarray(result))
+            chunk.write(values[i], result)
     return _with_keys(bars, pd.DataFrame(values.T, columns=list(LABEL_COLUMNS), index=bars.index, copy=False))

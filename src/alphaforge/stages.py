@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from typing import Any
 import pandas as pd
 
 from alphaforge.config import Params
+from alphaforge.schema import DataError
 
 log = logging.getLogger(__name__)
 
@@ -33,11 +35,12 @@ class Paths:
     dataset = Path("data/features/dataset.parquet")
     features_summary = Path("reports/features/summary.json")
     oof = Path("data/predictions/oof.parquet")
-    models_dir = Path("models/lightgbm")
+    trained_dir = Path("models/trained")
+    best_params = Path("models/tuned/best_params.json")
+    tune_summary = Path("reports/tune/summary.json")
     run_reference = Path("models/run.json")
-    train_metrics = Path("reports/train/metrics.json")
-    importance_csv = Path("reports/train/feature_importance.csv")
-    importance_png = Path("reports/train/feature_importance.png")
+    train_reports = Path("reports/train")
+    train_metrics = Path("reports/train_metrics.json")
     evaluate_metrics = Path("reports/evaluate/metrics.json")
     leaderboard = Path("reports/evaluate/leaderboard.txt")
     plots_dir = Path("reports/evaluate/plots")
@@ -143,73 +146,178 @@ def features(params: Params) -> dict[str, Any]:
     return summary
 
 
+def tune(params: Params, workers: int = 1) -> dict[str, Any]:
+    """Walk-forward Optuna search per family; best parameters to models/tuned/best_params.json."""
+    from alphaforge.tune import TuneJob, tune_stage
+
+    job = TuneJob(
+        dataset_path=str(Paths.dataset),
+        tune=params.tune,
+        walk_forward=params.train.walk_forward,
+        purge=params.labels.horizon,
+        target=params.labels.target,
+        base_params={family: dict(params.train.models.get(family, {})) for family in params.tune.families},
+        evaluation=params.evaluate,
+        experiment=params.tracking.experiment if params.tracking.enabled else None,
+    )
+    return tune_stage(job, workers=workers, best_params_path=Paths.best_params, summary_path=Paths.tune_summary)
+
+
+def tuned_hyperparameters(params: Params, family: str) -> dict[str, Any]:
+    """params.yaml's hyperparameters for ``family``, overridden by the tune stage's best where it has them."""
+    chosen = dict(params.train.models.get(family, {}))
+    if params.train.use_tuned and Paths.best_params.exists():
+        best = json.loads(Paths.best_params.read_text()).get(family)
+        if best:
+            chosen.update(best["params"])
+            log.info("train: %s starts from tuned params %s", family, best["params"])
+    return chosen
+
+
 def train(params: Params) -> dict[str, Any]:
-    """Walk-forward LightGBM: fold models, out-of-fold predictions, final model, tracked in MLflow."""
+    """Walk-forward training of every configured family: fold models, OOF predictions, final models, MLflow."""
     from alphaforge import tracking
     from alphaforge.data.ingest import write_parquet_atomic
     from alphaforge.features import FEATURE_VERSION
     from alphaforge.splits import WalkForward
-    from alphaforge.train import plot_feature_importance, walk_forward_train
+    from alphaforge.train import model_factory, plot_importance_bars, task_of, walk_forward_train
 
     dataset = pd.read_parquet(Paths.dataset)
+    target = params.labels.target
+    task = task_of(target)
     splitter = WalkForward(params.train.walk_forward, purge=params.labels.horizon)
     log.info(
-        "train: %d folds (%s), purge %d + embargo %d bars between train and test",
-        params.train.walk_forward.n_splits, params.train.walk_forward.mode, splitter.purge, params.train.walk_forward.embargo,
+        "train: %s on %s (%s), %d folds (%s), purge %d + embargo %d bars between train and test",
+        ", ".join(params.train.families), target, task, params.train.walk_forward.n_splits,
+        params.train.walk_forward.mode, splitter.purge, params.train.walk_forward.embargo,
     )
-    result = walk_forward_train(
-        dataset, splitter, params.train.lightgbm.model_dump(), fit_final_model=params.train.fit_final_model
-    )
-    write_parquet_atomic(result.oof, Paths.oof)
-    Paths.models_dir.mkdir(parents=True, exist_ok=True)
-    for old in Paths.models_dir.glob("*.txt"):
-        old.unlink()
-    for fold, model in zip(result.folds, result.models, strict=True):
-        model.save(Paths.models_dir / f"fold_{fold.fold}.txt")
-    if result.final_model is not None:
-        result.final_model.save(Paths.models_dir / "final.txt")
+    if Paths.trained_dir.exists():
+        shutil.rmtree(Paths.trained_dir)
+    Paths.trained_dir.mkdir(parents=True)
+    Paths.train_reports.mkdir(parents=True, exist_ok=True)
+    oof: pd.DataFrame | None = None
+    metrics: dict[str, Any] = {"target": target, "task": task, "families": {}}
+    importance = _permutation_scorer(params.train.permutation_repeats, target)
+    for family in params.train.families:
+        hyperparameters = tuned_hyperparameters(params, family)
+        make_model = model_factory(
+            family, task=task, hyperparameters=hyperparameters, uncertainty_method=params.train.uncertainty.method,
+            alpha=params.train.uncertainty.alpha, calibration_fraction=params.train.uncertainty.calibration_fraction,
+            purge=params.labels.horizon,
+        )
+        result = walk_forward_train(
+            dataset, splitter, make_model, target=target, fit_final_model=params.train.fit_final_model,
+            importance=importance, label=family,
+        )
+        family_dir = Paths.trained_dir / family
+        for fold, model in zip(result.folds, result.models, strict=True):
+            model.save(family_dir / f"fold_{fold.fold}")
+        if result.final_model is not None:
+            result.final_model.save(family_dir / "final")
+        renamed = result.oof.rename(columns={c: f"{c}_{family}" for c in ("prediction", "lower", "upper")})
+        if oof is None:
+            oof = renamed
+        else:
+            added = [c for c in renamed.columns if c.endswith(f"_{family}")]
+            oof = oof.merge(renamed[["timestamp", "symbol", *added]], on=["timestamp", "symbol"], how="outer")
+        family_metrics = result.metrics()
+        family_metrics["hyperparameters"] = hyperparameters
+        gain = _mean_gain(result.models)
+        if not gain.empty:
+            gain.to_csv(Paths.train_reports / f"gain_importance_{family}.csv", index_label="feature")
+            plot_importance_bars(gain, Paths.train_reports / f"gain_importance_{family}.png",
+                                 f"{family}: gain importance (mean over folds)")
+        if not result.importance.empty:
+            result.importance.to_csv(Paths.train_reports / f"permutation_importance_{family}.csv", index_label="feature")
+            plot_importance_bars(result.importance["mean"], Paths.train_reports / f"permutation_importance_{family}.png",
+                                 f"{family}: permutation importance on out-of-fold test slices (drop in rank IC)")
+        if family == "transformer" and result.final_model is not None:
+            _plot_attention(result.final_model, dataset, Paths.train_reports / "attention_transformer.png")
+        metrics["families"][family] = family_metrics
+    assert oof is not None
+    oof = oof.sort_values(["fold", "timestamp", "symbol"], kind="stable").reset_index(drop=True)
+    write_parquet_atomic(oof, Paths.oof)
     write_json_atomic(
-        {"feature_version": FEATURE_VERSION, "features": result.feature_names, "horizon": params.labels.horizon},
-        Paths.models_dir / "spec.json",
+        {"feature_version": FEATURE_VERSION, "features": result.feature_names, "horizon": params.labels.horizon,
+         "target": target, "task": task, "families": list(params.train.families)},
+        Paths.trained_dir / "spec.json",
     )
-    Paths.importance_csv.parent.mkdir(parents=True, exist_ok=True)
-    result.importance.to_csv(Paths.importance_csv, index_label="feature")
-    plot_feature_importance(result.importance, Paths.importance_png)
-    fold_ics = [f.ic for f in result.folds]
-    metrics = {
-        "n_folds": len(result.folds),
-        "mean_fold_ic": float(pd.Series(fold_ics).mean()),
-        "oof_rows": int(len(result.oof)),
-        "seconds": round(sum(f.seconds for f in result.folds), 3),
-        "folds": [vars(f) for f in result.folds],
-    }
     run_id = None
     if params.tracking.enabled:
         with tracking.start_run(
             params.tracking.experiment, run_name=f"walk-forward {params.ingest.source}",
-            tags={"stage": "train", "source": params.ingest.source, "feature_version": FEATURE_VERSION},
+            tags={"stage": "train", "source": params.ingest.source, "feature_version": FEATURE_VERSION,
+                  "families": ",".join(params.train.families), "target": target},
         ) as run:
             run.log_params(params.model_dump(by_alias=True, mode="json"))
-            for fold in result.folds:
-                run.log_metrics({"fold_ic": fold.ic, "fold_seconds": fold.seconds, "fold_n_train": fold.n_train}, step=fold.fold)
-            run.log_metrics({"mean_fold_ic": metrics["mean_fold_ic"]})
-            run.log_artifact(Paths.models_dir, artifact_path="models")
-            run.log_artifact(Paths.importance_png, artifact_path="train")
-            run.log_artifact(Paths.importance_csv, artifact_path="train")
+            for family, family_metrics in metrics["families"].items():
+                for fold in family_metrics["folds"]:
+                    run.log_metrics({f"{family}.fold_rank_ic": fold["rank_ic"], f"{family}.fold_seconds": fold["seconds"],
+                                     f"{family}.fold_coverage": fold["coverage"]}, step=fold["fold"])
+                run.log_metrics({f"{family}.mean_fold_rank_ic": family_metrics["mean_fold_rank_ic"],
+                                 f"{family}.interval_coverage": family_metrics["interval_coverage"]})
+            run.log_artifact(Paths.trained_dir, artifact_path="models")
+            run.log_artifact(Paths.train_reports, artifact_path="train")
             run_id = run.run_id
     write_json_atomic({"run_id": run_id, "experiment": params.tracking.experiment}, Paths.run_reference)
     write_json_atomic(metrics, Paths.train_metrics)
     return metrics
 
 
+def _permutation_scorer(repeats: int, target: str) -> Any:
+    """Permutation importance of a fold model on its test slice (None when turned off)."""
+    if repeats <= 0:
+        return None
+    from alphaforge.models.importance import permutation_importance
+
+    def score(model: Any, frame: pd.DataFrame, mask: Any) -> pd.Series:
+        table = permutation_importance(model, frame, frame[target], predict_mask=mask, n_repeats=repeats)
+        return table.set_index("feature")["importance_mean"]
+
+    return score
+
+
+def _mean_gain(models: list[Any]) -> pd.Series:
+    """Mean of the fold models' own importance (gain, impurity or |coef|); empty when the family has none."""
+    series = [m.feature_importance() for m in models if hasattr(m, "feature_importance")]
+    series = [s for s in series if s is not None and len(s)]
+    if not series:
+        return pd.Series(dtype=float)
+    return pd.concat(series, axis=1).mean(axis=1).sort_values(ascending=False).rename("gain")
+
+
+def _plot_attention(model: Any, dataset: pd.DataFrame, path: Path) -> None:
+    """Attention of the final Transformer on the last bar of each symbol, per layer and head."""
+    from alphaforge.models.sequence import plot_attention
+
+    last = dataset.groupby("symbol", sort=False).tail(1).index
+    mask = dataset.index.isin(last)
+    plot_attention(model.attention_weights(dataset, predict_mask=mask), path)
+
+
 def evaluate(params: Params) -> dict[str, Any]:
-    """Out-of-sample metrics of the model and the naive baselines, plots, leaderboard; into the same MLflow run."""
+    """Out-of-sample metrics of every model and the naive baselines, plots, leaderboard; into the same MLflow run."""
     from alphaforge import tracking
     from alphaforge.evaluate import evaluate_oof, leaderboard, write_plots
+    from alphaforge.train import task_of
 
     oof = pd.read_parquet(Paths.oof)
-    evaluation = evaluate_oof(oof, params.evaluate)
+    spec = json.loads((Paths.trained_dir / "spec.json").read_text())
+    if spec["target"] == "forward_volatility":
+        raise DataError(
+            "evaluate: the models forecast forward_volatility; the trading evaluation needs labels.target "
+            "forward_return or forward_direction (volatility forecasts are scored in reports/train/metrics.json)"
+        )
+    centre = 0.5 if task_of(spec["target"]) == "classification" else 0.0
+    models = {}
+    for family in spec["families"]:
+        oof[f"signal_{family}"] = oof[f"prediction_{family}"] - centre
+        models[family] = f"signal_{family}"
+    evaluation = evaluate_oof(oof, params.evaluate, models=models)
     metrics = evaluation.to_metrics_json()
+    train_metrics = json.loads(Paths.train_metrics.read_text())
+    for family in spec["families"]:
+        metrics["models"][family]["interval_coverage"] = train_metrics["families"][family]["interval_coverage"]
     write_json_atomic(metrics, Paths.evaluate_metrics)
     table = leaderboard(evaluation)
     write_text_atomic(table + "\n", Paths.leaderboard)
@@ -226,9 +334,10 @@ def evaluate(params: Params) -> dict[str, Any]:
     return metrics
 
 
-STAGES = {"ingest": ingest, "validate": validate, "features": features, "train": train, "evaluate": evaluate}
+STAGES = {"ingest": ingest, "validate": validate, "features": features, "tune": tune, "train": train,
+          "evaluate": evaluate}
 
 
-def run_stage(name: str, params: Params) -> dict[str, Any]:
-    """Run one stage by name."""
-    return STAGES[name](params)
+def run_stage(name: str, params: Params, **options: Any) -> dict[str, Any]:
+    """Run one stage by name (``options`` go to stages that take them, e.g. tune's ``workers``)."""
+    return STAGES[name](params, **options)

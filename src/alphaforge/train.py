@@ -2,59 +2,43 @@
 
 Each fold's model sees only rows before its test window (less the purge and embargo
 gap, see :mod:`alphaforge.splits`), so every out-of-fold prediction is one a trader
-could have made at the time.
+could have made at the time. Any family of :mod:`alphaforge.models` goes through the
+same loop; sequence models look back into earlier rows of the same symbol, which is
+why the whole frame is passed with masks rather than sliced.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from alphaforge.features import feature_columns
+from alphaforge.models.base import Forecaster, Task
+from alphaforge.models.importance import rank_ic
 from alphaforge.splits import Fold, WalkForward
 
 log = logging.getLogger(__name__)
 
-TARGET = "forward_return"
-OOF_COLUMNS = (
-    "timestamp", "symbol", "fold", "prediction", "forward_return", "forward_return_1", "log_return_1", "log_return_20",
-)
+TARGETS: dict[str, Task] = {
+    "forward_return": "regression",
+    "forward_direction": "classification",
+    "forward_volatility": "regression",
+}
+OOF_KEEP = ("timestamp", "symbol", "forward_return", "forward_direction", "forward_volatility",
+            "forward_return_1", "log_return_1", "log_return_20")
 
 
-class LightGBMForecaster:
-    """A LightGBM regressor on the feature columns; scikit-learn style (``fit`` returns self)."""
-
-    def __init__(self, **params: object) -> None:
-        self.params = params
-
-    def fit(self, features: pd.DataFrame, target: pd.Series) -> LightGBMForecaster:
-        import lightgbm as lgb
-
-        self.feature_names_ = list(features.columns)
-        self.model_ = lgb.LGBMRegressor(
-            **{k: v for k, v in self.params.items() if k not in {"seed", "num_threads"}},
-            random_state=self.params.get("seed"),
-            n_jobs=self.params.get("num_threads"),
-            verbose=-1,
-        )
-        self.model_.fit(features, target)
-        return self
-
-    def predict(self, features: pd.DataFrame) -> np.ndarray:
-        return self.model_.predict(features[self.feature_names_])
-
-    def feature_importance(self) -> pd.Series:
-        """Total gain per feature, largest first."""
-        gains = self.model_.booster_.feature_importance(importance_type="gain")
-        return pd.Series(gains, index=self.feature_names_, name="gain").sort_values(ascending=False)
-
-    def save(self, path: str | Path) -> None:
-        self.model_.booster_.save_model(str(path))
+def task_of(target: str) -> Task:
+    """Regression or classification, from the label column the model predicts."""
+    if target not in TARGETS:
+        raise ValueError(f"labels.target {target!r} is not one of {', '.join(TARGETS)}")
+    return TARGETS[target]
 
 
 @dataclass
@@ -69,7 +53,8 @@ class FoldReport:
     n_train: int
     n_test: int
     seconds: float
-    ic: float
+    rank_ic: float
+    coverage: float | None = None
 
 
 @dataclass
@@ -78,91 +63,167 @@ class WalkForwardResult:
 
     oof: pd.DataFrame
     folds: list[FoldReport]
-    models: list[LightGBMForecaster]
-    importance: pd.DataFrame
-    final_model: LightGBMForecaster | None = None
-    feature_names: list[str] = field(default_factory=list)
+    models: list[Forecaster]
+    feature_names: list[str]
+    final_model: Forecaster | None = None
+    importance: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    def metrics(self) -> dict[str, object]:
+        """The JSON summary: per-fold reports and their means."""
+        ics = [f.rank_ic for f in self.folds]
+        coverages = [f.coverage for f in self.folds if f.coverage is not None]
+        return {
+            "n_folds": len(self.folds),
+            "mean_fold_rank_ic": float(np.nanmean(ics)) if ics else None,
+            "interval_coverage": float(np.mean(coverages)) if coverages else None,
+            "oof_rows": int(len(self.oof)),
+            "seconds": round(sum(f.seconds for f in self.folds), 3),
+            "folds": [asdict(f) for f in self.folds],
+        }
 
 
-def _pearson(a: np.ndarray, b: np.ndarray) -> float:
-    ok = np.isfinite(a) & np.isfinite(b)
-    if ok.sum() < 3 or np.std(a[ok]) == 0 or np.std(b[ok]) == 0:
-        return float("nan")
-    return float(np.corrcoef(a[ok], b[ok])[0, 1])
+def _predict_with_interval(model: Forecaster, frame: pd.DataFrame, mask: np.ndarray) -> pd.DataFrame:
+    """Point forecast, and an interval when the family offers one (conformal, quantile or MC dropout)."""
+    if hasattr(model, "predict_interval"):
+        table = model.predict_interval(frame, predict_mask=mask)
+        return pd.DataFrame({"prediction": table["prediction"].to_numpy(),
+                             "lower": table["lower"].to_numpy(), "upper": table["upper"].to_numpy()})
+    if hasattr(model, "predict_with_uncertainty"):
+        table = model.predict_with_uncertainty(frame, predict_mask=mask)
+        return pd.DataFrame({"prediction": table["mean"].to_numpy(),
+                             "lower": table["lower"].to_numpy(), "upper": table["upper"].to_numpy()})
+    return pd.DataFrame({"prediction": model.predict(frame, predict_mask=mask)})
+
+
+def coverage_of(target: np.ndarray, lower: np.ndarray, upper: np.ndarray) -> float | None:
+    """Fraction of realised targets inside their interval (None without finite pairs)."""
+    ok = np.isfinite(target) & np.isfinite(lower) & np.isfinite(upper)
+    if not ok.any():
+        return None
+    return float(np.mean((target[ok] >= lower[ok]) & (target[ok] <= upper[ok])))
 
 
 def walk_forward_train(
     dataset: pd.DataFrame,
     splitter: WalkForward,
-    model_params: dict[str, object],
+    make_model: Callable[[], Forecaster],
     *,
+    target: str = "forward_return",
     fit_final_model: bool = True,
+    on_fold: Callable[[FoldReport], None] | None = None,
+    importance: Callable[[Forecaster, pd.DataFrame, np.ndarray], pd.Series] | None = None,
+    label: str = "",
 ) -> WalkForwardResult:
-    """Train one model per fold on ``dataset`` (features + labels) and predict its test window.
+    """Train one model per fold on ``dataset`` (features + labels, sorted by symbol then time).
 
     Rows whose target is not yet known (the last ``horizon`` bars) are not trained on.
+    ``on_fold`` sees each fold's report as it completes (the tuner prunes there);
+    ``importance`` scores a fold model on its test rows (permutation importance).
     """
     names = feature_columns(dataset)
     if not names:
         raise ValueError("the dataset has no feature columns; check the features stage output")
+    if target not in dataset.columns:
+        raise ValueError(f"the dataset has no label column {target!r}; rerun the features stage")
     folds: list[Fold] = splitter.split(dataset["timestamp"])
-    target = dataset[TARGET].to_numpy()
+    y = dataset[target]
+    known = np.isfinite(y.to_numpy(dtype=float))
+    timestamps = dataset["timestamp"].to_numpy()
     reports, models, pieces, importances = [], [], [], []
     for fold in folds:
         started = time.perf_counter()
-        train_rows = fold.train_rows[np.isfinite(target[fold.train_rows])]
-        model = LightGBMForecaster(**model_params).fit(dataset.iloc[train_rows][names], dataset[TARGET].iloc[train_rows])
-        test = dataset.iloc[fold.test_rows]
-        prediction = model.predict(test[names])
-        piece = test[[c for c in OOF_COLUMNS if c in test.columns and c not in {"fold", "prediction"}]].copy()
+        fit_mask = np.zeros(len(dataset), dtype=bool)
+        fit_mask[fold.train_rows] = True
+        fit_mask &= known
+        test_mask = np.zeros(len(dataset), dtype=bool)
+        test_mask[fold.test_rows] = True
+        model = make_model().fit(dataset, y, fit_mask=fit_mask)
+        predicted = _predict_with_interval(model, dataset, test_mask)
+        piece = dataset.loc[test_mask, [c for c in OOF_KEEP if c in dataset.columns]].reset_index(drop=True)
         piece.insert(2, "fold", fold.number)
-        piece.insert(3, "prediction", prediction)
+        for column in predicted.columns:
+            piece[column] = predicted[column].to_numpy()
         pieces.append(piece)
         models.append(model)
-        importances.append(model.feature_importance().rename(f"fold_{fold.number}"))
+        if importance is not None:
+            importances.append(importance(model, dataset, test_mask).rename(f"fold_{fold.number}"))
+        realised = piece[target].to_numpy(dtype=float)
         report = FoldReport(
             fold=fold.number,
             train_start=str(fold.train_start),
             train_end=str(fold.train_end),
             test_start=str(fold.test_start),
             test_end=str(fold.test_end),
-            n_train=int(len(train_rows)),
-            n_test=int(len(fold.test_rows)),
+            n_train=int(fit_mask.sum()),
+            n_test=int(test_mask.sum()),
             seconds=round(time.perf_counter() - started, 3),
-            ic=_pearson(prediction, test[TARGET].to_numpy()),
+            rank_ic=rank_ic(piece["prediction"].to_numpy(), realised, piece["timestamp"].to_numpy()),
+            coverage=coverage_of(realised, piece["lower"].to_numpy(), piece["upper"].to_numpy())
+            if "lower" in piece else None,
         )
         reports.append(report)
         log.info(
-            "fold %d/%d  train %s..%s (%d rows)  test %s..%s (%d rows)  IC %.4f  %.1fs",
-            fold.number + 1, len(folds), fold.train_start.date(), fold.train_end.date(), report.n_train,
-            fold.test_start.date(), fold.test_end.date(), report.n_test, report.ic, report.seconds,
+            "%sfold %d/%d  train %s..%s (%d rows)  test %s..%s (%d rows)  rank IC %.4f%s  %.1fs",
+            f"{label}: " if label else "", fold.number + 1, len(folds), fold.train_start.date(),
+            fold.train_end.date(), report.n_train, fold.test_start.date(), fold.test_end.date(), report.n_test,
+            report.rank_ic, f"  coverage {report.coverage:.3f}" if report.coverage is not None else "", report.seconds,
         )
+        if on_fold is not None:
+            on_fold(report)
     oof = pd.concat(pieces, ignore_index=True)
     final_model = None
     if fit_final_model:
-        labelled = np.isfinite(target)
-        final_model = LightGBMForecaster(**model_params).fit(dataset.loc[labelled, names], dataset.loc[labelled, TARGET])
-        log.info("final model fitted on %d rows up to %s", int(labelled.sum()), dataset.loc[labelled, "timestamp"].max())
-    importance = pd.concat(importances, axis=1)
-    importance["mean_gain"] = importance.mean(axis=1)
-    importance = importance.sort_values("mean_gain", ascending=False)
+        final_model = make_model().fit(dataset, y, fit_mask=known)
+        log.info("%sfinal model fitted on %d rows up to %s", f"{label}: " if label else "", int(known.sum()),
+                 pd.Timestamp(timestamps[known].max()))
+    table = pd.DataFrame()
+    if importances:
+        table = pd.concat(importances, axis=1)
+        table["mean"] = table.mean(axis=1)
+        table = table.sort_values("mean", ascending=False)
     return WalkForwardResult(
-        oof=oof, folds=reports, models=models, importance=importance, final_model=final_model, feature_names=names
+        oof=oof, folds=reports, models=models, feature_names=names, final_model=final_model, importance=table
     )
 
 
-def plot_feature_importance(importance: pd.DataFrame, path: str | Path, top: int = 25) -> None:
-    """A horizontal bar chart of the mean gain across folds."""
+def plot_importance_bars(importance: pd.Series, path: str | Path, title: str, top: int = 25) -> None:
+    """A horizontal bar chart of an importance series (largest at the top)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    shown = importance["mean_gain"].head(top)[::-1]
+    shown = importance.sort_values(ascending=False).head(top)[::-1]
     fig, ax = plt.subplots(figsize=(7, max(3, 0.28 * len(shown))))
     ax.barh(shown.index, shown.to_numpy(), color="#3b75af")
-    ax.set_xlabel("mean gain across walk-forward folds")
-    ax.set_title("LightGBM feature importance")
+    ax.set_title(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def model_factory(
+    family: str, *, task: Task, hyperparameters: dict[str, object], uncertainty_method: str = "none",
+    alpha: float = 0.1, calibration_fraction: float = 0.2, purge: int = 0,
+) -> Callable[[], Forecaster]:
+    """A function making a fresh forecaster of ``family``, wrapped for intervals where asked.
+
+    Tabular regression gets split-conformal intervals (``conformal``) or quantile LightGBM
+    (``quantile``, LightGBM only); sequence families carry Monte Carlo dropout themselves.
+    ``purge`` bars separate the conformal model's rows from its calibration slice (the label horizon).
+    """
+    from alphaforge.models.registry import SEQUENCE_FAMILIES, make_forecaster
+
+    def make() -> Forecaster:
+        if family in SEQUENCE_FAMILIES or task != "regression" or uncertainty_method == "none":
+            return make_forecaster(family, task=task, params=hyperparameters)
+        from alphaforge.models import uncertainty
+
+        if uncertainty_method == "quantile" and family == "lightgbm":
+            return uncertainty.QuantileLightGBM(task=task, alpha=alpha, **hyperparameters)
+        return uncertainty.ConformalRegressor(
+            make_forecaster(family, task=task, params=hyperparameters),
+            calibration_fraction=calibration_fraction, alpha=alpha, gap=purge,
+        )
+
+    return make

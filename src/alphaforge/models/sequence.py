@@ -163,12 +163,17 @@ def resolve_device(device: str) -> torch.device:
 
 
 class _RecurrentNet(nn.Module):
-    """LSTM or GRU; the last step's hidden state, through dropout, feeds a linear head."""
+    """LSTM or GRU; the last step's hidden state (through dropout) feeds a linear head, plus a linear
+    "highway" from the last bar's inputs (as in LSTNet, Lai et al. 2018).
+
+    The tanh-bounded hidden state cannot follow the scale of its inputs (a volatility target, or an
+    input far outside the training range, would be squashed); the highway gives the output a path
+    whose scale follows the inputs, and its dropout lets MC-dropout intervals widen with them.
+    """
 
     def __init__(self, cell: Literal["lstm", "gru"], n_inputs: int, params: SequenceParams) -> None:
         super().__init__()
         rnn_class = nn.LSTM if cell == "lstm" else nn.GRU
-        self.input_dropout = nn.Dropout(params.dropout)
         self.rnn = rnn_class(
             n_inputs,
             params.hidden_size,
@@ -178,10 +183,13 @@ class _RecurrentNet(nn.Module):
         )
         self.head_dropout = nn.Dropout(params.dropout)
         self.head = nn.Linear(params.hidden_size, 1)
+        self.highway_dropout = nn.Dropout(params.dropout)
+        self.highway = nn.Linear(n_inputs, 1, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        output, _ = self.rnn(self.input_dropout(x))
-        return self.head(self.head_dropout(output[:, -1])).squeeze(-1)
+        output, _ = self.rnn(x)
+        recurrent = self.head(self.head_dropout(output[:, -1]))
+        return (recurrent + self.highway(self.highway_dropout(x[:, -1]))).squeeze(-1)
 
 
 def sinusoidal_positions(length: int, width: int) -> torch.Tensor:
@@ -228,7 +236,10 @@ class _TransformerNet(nn.Module):
     """Linear input projection + sinusoidal positions, encoder layers, the last step feeds a linear head.
 
     Attention is full within the window: the window already ends at the predicted bar, so no step
-    can see past it.
+    can see past it. There is deliberately no final LayerNorm before the head: with one, the
+    pre-norm network would be blind to the overall scale of its inputs (all features twice as large
+    give the same forecast), which is wrong for volatility targets and hides inputs far outside the
+    training range from MC dropout.
     """
 
     def __init__(self, n_inputs: int, params: SequenceParams) -> None:
@@ -237,8 +248,9 @@ class _TransformerNet(nn.Module):
         self.input_projection = nn.Linear(n_inputs, width)
         self.register_buffer("positions", sinusoidal_positions(params.lookback, width), persistent=False)
         self.input_dropout = nn.Dropout(params.dropout)
-        self.layers = nn.ModuleList(_EncoderLayer(width, params.n_heads, params.dropout) for _ in range(params.num_layers))
-        self.final_norm = nn.LayerNorm(width)
+        self.layers = nn.ModuleList(
+            _EncoderLayer(width, params.n_heads, params.dropout) for _ in range(params.num_layers)
+        )
         self.head_dropout = nn.Dropout(params.dropout)
         self.head = nn.Linear(width, 1)
 
@@ -248,7 +260,7 @@ class _TransformerNet(nn.Module):
         for layer in self.layers:
             hidden, weights = layer(hidden)
             all_weights.append(weights)
-        return self.final_norm(hidden), all_weights
+        return hidden, all_weights
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         hidden, _ = self.encode(x)
@@ -469,7 +481,7 @@ class SequenceForecaster:
         params = self.params
         if len(target) != len(frame):
             raise ValueError(f"target has {len(target)} rows, frame has {len(frame)}")
-        if not target.index.equals(frame.index):
+        if isinstance(target, pd.Series) and not target.index.equals(frame.index):
             raise ValueError("target must be aligned with frame (same index, same order)")
         fit_rows = _row_mask(fit_mask, len(frame), "fit_mask")
         codes = _symbol_codes(frame)
@@ -496,7 +508,7 @@ class SequenceForecaster:
             else []
         )
 
-        target_values = pd.to_numeric(target, errors="raise").to_numpy(dtype=np.float64)
+        target_values = pd.to_numeric(pd.Series(np.asarray(target)), errors="raise").to_numpy(dtype=np.float64)
         if np.isinf(target_values).any():
             row = int(np.flatnonzero(np.isinf(target_values))[0])
             raise ValueError(f"target is infinite at row {frame.index[row]!r}")
@@ -519,7 +531,14 @@ class SequenceForecaster:
             raise ValueError(
                 f"no fit row has both a full {params.lookback}-bar window of its symbol and a known target"
             )
-        train_rows, validation_rows = self._split_validation(candidates, _timestamp_keys(frame))
+        timestamps = _timestamp_keys(frame)
+        train_rows, validation_rows = self._split_validation(candidates, timestamps)
+        # The first timestamp of the inner validation slice (None without one): a fit-time diagnostic.
+        self.validation_start_ = (
+            frame["timestamp"].iloc[validation_rows[np.argmin(timestamps[validation_rows])]]
+            if len(validation_rows)
+            else None
+        )
 
         if params.task == "regression":
             self.target_mean_ = float(target_values[train_rows].mean())
@@ -612,7 +631,9 @@ class SequenceForecaster:
                 else math.nan
             )
             seconds = time.perf_counter() - started
-            history.append({"epoch": epoch, "train_loss": train_loss, "validation_loss": validation_loss, "seconds": seconds})
+            history.append(
+                {"epoch": epoch, "train_loss": train_loss, "validation_loss": validation_loss, "seconds": seconds}
+            )
             log.info(
                 "%s epoch %d/%d: train loss %.5f, validation loss %.5f, %.2fs",
                 self.family, epoch, params.max_epochs, train_loss, validation_loss, seconds,
@@ -832,7 +853,9 @@ class SequenceForecaster:
                 raise FileNotFoundError(f"{folder / name} is missing: not a saved sequence forecaster")
         config = json.loads((folder / CONFIG_FILE).read_text())
         if config.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"{folder / CONFIG_FILE}: format_version {config.get('format_version')!r} is not {FORMAT_VERSION}")
+            raise ValueError(
+                f"{folder / CONFIG_FILE}: format_version {config.get('format_version')!r} is not {FORMAT_VERSION}"
+            )
         family = config["family"]
         target_class = FAMILY_CLASSES.get(family)
         if target_class is None:
@@ -911,7 +934,8 @@ def plot_attention(weights: np.ndarray, path: Path, *, title: str = "attention")
             array = np.nanmean(array, axis=0)
     if array.ndim != 4 or array.shape[-1] != array.shape[-2]:
         raise ValueError(
-            f"weights must be (n_layers, n_heads, lookback, lookback) or (n_rows, ...) of it, got shape {np.shape(weights)}"
+            "weights must be (n_layers, n_heads, lookback, lookback) or (n_rows, ...) of it, "
+            f"got shape {np.shape(weights)}"
         )
     if np.isnan(array).all():
         raise ValueError("weights are all NaN (no row had a full window)")
