@@ -387,7 +387,7 @@ def test_permutation_importance_puts_the_planted_features_above_noise(
     planted, noise = importance[list(PLANTED)].max(), importance[NOISE]
     summary = f"{family}: best planted {planted:.4f}, noise {noise:.4f}, baseline rank IC {table.attrs['baseline']:.3f}"
     assert planted > noise + 0.002, summary
-    assert abs(noise) < 0.005, summary  # shuffling noise costs (or gains) under 5% of a ~0.12 rank IC
+    assert abs(noise) < 0.25 * planted, summary  # noise matters far less than the signal, either way
     rank_of_best_planted = int(np.flatnonzero(table["feature"].isin(PLANTED).to_numpy())[0])
     assert rank_of_best_planted < 5, f"{summary}; top: {table['feature'].head(5).tolist()}"
 

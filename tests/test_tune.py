@@ -131,7 +131,7 @@ def test_study_spends_exactly_the_budget_and_seeded_search_repeats(dataset: pd.D
 
 @pytest.mark.parametrize("pruner", ["median", "successive_halving"])
 def test_pruner_stops_trials_that_fall_behind(dataset: pd.DataFrame, tmp_path: Path, pruner: str) -> None:
-    tune = TuneParams(families=("ridge",), storage=sqlite_url(tmp_path / "prune.db"), n_trials=8,
+    tune = TuneParams(families=("ridge",), storage=sqlite_url(tmp_path / "prune.db"), n_trials=6,
                       n_startup_trials=2, pruner=pruner, search_spaces=RIDGE_SPACE)
     summary = tune_family(dataset, "ridge", tune=tune, splitter=splitter(), base_params=RIDGE_BASE)
     trials = trials_of(tune.storage, summary["study_name"])
@@ -141,7 +141,7 @@ def test_pruner_stops_trials_that_fall_behind(dataset: pd.DataFrame, tmp_path: P
     assert all(max(t.intermediate_values) < N_FOLDS - 1 for t in pruned)
     assert all(sorted(t.intermediate_values) == list(range(N_FOLDS))
                for t in trials if t.state == TrialState.COMPLETE)
-    assert len(finished(trials)) == 8 == summary["n_complete"] + summary["n_pruned"]
+    assert len(finished(trials)) == 6 == summary["n_complete"] + summary["n_pruned"]
     assert summary["n_pruned"] == len(pruned)
 
 

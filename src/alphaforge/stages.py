@@ -18,7 +18,6 @@ from typing import Any
 import pandas as pd
 
 from alphaforge.config import Params
-from alphaforge.schema import DataError
 
 log = logging.getLogger(__name__)
 
@@ -304,10 +303,7 @@ def evaluate(params: Params) -> dict[str, Any]:
     oof = pd.read_parquet(Paths.oof)
     spec = json.loads((Paths.trained_dir / "spec.json").read_text())
     if spec["target"] == "forward_volatility":
-        raise DataError(
-            "evaluate: the models forecast forward_volatility; the trading evaluation needs labels.target "
-            "forward_return or forward_direction (volatility forecasts are scored in reports/train/metrics.json)"
-        )
+        return _evaluate_volatility(params, oof, spec)
     centre = 0.5 if task_of(spec["target"]) == "classification" else 0.0
     models = {}
     for family in spec["families"]:
@@ -331,6 +327,23 @@ def evaluate(params: Params) -> dict[str, Any]:
             for path in plots.values():
                 run.log_artifact(path, artifact_path="evaluate/plots")
     log.info("evaluate: out-of-sample results\n%s", table)
+    return metrics
+
+
+def _evaluate_volatility(params: Params, oof: pd.DataFrame, spec: dict[str, Any]) -> dict[str, Any]:
+    """Volatility forecasts are scored (rank IC, MSE, QLIKE) against the trailing volatility, not traded."""
+    from alphaforge.evaluate import evaluate_volatility
+
+    metrics = evaluate_volatility(oof, {f: f"prediction_{f}" for f in spec["families"]})
+    write_json_atomic(metrics, Paths.evaluate_metrics)
+    rows = [(name, block) for group in ("models", "baselines") for name, block in metrics[group].items()]
+    lines = ["volatility forecasts, out of sample (QLIKE and MSE: lower is better)",
+             f"{'forecast':22s} {'rank_ic':>8s} {'qlike':>8s} {'mse':>12s}"]
+    lines += [f"{name:22s} {block['rank_ic'] or float('nan'):8.3f} {block['qlike'] or float('nan'):8.4f} "
+              f"{block['mse'] or float('nan'):12.3e}" for name, block in rows]
+    write_text_atomic("\n".join(lines) + "\n", Paths.leaderboard)
+    Paths.plots_dir.mkdir(parents=True, exist_ok=True)
+    log.info("evaluate:\n%s", "\n".join(lines))
     return metrics
 
 

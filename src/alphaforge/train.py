@@ -31,7 +31,7 @@ TARGETS: dict[str, Task] = {
     "forward_volatility": "regression",
 }
 OOF_KEEP = ("timestamp", "symbol", "forward_return", "forward_direction", "forward_volatility",
-            "forward_return_1", "log_return_1", "log_return_20")
+            "forward_return_1", "log_return_1", "log_return_20", "volatility_20")
 
 
 def task_of(target: str) -> Task:

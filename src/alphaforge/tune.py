@@ -55,7 +55,9 @@ reproducible, only the budget is.
 name, its id kept in the study's user attributes) and every trial that runs becomes a child run
 under it, from whichever process ran it: sampled parameters, the fold metric per fold
 (step = fold), the mean, the duration and the Optuna state. MLflow calls live in
-:mod:`alphaforge.tracking`.
+:mod:`alphaforge.tracking`. :func:`run_workers` opens the studies (and parent runs) before it
+starts the workers; two processes started by hand that open a *new* study at the same instant may
+each create a parent run and log their trials under their own.
 
 **Outputs.** :func:`write_best_params` writes ``{family: {"params", "value", "n_trials", ...}}``
 (only the sampled parameters: the train stage lays them over its own per-family settings);
