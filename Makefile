@@ -35,8 +35,9 @@ test: venv  ## run the whole test suite (unit, data, model and end-to-end)
 test-fast: venv  ## the suite without the slow end-to-end tests
 	$(BIN)/python -m pytest -q -m "not slow and not e2e"
 
-bench: venv  ## run every benchmark; results land in benchmarks/results/
+bench: venv  ## run every benchmark; results land in benchmarks/results/ (the training one takes a while)
 	$(BIN)/python benchmarks/features.py --out benchmarks/results/features.json
+	$(BIN)/python benchmarks/training.py --out benchmarks/results/training.json
 
 lock: venv  ## re-pin requirements.lock from the current environment
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^alphaforge' > requirements.lock

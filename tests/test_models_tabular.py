@@ -334,6 +334,7 @@ def test_conformal_intervals_cover_close_to_nominal_out_of_sample(tmp_path: Path
 
     model.save(tmp_path / "conformal")
     loaded = ConformalRegressor.load(tmp_path / "conformal")
+    assert loaded.calibration_start_ == model.calibration_start_ and loaded.row_wise
     pd.testing.assert_frame_equal(loaded.predict_interval(market.data, predict_mask=market.test), table)
 
 

@@ -68,7 +68,8 @@ def test_negative_skew_lowers_psr_at_the_same_sharpe() -> None:
 def test_expected_max_sharpe_formula_and_monte_carlo() -> None:
     assert expected_max_sharpe(1, 0.04) == 0.0
     n, variance = 10, 0.04
-    by_hand = math.sqrt(variance) * ((1 - EULER_GAMMA) * norm.ppf(1 - 1 / n) + EULER_GAMMA * norm.ppf(1 - 1 / (n * math.e)))
+    by_hand = math.sqrt(variance) * ((1 - EULER_GAMMA) * norm.ppf(1 - 1 / n)
+                                     + EULER_GAMMA * norm.ppf(1 - 1 / (n * math.e)))
     assert expected_max_sharpe(n, variance) == pytest.approx(by_hand, rel=1e-12)
     # the approximation is close to the simulated mean maximum of N standard normal Sharpe estimates
     draws = np.random.default_rng(0).normal(0.0, 1.0, (20000, 100)).max(axis=1).mean()

@@ -7,10 +7,12 @@ never saw it):
 * **Stacking** (:class:`StackingEnsemble`): a meta-learner maps the base predictions to the
   target. The default is a non-negative ridge (``nnls_ridge``): ``y ~ b + sum_i w_i p_i`` with
   ``w_i >= 0`` and an L2 penalty, solved exactly with ``scipy.optimize.nnls`` on the augmented
-  system ``[Xc; sqrt(lambda) I] w = [yc; 0]`` (``Xc``, ``yc`` centred, so the intercept is
-  free). Non-negativity keeps the stack a blend of forecasters rather than a long/short bet on
-  their differences, which overfits on noisy financial targets. ``lambda`` is ``ridge_alpha``
-  times the mean diagonal of ``Xc'Xc``, so the setting does not depend on the scale of returns.
+  system ``[Xc; sqrt(alpha) D] w = [yc; 0]`` (``Xc``, ``yc`` centred, so the intercept is
+  free; ``D`` the diagonal of the columns' norms, so the penalty is that of a ridge on
+  standardised predictions and ``ridge_alpha`` does not depend on the scale of any family's
+  forecasts). Non-negativity keeps the stack a blend of forecasters rather than a long/short bet
+  on their differences, which overfits on noisy financial targets; the penalty steadies the
+  weights of families whose forecasts are nearly collinear.
   A small LightGBM (``lightgbm``) can replace it where the families' relative skill depends on
   the level of their forecasts.
 * **Weighted voting** (:class:`VotingEnsemble`): a weighted average with weights from each
@@ -96,7 +98,7 @@ class EnsembleParams(BaseModel):
     method: Literal["stacking", "voting"] = "stacking"
     meta_learner: Literal["nnls_ridge", "lightgbm"] = "nnls_ridge"
     families: tuple[str, ...] | None = Field(None, description="families to combine; None: all the train stage made")
-    ridge_alpha: float = Field(0.1, ge=0.0, description="L2 penalty relative to the mean diagonal of X'X")
+    ridge_alpha: float = Field(0.1, ge=0.0, description="L2 penalty on the standardised base predictions")
     lightgbm: dict[str, Any] = Field(default_factory=lambda: dict(DEFAULT_META_LIGHTGBM))
     meta_walk_forward: WalkForwardParams = WalkForwardParams(n_splits=3, min_train_size=252, embargo=0)
     hedge: HedgeParams = HedgeParams()
@@ -296,19 +298,20 @@ def _complete_rows(matrix: np.ndarray, target: np.ndarray | None = None) -> np.n
 
 
 def nonnegative_ridge(x: np.ndarray, y: np.ndarray, alpha: float) -> tuple[np.ndarray, float]:
-    """``(w, b)`` minimising ``|y - b - x w|^2 + lambda |w|^2`` subject to ``w >= 0``.
+    """``(w, b)`` minimising ``|y - b - x w|^2 + alpha * sum_j |xc_j|^2 w_j^2`` subject to ``w >= 0``.
 
-    ``lambda = alpha * mean(diag(xc' xc))`` with ``xc`` the centred ``x``; the intercept is not
-    penalised (centring removes it, ``b = mean(y) - mean(x) w``). Exact, via ``scipy.optimize.nnls``
-    on the augmented system.
+    ``xc`` is the centred ``x``: the penalty on each weight is scaled by its column's sum of
+    squares, i.e. a ridge with penalty ``alpha`` on standardised columns, expressed in the units
+    of ``x``. The intercept is not penalised (centring removes it, ``b = mean(y) - mean(x) w``).
+    Exact, via ``scipy.optimize.nnls`` on the augmented system.
     """
     from scipy.optimize import nnls
 
     x_mean, y_mean = x.mean(axis=0), float(y.mean())
     xc, yc = x - x_mean, y - y_mean
     n_features = x.shape[1]
-    penalty = alpha * float(np.mean(np.sum(xc * xc, axis=0)))
-    augmented_x = np.vstack([xc, math.sqrt(max(penalty, 0.0)) * np.eye(n_features)])
+    column_norms = np.sqrt(np.sum(xc * xc, axis=0))
+    augmented_x = np.vstack([xc, math.sqrt(alpha) * np.diag(column_norms)])
     augmented_y = np.concatenate([yc, np.zeros(n_features)])
     weights, _ = nnls(augmented_x, augmented_y, maxiter=50 * n_features + 100)
     return weights, y_mean - float(x_mean @ weights)

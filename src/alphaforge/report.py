@@ -228,7 +228,8 @@ def model_card(candidate: str, *, spec: Mapping[str, Any], data_summary: Mapping
          _format(dsr.get("expected_max_sr_annualised"), "num")],
         ["deflated Sharpe ratio", _format(dsr.get("dsr"), "num")],
         ["probability of backtest overfitting (CSCV)", _format(pbo.get("pbo"), "num")],
-        ["CSCV splits x trials", f"{_format(pbo.get('n_combinations'), 'int')} x {_format(pbo.get('n_trials'), 'int')}"],
+        ["CSCV splits", _format(pbo.get("n_combinations"), "int")],
+        ["trials with out-of-sample returns (CSCV)", _format(pbo.get("n_trials"), "int")],
         ["P(in-sample winner loses out of sample)", _format(pbo.get("prob_oos_loss"), "num")],
     ])
     lines += ["", f"- {dsr_reading(dsr)}", f"- {pbo_reading(pbo)}", ""]
@@ -238,8 +239,9 @@ def model_card(candidate: str, *, spec: Mapping[str, Any], data_summary: Mapping
 def plot_pbo_logits(pbo: Mapping[str, Any], path: str | Path, *, title: str = "CSCV logits") -> Path:
     """Histogram of a :func:`alphaforge.overfitting.pbo_cscv` result's logits as a PNG (Agg canvas, atomic).
 
-    Mass at or left of the zero line (red bars) is the PBO: splits where the in-sample winner sat at or below the out-of-sample
-    median. Without logits (``pbo`` None) the figure states the reason instead, so the report still has a plot.
+    Mass at or left of the zero line (red bars) is the PBO: splits where the in-sample winner sat at or below
+    the out-of-sample median. Without logits (``pbo`` None) the figure states the reason instead, so the report
+    still has a plot.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure

@@ -146,7 +146,12 @@ def features(params: Params) -> dict[str, Any]:
 
 
 def tune(params: Params, workers: int = 1) -> dict[str, Any]:
-    """Walk-forward Optuna search per family; best parameters to models/tuned/best_params.json."""
+    """Walk-forward Optuna search per family; best parameters to models/tuned/best_params.json.
+
+    Complete trials' out-of-fold predictions are kept beside the study (``.alphaforge/tune_trials/<study>/``)
+    for the evaluate stage's probability of backtest overfitting.
+    """
+    from alphaforge import tracking
     from alphaforge.tune import TuneJob, tune_stage
 
     job = TuneJob(
@@ -158,6 +163,7 @@ def tune(params: Params, workers: int = 1) -> dict[str, Any]:
         base_params={family: dict(params.train.models.get(family, {})) for family in params.tune.families},
         evaluation=params.evaluate,
         experiment=params.tracking.experiment if params.tracking.enabled else None,
+        trials_dir=str(tracking.state_dir() / "tune_trials"),
     )
     return tune_stage(job, workers=workers, best_params_path=Paths.best_params, summary_path=Paths.tune_summary)
 

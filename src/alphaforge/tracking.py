@@ -14,6 +14,7 @@ import math
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -269,3 +270,279 @@ def child_run_ids(parent_run_id: str) -> list[str]:
         token = page.token
         if not token:
             return ids
+
+
+# ------------------------------------------------------------------------------------------------
+# Models: log a pyfunc model into a run, register it, move aliases (MLflow 3: aliases, not stages).
+# ------------------------------------------------------------------------------------------------
+
+
+def log_ensemble_model(
+    *,
+    artifacts: Mapping[str, str],
+    python_model: Any,
+    signature: Any,
+    input_example: Any,
+    pip_requirements: list[str],
+    code_paths: list[str] | None = None,
+    run_id: str | None = None,
+    experiment: str | None = None,
+    name: str = "ensemble",
+    registered_model_name: str | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Log a pyfunc model (the ensemble) into a run and, given a name, register it as a new model version.
+
+    The run is ``run_id`` (reopened, in ``experiment``), else the active run, else a new run in
+    ``experiment``. ``pip_requirements`` is passed as given (MLflow's inferred list drops local
+    versions such as torch's ``+cpu``). ``metrics`` (nested, flattened to ``a.b`` names) go to the
+    same run. Returns ``model_uri`` (``models:/<model id>``), ``run_id``, ``registered_model_name``
+    and ``registered_model_version`` (None when not registered).
+    """
+    import mlflow
+
+    def log_into(run: Run) -> dict[str, Any]:
+        info = mlflow.pyfunc.log_model(
+            name=name, python_model=python_model, artifacts=dict(artifacts), signature=signature,
+            input_example=input_example, pip_requirements=list(pip_requirements), code_paths=code_paths,
+            registered_model_name=registered_model_name,
+        )
+        if metrics:
+            run.log_metrics(metrics)
+        version = getattr(info, "registered_model_version", None)
+        log.info("MLflow: logged %s as %s%s", name, info.model_uri,
+                 f", registered {registered_model_name} version {version}" if version is not None else "")
+        return {"model_uri": info.model_uri, "run_id": run.run_id, "registered_model_name": registered_model_name,
+                "registered_model_version": None if version is None else str(version)}
+
+    active = mlflow.active_run() if run_id is None else None
+    if active is not None:
+        return log_into(Run(active.info.run_id))
+    if experiment is None:
+        raise ValueError("log_ensemble_model: no active run; pass run_id and/or experiment")
+    with start_run(experiment, run_id=run_id, run_name=None if run_id else name) as run:
+        return log_into(run)
+
+
+def set_model_alias(name: str, alias: str, version: str | int) -> None:
+    """Point ``alias`` (``champion``, ``challenger``) of registered model ``name`` at ``version``."""
+    _client().set_registered_model_alias(name, alias, str(version))
+
+
+def model_version_by_alias(name: str, alias: str) -> str:
+    """The version number ``alias`` of registered model ``name`` points at."""
+    return str(_client().get_model_version_by_alias(name, alias).version)
+
+
+# ------------------------------------------------------------------------------------------------
+# Model Registry (the promote stage and `alphaforge registry ...`).
+#
+# Aliases, not stages: ``champion`` serves, ``challenger`` is the newest candidate. Everything the
+# promotion logic needs is here as plain Python values (records, dicts, strings), so
+# ``alphaforge.promotion`` never touches an MLflow type and stays testable on its own.
+# ------------------------------------------------------------------------------------------------
+
+HTTP_RETRY_ENV = "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+HTTP_TIMEOUT_ENV = "MLFLOW_HTTP_REQUEST_TIMEOUT"
+HTTP_BACKOFF_ENV = "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"
+HTTP_JITTER_ENV = "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER"
+
+
+@dataclass(frozen=True)
+class LoggedModelRef:
+    """Where a logged model lives: ``model_uri`` (``models:/m-...``) and the run that logged it."""
+
+    model_uri: str
+    run_id: str
+
+
+@dataclass(frozen=True)
+class ModelVersionRecord:
+    """One registered model version as plain values (``version`` is MLflow's string form, "1", "2", ...)."""
+
+    name: str
+    version: str
+    run_id: str | None
+    source: str
+    tags: dict[str, str]
+    created_ms: int
+
+
+def _registry_client() -> Any:
+    """A client whose tracking *and* registry store are :func:`tracking_uri` (never a default registry)."""
+    from mlflow import MlflowClient
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        state_dir().mkdir(parents=True, exist_ok=True)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _record(version: Any) -> ModelVersionRecord:
+    return ModelVersionRecord(
+        name=version.name, version=str(version.version), run_id=version.run_id or None, source=version.source,
+        tags=dict(version.tags or {}), created_ms=int(version.creation_timestamp or 0),
+    )
+
+
+def _error_code(err: BaseException) -> str | None:
+    return getattr(err, "error_code", None)
+
+
+@contextmanager
+def fail_fast_http(max_retries: int = 1, timeout_seconds: int = 10) -> Iterator[None]:
+    """Make MLflow's HTTP client give up on a dead tracking server in seconds, inside the block.
+
+    MLflow's defaults (7 retries with exponential backoff, 120 s timeout) keep a client knocking on a
+    stopped server for minutes. The client reads these environment variables on every request, so
+    setting them for the block is enough. A value the user already exported wins. The environment is
+    process-wide: do not run blocks with different settings in concurrent threads.
+    """
+    wanted = {
+        HTTP_RETRY_ENV: str(max_retries), HTTP_TIMEOUT_ENV: str(timeout_seconds),
+        HTTP_BACKOFF_ENV: "1", HTTP_JITTER_ENV: "0.5",
+    }
+    added = [name for name in wanted if name not in os.environ]
+    for name in added:
+        os.environ[name] = wanted[name]
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
+def log_python_model(
+    experiment: str,
+    python_model: Any,
+    *,
+    pip_requirements: list[str],
+    artifact_name: str = "model",
+    run_name: str | None = None,
+    run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+) -> LoggedModelRef:
+    """Log an ``mlflow.pyfunc.PythonModel`` in a new run (or into ``run_id``); where it landed.
+
+    ``pip_requirements`` is required because MLflow's inferred list can be wrong (it drops torch's
+    ``+cpu`` local version, for one).
+    """
+    import mlflow
+
+    experiment_id = _configure(experiment)
+    with mlflow.start_run(run_id=run_id, experiment_id=None if run_id else experiment_id, run_name=run_name) as active:
+        if tags:
+            mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        info = mlflow.pyfunc.log_model(name=artifact_name, python_model=python_model,
+                                       pip_requirements=list(pip_requirements))
+        return LoggedModelRef(model_uri=info.model_uri, run_id=active.info.run_id)
+
+
+def register_model_version(name: str, model_uri: str, *, tags: Mapping[str, Any] | None = None) -> ModelVersionRecord:
+    """Register ``model_uri`` (``runs:/<run>/<path>``, ``models:/m-...``, a path...) as a new version of ``name``.
+
+    The registered model is created on first use. Goes through ``mlflow.register_model``, which
+    resolves ``runs:/`` URIs to the logged model behind them, against :func:`tracking_uri`.
+    """
+    import mlflow
+
+    uri = tracking_uri()
+    if uri.startswith("sqlite:///"):
+        state_dir().mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    version = mlflow.register_model(model_uri, name, tags={k: str(v) for k, v in (tags or {}).items()})
+    return _record(version)
+
+
+def get_model_version(name: str, version: str) -> ModelVersionRecord:
+    """One version of a registered model, with its tags."""
+    return _record(_registry_client().get_model_version(name, str(version)))
+
+
+def list_model_versions(name: str) -> list[ModelVersionRecord]:
+    """Every version of ``name``, oldest first (empty when the model is not registered)."""
+    client = _registry_client()
+    versions: list[ModelVersionRecord] = []
+    token = None
+    while True:
+        page = client.search_model_versions(f"name = '{name}'", max_results=1000, page_token=token)
+        versions += [_record(v) for v in page]
+        token = page.token
+        if not token:
+            return sorted(versions, key=lambda record: int(record.version))
+
+
+def get_model_aliases(name: str) -> dict[str, str]:
+    """Alias -> version of a registered model; empty when the model is not registered yet.
+
+    Read from the registered model rather than by alias: MLflow answers a missing alias with a generic
+    INVALID_PARAMETER_VALUE, which cannot be told apart from a real error.
+    """
+    try:
+        model = _registry_client().get_registered_model(name)
+    except Exception as err:
+        if _error_code(err) == "RESOURCE_DOES_NOT_EXIST":
+            return {}
+        raise
+    return {alias: str(version) for alias, version in (model.aliases or {}).items()}
+
+
+def get_registered_model_tags(name: str) -> dict[str, str] | None:
+    """The tags on a registered model (not on its versions); None when no model of that name exists."""
+    try:
+        model = _registry_client().get_registered_model(name)
+    except Exception as err:
+        if _error_code(err) == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    return dict(model.tags or {})
+
+
+def set_model_alias(name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version``: one registry write, atomic in the backend store."""
+    _registry_client().set_registered_model_alias(name, alias, str(version))
+
+
+def set_model_version_tags(name: str, version: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on one model version (values as strings)."""
+    client = _registry_client()
+    for key, value in tags.items():
+        client.set_model_version_tag(name, str(version), key, str(value))
+
+
+def set_registered_model_tags(name: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on a registered model (values as strings)."""
+    client = _registry_client()
+    for key, value in tags.items():
+        client.set_registered_model_tag(name, key, str(value))
+
+
+def set_run_tags(run_id: str, tags: Mapping[str, Any]) -> None:
+    """Set tags on an existing run (in batches MLflow accepts), whether or not it has ended."""
+    _log_batch(_registry_client(), run_id, tags=tags)
+
+
+def create_registered_model_if_absent(name: str, *, tags: Mapping[str, Any] | None = None) -> bool:
+    """Create an empty registered model; False when one of that name exists already.
+
+    The backend store enforces unique names, so of several processes racing to create the same name
+    exactly one gets True: the promote stage uses this as a mutex shared through the tracking server.
+    """
+    try:
+        _registry_client().create_registered_model(name, tags={k: str(v) for k, v in (tags or {}).items()})
+    except Exception as err:
+        if _error_code(err) in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            return False
+        raise
+    return True
+
+
+def delete_registered_model(name: str, *, missing_ok: bool = False) -> None:
+    """Delete a registered model and all its versions (with ``missing_ok``, an absent one is no error)."""
+    try:
+        _registry_client().delete_registered_model(name)
+    except Exception as err:
+        if missing_ok and _error_code(err) == "RESOURCE_DOES_NOT_EXIST":
+            return
+        raise

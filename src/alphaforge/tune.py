@@ -284,6 +284,8 @@ class TuneJob(BaseModel):
         default_factory=dict, description="family -> fixed hyperparameters that sampled ones are laid over")
     evaluation: EvaluationParams = EvaluationParams()
     experiment: str | None = Field(None, description="MLflow experiment; None: no tracking")
+    trials_dir: str | None = Field(
+        None, description="where complete trials' OOF predictions go (<dir>/<study>/trial_N.parquet); None: kept nowhere")
 
     def splitter(self) -> WalkForward:
         return WalkForward(self.walk_forward, purge=self.purge)
@@ -579,9 +581,11 @@ class _Objective:
     def __init__(
         self, dataset: pd.DataFrame, handle: StudyHandle, *, tune: TuneParams, splitter: WalkForward, target: str,
         base_params: Mapping[str, Any], evaluation: EvaluationParams, worker_index: int,
+        trials_dir: Path | None = None,
     ) -> None:
         from alphaforge.train import task_of
 
+        self.trials_dir = trials_dir
         self.dataset = dataset
         self.handle = handle
         self.tune = tune
@@ -668,9 +672,12 @@ class _Objective:
         started, started_ms = time.perf_counter(), int(time.time() * 1000)
         status, value, error = "FAILED", math.nan, None
         try:
-            walk_forward_train(self.dataset, self.splitter, make_model, target=self.target, fit_final_model=False,
-                               on_fold=on_fold, label=f"{self.handle.family} trial {trial.number}")
+            result = walk_forward_train(self.dataset, self.splitter, make_model, target=self.target,
+                                        fit_final_model=False, on_fold=on_fold,
+                                        label=f"{self.handle.family} trial {trial.number}")
             value = float(np.mean(fold_values))
+            if self.trials_dir is not None:
+                self._save_trial_predictions(trial.number, result.oof)
             status = "FINISHED"
             return value
         except optuna.TrialPruned:
@@ -688,6 +695,12 @@ class _Objective:
             if self.handle.parent_run_id is not None:
                 self._log_child(trial, sampled, fold_values, fold_rank_ics, value, seconds, status, error,
                                 started_ms)
+
+    def _save_trial_predictions(self, number: int, oof: pd.DataFrame) -> None:
+        """The complete trial's out-of-fold predictions, for the probability of backtest overfitting."""
+        folder = trial_predictions_dir(self.trials_dir, self.handle.name)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_parquet_atomic(oof[["timestamp", "symbol", "fold", "prediction"]], folder / f"trial_{number:05d}.parquet")
 
     def _log_child(
         self, trial: optuna.Trial, sampled: Mapping[str, Any], fold_values: Sequence[float],
@@ -845,6 +858,7 @@ def tune_family(
     evaluation: EvaluationParams | None = None,
     experiment: str | None = None,
     worker_index: int = 0,
+    trials_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Run, resume or join the family's study in this process until its budget is spent; its summary.
 
@@ -861,7 +875,8 @@ def tune_family(
     log.info("tune %s: study %s in %s, %d/%d trials finished, metric %s", family, handle.name, redact(handle.url),
              counts.finished, tune.n_trials, tune.metric)
     objective = _Objective(dataset, handle, tune=tune, splitter=splitter, target=target, base_params=base_params,
-                           evaluation=evaluation, worker_index=worker_index)
+                           evaluation=evaluation, worker_index=worker_index,
+                           trials_dir=Path(trials_dir) if trials_dir is not None else None)
     started = time.perf_counter()
     _optimize_until_budget(handle, objective, tune)
     summary = summarize_study(handle, tune)
@@ -883,7 +898,7 @@ def tune_job(job: TuneJob, *, worker_index: int = 0, dataset: pd.DataFrame | Non
     return {
         family: tune_family(dataset, family, tune=job.tune, splitter=job.splitter(), target=job.target,
                             base_params=job.base_params.get(family, {}), evaluation=job.evaluation,
-                            experiment=job.experiment, worker_index=worker_index)
+                            experiment=job.experiment, worker_index=worker_index, trials_dir=job.trials_dir)
         for family in job.tune.families
     }
 
@@ -984,6 +999,22 @@ def write_best_params(results: Mapping[str, Mapping[str, Any]], path: str | Path
                            "n_trials": result["n_trials"], "metric": result["metric"],
                            "study_name": result["study_name"]}
     _write_json_atomic(payload, Path(path))
+
+
+def trial_predictions_dir(trials_dir: str | Path, study_name: str) -> Path:
+    """The folder holding a study's per-trial out-of-fold predictions."""
+    return Path(trials_dir) / study_name
+
+
+def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def tune_stage(

@@ -152,6 +152,11 @@ class ConformalRegressor:
         self.base = base
         self.task: Task = "regression"
 
+    @property
+    def row_wise(self) -> bool:
+        """Whether each prediction depends on its own row only (as the wrapped model's do, or not)."""
+        return bool(getattr(self.base, "row_wise", False))
+
     def __repr__(self) -> str:
         settings = ", ".join(f"{key}={value!r}" for key, value in self.params.model_dump().items())
         return f"ConformalRegressor({self.base!r}, {settings})"
@@ -180,7 +185,7 @@ class ConformalRegressor:
         residuals = y[calibration_rows] - model.predict(frame, predict_mask=calibration_rows)
         self.residual_quantile_ = conformal_quantile(residuals, self.params.alpha)
         self.n_calibration_ = int(calibration_rows.sum())
-        self.calibration_start_ = frame["timestamp"].to_numpy()[np.flatnonzero(timestamps == calibration_start)[0]]
+        self.calibration_start_ = pd.Timestamp(frame["timestamp"].iloc[int(np.argmax(timestamps == calibration_start))])
         self.model_ = model
         self.feature_names_: list[str] = list(model.feature_names_)
         return self
@@ -223,7 +228,7 @@ class ConformalRegressor:
             "base_family": getattr(self.model_, "family", None),
             "residual_quantile_": self.residual_quantile_,
             "n_calibration_": self.n_calibration_,
-            "calibration_start_": str(pd.Timestamp(self.calibration_start_)),
+            "calibration_start_": self.calibration_start_.isoformat(),
             "feature_names_": self.feature_names_,
         }
         (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
@@ -259,6 +264,7 @@ class QuantileLightGBM:
     """
 
     family: ClassVar[str] = "lightgbm_quantile"
+    row_wise: ClassVar[bool] = True
 
     def __init__(self, *, task: Task = "regression", alpha: float = 0.1, **hyperparameters: Any) -> None:
         if task != "regression":

@@ -1,0 +1,358 @@
+"""The ensemble as one deployable MLflow model, and the stack stage that builds it.
+
+:class:`EnsembleModel` is an ``mlflow.pyfunc.PythonModel`` whose artifacts are everything the
+ensemble needs to predict: each family's final model folder (``base_<family>``), the fitted
+combiner (``combiner``: ``meta.json``), the feature specification (``spec``: ``spec.json`` with
+the feature names, ``feature_version``, horizon, target, task, families) and the Hedge seed
+(``hedge_seed``) that an online server starts from. ``load_context`` rebuilds an
+:class:`alphaforge.ensemble.PanelEnsemble`; ``predict`` delegates to it, so the loaded model and
+the in-memory ensemble run the same code. The ``alphaforge`` package travels inside the model
+(``code_paths``), so loading needs only the pinned ``pip_requirements``.
+
+**Input through MLflow.** MLflow's ``datetime`` type has no time zone, so the model's signature
+takes ``timestamp`` as naive UTC; :func:`to_model_input` converts a canonical frame (UTC-aware
+timestamps) and stamps the optional ``feature_version`` column, which the model checks against
+its own (a frame of another feature version is refused). A frame missing a required column is
+refused by MLflow's schema check before the model runs, naming the columns; called directly,
+:meth:`PanelEnsemble.predict` refuses it itself.
+
+Only :mod:`alphaforge.tracking` talks to the tracking server; this module saves model folders
+(``mlflow.pyfunc.save_model``) and defines the model class.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+import numpy as np
+import pandas as pd
+
+from alphaforge.ensemble import (
+    FEATURE_VERSION_ATTR,
+    Combiner,
+    EnsembleParams,
+    PanelEnsemble,
+    StackResult,
+    combiner_from_dict,
+    fit_stack,
+    write_json_atomic,
+)
+from alphaforge.schema import DataError
+
+log = logging.getLogger(__name__)
+
+MODEL_NAME = "ensemble"
+SPEC_ARTIFACT = "spec"
+COMBINER_ARTIFACT = "combiner"
+HEDGE_ARTIFACT = "hedge_seed"
+BASE_PREFIX = "base_"
+# Import names of what the loaded model may import (alphaforge itself travels as code).
+REQUIRED_IMPORTS = ("mlflow", "pandas", "numpy", "scipy", "pyarrow", "pydantic", "sklearn", "lightgbm")
+OPTIONAL_IMPORTS = ("xgboost", "torch")
+TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
+
+
+def _package_dir() -> Path:
+    """The folder of the installed ``alphaforge`` package (what ``code_paths`` copies into the model)."""
+    import alphaforge
+
+    return Path(alphaforge.__file__).resolve().parent
+
+
+def _distribution_of(import_name: str) -> str | None:
+    """The installed distribution providing ``import_name`` (``xgboost`` comes as ``xgboost-cpu``)."""
+    names = importlib.metadata.packages_distributions().get(import_name)
+    return names[0] if names else None
+
+
+def ensemble_pip_requirements() -> list[str]:
+    """Pinned requirements of the loaded ensemble, from the versions installed here.
+
+    Core packages must be installed (else :class:`RuntimeError`); ``xgboost`` and ``torch`` are
+    pinned when installed (no family of theirs can have been trained otherwise). ``torch`` keeps
+    its local version (``+cpu``), which pip finds only on PyTorch's index, so that index is added.
+    """
+    lines: list[str] = []
+    for import_name in (*REQUIRED_IMPORTS, *OPTIONAL_IMPORTS):
+        distribution = _distribution_of(import_name)
+        if distribution is None:
+            if import_name in REQUIRED_IMPORTS:
+                raise RuntimeError(f"ensemble requirements: {import_name!r} is not installed; the ensemble needs it")
+            continue
+        version = importlib.metadata.version(distribution)
+        lines.append(f"{distribution}=={version}")
+        if import_name == "torch" and "+cpu" in version:
+            lines.insert(0, f"--extra-index-url {TORCH_CPU_INDEX}")
+    return lines
+
+
+def to_model_input(frame: pd.DataFrame, feature_version: str | None = None) -> pd.DataFrame:
+    """A panel frame as the logged model takes it: naive-UTC ``timestamp`` and, given one, a ``feature_version`` column."""
+    converted = frame.copy()
+    stamps = converted["timestamp"]
+    if isinstance(stamps.dtype, pd.DatetimeTZDtype):
+        converted["timestamp"] = stamps.dt.tz_convert("UTC").dt.tz_localize(None)
+    if feature_version is not None:
+        converted[FEATURE_VERSION_ATTR] = str(feature_version)
+    converted.attrs = {}
+    return converted
+
+
+class EnsembleModel(mlflow.pyfunc.PythonModel):
+    """Base models + combiner + feature spec, predicting from a panel frame of features (see the module docstring)."""
+
+    def load_context(self, context: Any) -> None:
+        """Rebuild the ensemble from the model's artifacts (base models via ``load_forecaster``)."""
+        self.ensemble = load_panel_ensemble(context.artifacts)
+
+    def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """``timestamp``, ``symbol``, ``prediction`` (+ ``lower``/``upper``) and each family's ``prediction_<family>``."""
+        if not hasattr(self, "ensemble"):
+            raise RuntimeError("EnsembleModel: load_context has not run; load the model with mlflow.pyfunc.load_model")
+        return self.ensemble.predict(model_input)
+
+
+def load_panel_ensemble(artifacts: Mapping[str, str]) -> PanelEnsemble:
+    """A :class:`PanelEnsemble` from an artifact mapping like :func:`build_ensemble_artifacts` returns."""
+    from alphaforge.models.registry import load_forecaster
+
+    for key in (SPEC_ARTIFACT, COMBINER_ARTIFACT):
+        if key not in artifacts:
+            raise FileNotFoundError(f"ensemble model: artifact {key!r} is missing (have {sorted(artifacts)})")
+    spec = json.loads(Path(artifacts[SPEC_ARTIFACT]).read_text())
+    combiner = combiner_from_dict(json.loads(Path(artifacts[COMBINER_ARTIFACT]).read_text()))
+    missing = [f for f in combiner.families if f"{BASE_PREFIX}{f}" not in artifacts]
+    if missing:
+        raise FileNotFoundError(f"ensemble model: no base model artifact for family(ies) {missing}")
+    models = {f: load_forecaster(artifacts[f"{BASE_PREFIX}{f}"]) for f in combiner.families}
+    return PanelEnsemble(models, combiner, spec)
+
+
+def build_ensemble_artifacts(
+    trained_dir: str | Path,
+    meta: Combiner,
+    out_dir: str | Path,
+    *,
+    hedge_seed: Mapping[str, Any] | None = None,
+    extra_spec: Mapping[str, Any] | None = None,
+) -> dict[str, str]:
+    """Write ``meta.json`` (the combiner), ``spec.json`` (the train stage's spec + ensemble settings) and
+    ``hedge_seed.json`` into ``out_dir``; return the pyfunc artifact mapping, pointing at the families'
+    final models under ``trained_dir/<family>/final``."""
+    trained, out = Path(trained_dir), Path(out_dir)
+    spec_path = trained / "spec.json"
+    if not spec_path.is_file():
+        raise FileNotFoundError(f"{spec_path} is missing; run the train stage first")
+    spec = json.loads(spec_path.read_text())
+    absent = [f for f in meta.families if f not in spec["families"]]
+    if absent:
+        raise DataError(f"ensemble: the combiner uses family(ies) {absent} the train stage did not produce")
+    artifacts: dict[str, str] = {}
+    for family in meta.families:
+        final = trained / family / "final"
+        if not (final / "config.json").is_file():
+            raise FileNotFoundError(f"{final} holds no saved final model; set train.fit_final_model: true")
+        artifacts[f"{BASE_PREFIX}{family}"] = str(final.resolve())
+    out.mkdir(parents=True, exist_ok=True)
+    ensemble_spec = {**spec, "ensemble_families": list(meta.families), "combiner": meta.kind, **dict(extra_spec or {})}
+    write_json_atomic(ensemble_spec, out / "spec.json")
+    write_json_atomic(meta.to_dict(), out / "meta.json")
+    artifacts[SPEC_ARTIFACT] = str((out / "spec.json").resolve())
+    artifacts[COMBINER_ARTIFACT] = str((out / "meta.json").resolve())
+    if hedge_seed is not None:
+        write_json_atomic(dict(hedge_seed), out / "hedge_seed.json")
+        artifacts[HEDGE_ARTIFACT] = str((out / "hedge_seed.json").resolve())
+    return artifacts
+
+
+def model_input_example(dataset: pd.DataFrame, spec: Mapping[str, Any], *, n_symbols: int = 2,
+                        n_bars: int = 30) -> pd.DataFrame:
+    """The last ``n_bars`` bars of the first ``n_symbols`` symbols, keys + features, as the model takes it."""
+    columns = ["timestamp", "symbol", *spec["features"]]
+    missing = [c for c in columns if c not in dataset.columns]
+    if missing:
+        raise DataError(f"input example: the dataset lacks column(s) {missing}")
+    symbols = sorted(dataset["symbol"].astype(str).unique())[:n_symbols]
+    chosen = dataset[dataset["symbol"].astype(str).isin(symbols)]
+    example = chosen.groupby("symbol", sort=True, observed=True).tail(n_bars)[columns]
+    example = example.sort_values(["symbol", "timestamp"], kind="stable").reset_index(drop=True)
+    return to_model_input(example, str(spec["feature_version"]))
+
+
+def ensemble_signature(input_example: pd.DataFrame, predictions: pd.DataFrame) -> Any:
+    """``infer_signature(input_example, predictions)`` with ``feature_version`` an optional input."""
+    from mlflow.models import ModelSignature, infer_signature
+    from mlflow.types import ColSpec, Schema
+
+    outputs = to_model_input(predictions)
+    signature = infer_signature(input_example, outputs)
+    columns = [ColSpec(c.type, c.name, required=False) if c.name == FEATURE_VERSION_ATTR else c
+               for c in signature.inputs.inputs]
+    return ModelSignature(inputs=Schema(columns), outputs=signature.outputs, params=signature.params)
+
+
+@dataclass
+class EnsemblePackage:
+    """Everything ``mlflow.pyfunc.save_model``/``log_model`` take for the ensemble."""
+
+    artifacts: dict[str, str]
+    input_example: pd.DataFrame
+    signature: Any
+    pip_requirements: list[str]
+    code_paths: list[str] = field(default_factory=lambda: [str(_package_dir())])
+
+    def python_model(self) -> EnsembleModel:
+        return EnsembleModel()
+
+
+def package_ensemble(artifacts: Mapping[str, str], dataset: pd.DataFrame, *, n_bars: int = 30) -> EnsemblePackage:
+    """The input example (from ``dataset``), the signature from the ensemble's own predictions on it, the requirements."""
+    artifacts = dict(artifacts)
+    ensemble = load_panel_ensemble(artifacts)
+    example = model_input_example(dataset, ensemble.spec, n_bars=n_bars)
+    predictions = ensemble.predict(example)
+    return EnsemblePackage(artifacts=artifacts, input_example=example,
+                           signature=ensemble_signature(example, predictions),
+                           pip_requirements=ensemble_pip_requirements())
+
+
+def save_ensemble_model(package: EnsemblePackage, path: str | Path) -> Path:
+    """The pyfunc model folder at ``path`` (replaced if present): MLmodel, artifacts, code, requirements."""
+    target = Path(path)
+    if target.exists():
+        shutil.rmtree(target)
+    mlflow.pyfunc.save_model(
+        path=str(target), python_model=package.python_model(), artifacts=package.artifacts,
+        signature=package.signature, input_example=package.input_example,
+        pip_requirements=package.pip_requirements, code_paths=package.code_paths,
+    )
+    return target
+
+
+# ------------------------------------------------------------------------------------------------ the stack stage
+
+
+@dataclass(frozen=True)
+class StackPaths:
+    """What the stack stage reads and writes, relative to the repository root (mirror them in ``dvc.yaml``)."""
+
+    oof: Path = Path("data/predictions/oof.parquet")
+    dataset: Path = Path("data/features/dataset.parquet")
+    trained_dir: Path = Path("models/trained")
+    train_metrics: Path = Path("reports/train_metrics.json")
+    run_reference: Path = Path("models/run.json")
+    ensemble_dir: Path = Path("models/ensemble")
+    stack_oof: Path = Path("data/predictions/stack_oof.parquet")
+    report: Path = Path("reports/stack/metrics.json")
+
+    @property
+    def model_dir(self) -> Path:
+        return self.ensemble_dir / "pyfunc"
+
+
+def run_stack(
+    params: EnsembleParams,
+    *,
+    experiment: str | None,
+    evaluation: Any = None,
+    paths: StackPaths = StackPaths(),
+) -> dict[str, Any]:
+    """The stack stage: check the OOF predictions, fit and judge the ensemble, package it, log and register it.
+
+    Reads ``paths.oof``, ``paths.train_metrics``, ``paths.trained_dir`` (spec + final models),
+    ``paths.dataset`` (timestamps for the purge check, rows for the input example) and, with an
+    ``experiment``, ``paths.run_reference`` (the pipeline's MLflow run). Writes
+    ``models/ensemble/{meta,spec,hedge_seed}.json``, the pyfunc folder ``models/ensemble/pyfunc``,
+    the stack's own OOF predictions ``data/predictions/stack_oof.parquet`` and
+    ``reports/stack/metrics.json``; with an ``experiment`` also logs the model to the run (and a
+    registered-model version under ``params.registered_model_name``) and the ``stack.*`` metrics.
+    ``evaluation`` (an :class:`alphaforge.evaluate.EvaluationParams`) adds the trading metrics of the
+    ensemble and each family over the meta-test rows.
+    """
+    from alphaforge.data.ingest import write_parquet_atomic
+
+    oof = pd.read_parquet(paths.oof)
+    train_metrics = json.loads(paths.train_metrics.read_text())
+    spec = json.loads((paths.trained_dir / "spec.json").read_text())
+    dataset = pd.read_parquet(paths.dataset, columns=["timestamp", "symbol", *spec["features"]])
+    result: StackResult = fit_stack(oof, train_metrics, calendar=dataset["timestamp"].unique(), spec=spec,
+                                    params=params)
+    metrics = dict(result.metrics)
+    if evaluation is not None and spec["target"] != "forward_volatility":
+        metrics["trading"] = _trading_metrics(result, spec, evaluation)
+    artifacts = build_ensemble_artifacts(paths.trained_dir, result.combiner, paths.ensemble_dir,
+                                         hedge_seed=result.hedge.to_dict(),
+                                         extra_spec={"method": params.method})
+    package = package_ensemble(artifacts, dataset)
+    save_ensemble_model(package, paths.model_dir)
+    write_parquet_atomic(result.evaluation.oof, paths.stack_oof)
+    if experiment is not None:
+        metrics["mlflow"] = _log_to_run(package, metrics, params, experiment, paths.run_reference)
+    write_json_atomic(_json_safe(metrics), paths.report)
+    log.info("stack: %s over %s, weights %s; meta walk-forward rank IC %s; Hedge regret %.3f over %d updates",
+             params.method, ", ".join(result.families), {k: round(v, 4) for k, v in result.combiner.weights_.items()},
+             metrics["meta_evaluation"]["rank_ic"], result.hedge.regret(), result.hedge.n_updates)
+    return metrics
+
+
+def _trading_metrics(result: StackResult, spec: Mapping[str, Any], evaluation: Any) -> dict[str, Any]:
+    """evaluate_oof of the ensemble and every family on the meta-test rows (signals centred for classification)."""
+    from alphaforge.evaluate import evaluate_oof
+
+    frame = result.evaluation.oof.copy()
+    centre = 0.5 if spec.get("task") == "classification" else 0.0
+    models = {}
+    for name, column in [("ensemble", "prediction_ensemble"),
+                         *[(f, f"prediction_{f}") for f in result.families]]:
+        frame[f"signal_{name}"] = frame[column] - centre
+        models[name] = f"signal_{name}"
+    return evaluate_oof(frame, evaluation, models=models).to_metrics_json()
+
+
+def _log_to_run(package: EnsemblePackage, metrics: Mapping[str, Any], params: EnsembleParams, experiment: str,
+                run_reference: Path) -> dict[str, Any]:
+    from alphaforge import tracking
+
+    reference = json.loads(run_reference.read_text()) if run_reference.is_file() else {}
+    info = tracking.log_ensemble_model(
+        run_id=reference.get("run_id"), experiment=experiment, artifacts=package.artifacts,
+        python_model=package.python_model(), signature=package.signature, input_example=package.input_example,
+        pip_requirements=package.pip_requirements, code_paths=package.code_paths,
+        registered_model_name=params.registered_model_name,
+        metrics={"stack": {"meta_rank_ic": metrics["meta_evaluation"]["rank_ic"],
+                           "weights": metrics["weights"], "hedge_regret": metrics["hedge"]["regret"]}},
+    )
+    return info
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN/inf to None and numpy scalars to Python numbers, for a strict JSON report."""
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def predict_frame(model: Any, frame: pd.DataFrame, feature_version: str | None = None) -> pd.DataFrame:
+    """Predict a canonical panel frame (UTC-aware timestamps) with a loaded pyfunc ensemble."""
+    return model.predict(to_model_input(frame, feature_version))
+
+
+__all__: Sequence[str] = (
+    "EnsembleModel", "EnsemblePackage", "StackPaths", "build_ensemble_artifacts", "ensemble_pip_requirements",
+    "ensemble_signature", "load_panel_ensemble", "model_input_example", "package_ensemble", "predict_frame",
+    "run_stack", "save_ensemble_model", "to_model_input",
+)
