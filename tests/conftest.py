@@ -11,6 +11,8 @@ from alphaforge.data.ingest import IngestParams, load_source
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
+pytest_plugins = ["mlflow_server"]
+
 
 @pytest.fixture(scope="session")
 def repo_root() -> Path:

@@ -146,8 +146,9 @@ def test_voting_weights_and_meta_learners_round_trip(trained: dict) -> None:
     assert voting.weights_["ridge"] > 0 and abs(sum(voting.weights_.values()) - 1) < 1e-12
     flipped = VotingEnsemble(["ridge"]).fit(oof.assign(forward_return=-oof["forward_return"]), -oof["forward_return"])
     assert flipped.weights_ == {"ridge": 1.0}  # no positive rank IC: equal weights
-    lgbm = StackingEnsemble(families, meta_learner="lightgbm",
-                            lightgbm_params={"n_estimators": 30, "min_child_samples": 50}).fit(oof, oof["forward_return"])
+    lgbm = StackingEnsemble(families, meta_learner="lightgbm", lightgbm_params={"n_estimators": 30,
+                                                                                "min_child_samples": 50})
+    lgbm.fit(oof, oof["forward_return"])
     for combiner in (voting, lgbm, StackingEnsemble(families).fit(oof, oof["forward_return"])):
         reloaded = combiner_from_dict(json.loads(json.dumps(combiner.to_dict())))
         np.testing.assert_array_equal(reloaded.predict(oof), combiner.predict(oof))
@@ -199,7 +200,7 @@ def test_hedge_state_survives_a_restart(tmp_path: Path) -> None:
 def test_pyfunc_from_registry_alias_predicts_like_the_in_memory_ensemble(
     trained: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The stack stage logs one pyfunc; loaded from models:/NAME@champion it predicts what the ensemble in memory does."""
+    """The stack stage logs one pyfunc; loaded from models:/NAME@champion it predicts as the in-memory ensemble."""
     import mlflow
 
     from alphaforge import tracking

@@ -41,13 +41,14 @@ def setup_logging(verbose: bool = False) -> None:
 def run_stage_or_exit(name: str, params_path: Path, **options: object) -> None:
     """Run a stage; a data or configuration problem ends with its message and exit code 2, not a traceback."""
     from alphaforge.config import ConfigError, load_params
+    from alphaforge.promotion import PromotionError, RegistryError
     from alphaforge.schema import DataError
     from alphaforge.stages import run_stage
 
     setup_logging()
     try:
         run_stage(name, load_params(params_path), **options)
-    except (DataError, ConfigError) as err:
+    except (DataError, ConfigError, PromotionError, RegistryError) as err:
         typer.secho(f"alphaforge {name}: failed\n{err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from err
 
@@ -106,9 +107,76 @@ def train(params: Path = ParamsOption) -> None:
 
 
 @app.command()
+def stack(params: Path = ParamsOption) -> None:
+    """Combine the families into one ensemble: stacking (non-negative ridge or LightGBM meta-learner) or voting.
+
+    The meta-learner sees only out-of-fold predictions (checked: a base prediction made on its own training
+    data stops the stage); its skill is judged by a further walk-forward over them. The ensemble, with every base
+    model, the feature spec and an Hedge online-weights seed, is logged as one MLflow pyfunc and registered.
+    """
+    run_stage_or_exit("stack", params)
+
+
+@app.command()
 def evaluate(params: Path = ParamsOption) -> None:
     """Out-of-sample IC, accuracy and net-of-cost backtest of every model against naive baselines, with plots."""
     run_stage_or_exit("evaluate", params)
+
+
+@app.command()
+def promote(params: Path = ParamsOption) -> None:
+    """Register the ensemble as `challenger`; make it `champion` only if it passes every promote: rule.
+
+    It must beat the champion on the latest out-of-sample window by promote.margin on promote.metric, beat every
+    naive baseline there, have passed data validation and raised no blocking drift alert. The decision and its
+    reasons land in reports/promotion/decision.json and on the MLflow version and run. The alias switch is the
+    last step: a failure before it (a dead tracking server, a racing promotion) leaves the champion unchanged.
+    """
+    run_stage_or_exit("promote", params)
+
+
+registry_app = typer.Typer(help="The MLflow model registry: versions, aliases, rollback.", no_args_is_help=True)
+app.add_typer(registry_app, name="registry")
+
+
+def _model_name(params: Path) -> str:
+    from alphaforge.config import load_params
+
+    return load_params(params).promote.model_name
+
+
+@registry_app.command("show")
+def registry_show(params: Path = ParamsOption) -> None:
+    """List the registered model's versions, their aliases (champion, challenger) and metrics."""
+    from alphaforge.promotion import RegistryError, show
+
+    try:
+        typer.echo(show(_model_name(params)).table())
+    except RegistryError as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from err
+
+
+@registry_app.command("rollback")
+def registry_rollback(params: Path = ParamsOption) -> None:
+    """Put `champion` back on the previous champion version (one alias switch)."""
+    from alphaforge.promotion import PromotionError, RegistryError, rollback
+
+    try:
+        outcome = rollback(_model_name(params))
+    except (RegistryError, PromotionError) as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from err
+    typer.echo(f"champion v{outcome.from_version} -> v{outcome.to_version} ({outcome.seconds * 1000:.0f} ms)")
+
+
+@registry_app.command("unlock")
+def registry_unlock(params: Path = ParamsOption) -> None:
+    """Remove a promotion lock left behind by a crashed promote stage."""
+    from alphaforge.promotion import force_unlock
+
+    name = _model_name(params)
+    typer.echo(f"lock on {name} removed" if force_unlock(name) else f"no lock on {name}")
 
 
 @app.command()

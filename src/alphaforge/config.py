@@ -13,8 +13,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from alphaforge.data.ingest import IngestParams
+from alphaforge.ensemble import EnsembleParams
 from alphaforge.evaluate import EvaluationParams
 from alphaforge.features import FeatureParams
+from alphaforge.promotion import PromotionParams
 from alphaforge.splits import WalkForwardParams
 from alphaforge.tune import TuneParams
 from alphaforge.validate import ValidationParams
@@ -88,7 +90,9 @@ class Params(BaseModel):
     labels: LabelParams = LabelParams()
     tune: TuneParams = TuneParams()
     train: TrainParams = TrainParams()
+    ensemble: EnsembleParams = EnsembleParams()
     evaluate: EvaluationParams = EvaluationParams()
+    promote: PromotionParams = PromotionParams()
     tracking: TrackingParams = TrackingParams()
 
 

@@ -231,7 +231,8 @@ def check_out_of_fold(
     stamps = _utc_index(oof["timestamp"])
     grid = _utc_index(pd.Index(calendar)).union(stamps).unique().sort_values()
     position = grid.get_indexer(stamps)
-    fold_values = pd.to_numeric(oof["fold"], errors="coerce").to_numpy(dtype=np.float64)
+    folds_numeric = pd.to_numeric(oof["fold"], errors="coerce").astype("Float64")  # Int64 with <NA> too
+    fold_values = folds_numeric.to_numpy(dtype=np.float64, na_value=np.nan)
     checked: dict[str, int] = {}
 
     def describe(i: int) -> str:
@@ -557,7 +558,7 @@ class MetaEvaluation:
         scores["equal_weight"] = rank_ic(average.to_numpy(dtype=np.float64), y, stamps)
         finite = {k: v for k, v in scores.items() if math.isfinite(v)}
         return {
-            "rows": int(len(frame)),
+            "rows": len(frame),
             "rank_ic": {k: (v if math.isfinite(v) else None) for k, v in scores.items()},
             "best": max(finite, key=finite.__getitem__) if finite else None,
             "folds": self.folds,
@@ -586,9 +587,14 @@ def walk_forward_meta_evaluation(
                      "walk_forward_meta_evaluation")
     frame = oof.sort_values(["timestamp", "symbol"], kind="stable").reset_index(drop=True)
     splitter = WalkForward(walk_forward, purge=purge)
+    try:
+        folds = splitter.split(frame["timestamp"])
+    except ValueError as err:
+        raise ValueError(f"stack: the meta walk-forward over {frame['timestamp'].nunique()} OOF timestamps does not "
+                         f"fit; adjust ensemble.meta_walk_forward ({err})") from err
     pieces, reports = [], []
     y = frame[target].to_numpy(dtype=np.float64)
-    for fold in splitter.split(frame["timestamp"]):
+    for fold in folds:
         train = frame.iloc[fold.train_rows]
         combiner = make().fit(train, y[fold.train_rows])
         test = frame.iloc[fold.test_rows].copy()
@@ -602,7 +608,7 @@ def walk_forward_meta_evaluation(
         reports.append({
             "fold": fold.number, "train_start": str(fold.train_start), "train_end": str(fold.train_end),
             "test_start": str(fold.test_start), "test_end": str(fold.test_end),
-            "n_train": int(len(train)), "n_test": int(len(test)),
+            "n_train": len(train), "n_test": len(test),
             "rank_ic": score if math.isfinite(score) else None,
             "weights": dict(combiner.weights_),
         })

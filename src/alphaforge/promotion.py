@@ -122,6 +122,8 @@ class PromotionParams(BaseModel):
     require_beat_baselines: bool = True
     require_validation: bool = True
     require_no_drift_alert: bool = True
+    min_unseen_bars: int = Field(20, ge=1, description="bars of the window the champion must not have trained on "
+                                 "before it can be rescored there")
     lock_wait_seconds: float = Field(60.0, gt=0, description="how long to wait for another promotion to finish")
     lock_stale_seconds: float = Field(600.0, gt=0, description="a lock older than this was left by a crash")
     http_max_retries: int = Field(1, ge=0, le=10, description="MLflow HTTP retries during the stage")
@@ -483,6 +485,7 @@ def promote(
     """
     started = _now()
     uri = tracking.tracking_uri()
+    baselines = {str(name): {str(k): _finite(v) for k, v in dict(scores).items()} for name, scores in baselines.items()}
     record: dict[str, Any] = {"model_name": params.model_name, "candidate_uri": model_uri, "tracking_uri": uri,
                               "started_at": started, "candidate": candidate.model_dump(), "baselines": baselines,
                               "validation_passed": validation_passed, "drift_alert": drift_alert,

@@ -57,7 +57,6 @@ BASE_PREFIX = "base_"
 # Import names of what the loaded model may import (alphaforge itself travels as code).
 REQUIRED_IMPORTS = ("mlflow", "pandas", "numpy", "scipy", "pyarrow", "pydantic", "sklearn", "lightgbm")
 OPTIONAL_IMPORTS = ("xgboost", "torch")
-TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 def _package_dir() -> Path:
@@ -69,7 +68,12 @@ def _package_dir() -> Path:
 
 def _distribution_of(import_name: str) -> str | None:
     """The installed distribution providing ``import_name`` (``xgboost`` comes as ``xgboost-cpu``)."""
-    names = importlib.metadata.packages_distributions().get(import_name)
+    names = importlib.metadata.packages_distributions().get(import_name) or []
+    # several distributions can ship one import name (mlflow and mlflow-tracing both ship ``mlflow``):
+    # prefer the one named like the import
+    for name in names:
+        if name.lower().replace("_", "-") == import_name.lower():
+            return name
     return names[0] if names else None
 
 
@@ -78,7 +82,8 @@ def ensemble_pip_requirements() -> list[str]:
 
     Core packages must be installed (else :class:`RuntimeError`); ``xgboost`` and ``torch`` are
     pinned when installed (no family of theirs can have been trained otherwise). ``torch`` keeps
-    its local version (``+cpu``), which pip finds only on PyTorch's index, so that index is added.
+    its local version (``+cpu``): the environment that restores the model must be able to find that
+    build (the README says how), the same as for this project's own lock file.
     """
     lines: list[str] = []
     for import_name in (*REQUIRED_IMPORTS, *OPTIONAL_IMPORTS):
@@ -89,13 +94,11 @@ def ensemble_pip_requirements() -> list[str]:
             continue
         version = importlib.metadata.version(distribution)
         lines.append(f"{distribution}=={version}")
-        if import_name == "torch" and "+cpu" in version:
-            lines.insert(0, f"--extra-index-url {TORCH_CPU_INDEX}")
     return lines
 
 
 def to_model_input(frame: pd.DataFrame, feature_version: str | None = None) -> pd.DataFrame:
-    """A panel frame as the logged model takes it: naive-UTC ``timestamp`` and, given one, a ``feature_version`` column."""
+    """A panel frame as the logged model takes it: naive-UTC ``timestamp``; a ``feature_version`` column if given."""
     converted = frame.copy()
     stamps = converted["timestamp"]
     if isinstance(stamps.dtype, pd.DatetimeTZDtype):
@@ -114,7 +117,7 @@ class EnsembleModel(mlflow.pyfunc.PythonModel):
         self.ensemble = load_panel_ensemble(context.artifacts)
 
     def predict(self, context: Any, model_input: pd.DataFrame, params: dict[str, Any] | None = None) -> pd.DataFrame:
-        """``timestamp``, ``symbol``, ``prediction`` (+ ``lower``/``upper``) and each family's ``prediction_<family>``."""
+        """``timestamp``, ``symbol``, ``prediction`` (+ ``lower``/``upper``), each family's ``prediction_<family>``."""
         if not hasattr(self, "ensemble"):
             raise RuntimeError("EnsembleModel: load_context has not run; load the model with mlflow.pyfunc.load_model")
         return self.ensemble.predict(model_input)
@@ -214,7 +217,7 @@ class EnsemblePackage:
 
 
 def package_ensemble(artifacts: Mapping[str, str], dataset: pd.DataFrame, *, n_bars: int = 30) -> EnsemblePackage:
-    """The input example (from ``dataset``), the signature from the ensemble's own predictions on it, the requirements."""
+    """Input example (from ``dataset``), signature (from the ensemble's predictions on it), requirements."""
     artifacts = dict(artifacts)
     ensemble = load_panel_ensemble(artifacts)
     example = model_input_example(dataset, ensemble.spec, n_bars=n_bars)

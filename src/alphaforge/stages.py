@@ -34,6 +34,8 @@ class Paths:
     dataset = Path("data/features/dataset.parquet")
     features_summary = Path("reports/features/summary.json")
     oof = Path("data/predictions/oof.parquet")
+    stack_oof = Path("data/predictions/stack_oof.parquet")
+    ensemble_dir = Path("models/ensemble")
     trained_dir = Path("models/trained")
     best_params = Path("models/tuned/best_params.json")
     tune_summary = Path("reports/tune/summary.json")
@@ -43,6 +45,11 @@ class Paths:
     evaluate_metrics = Path("reports/evaluate/metrics.json")
     leaderboard = Path("reports/evaluate/leaderboard.txt")
     plots_dir = Path("reports/evaluate/plots")
+    cards_dir = Path("reports/evaluate/model_cards")
+    stack_metrics = Path("reports/stack/metrics.json")
+    drift_alert = Path("reports/drift/alert.json")
+    decision = Path("reports/promotion/decision.json")
+    report_html = Path("reports/evaluate/report.html")
 
 
 def write_json_atomic(payload: Any, path: Path) -> None:
@@ -269,6 +276,17 @@ def train(params: Params) -> dict[str, Any]:
     return metrics
 
 
+def stack(params: Params) -> dict[str, Any]:
+    """Stack (or vote) the families' out-of-fold predictions into one deployable ensemble, logged and registered."""
+    from alphaforge.pyfunc import run_stack
+
+    return run_stack(
+        params.ensemble,
+        experiment=params.tracking.experiment if params.tracking.enabled else None,
+        evaluation=params.evaluate,
+    )
+
+
 def _permutation_scorer(repeats: int, target: str) -> Any:
     """Permutation importance of a fold model on its test slice (None when turned off)."""
     if repeats <= 0:
@@ -300,40 +318,133 @@ def _plot_attention(model: Any, dataset: pd.DataFrame, path: Path) -> None:
     plot_attention(model.attention_weights(dataset, predict_mask=mask), path)
 
 
+def candidate_frame(spec: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, str], float]:
+    """The out-of-sample frame every candidate is judged on, its signal columns, and the signal centre.
+
+    With an ensemble, every candidate is judged on the rows the ensemble has out-of-sample predictions for
+    (the meta walk-forward's test windows), so the table compares like with like. Classifiers' P(up) is
+    centred on 0.5 to make a signal.
+    """
+    from alphaforge.train import task_of
+
+    oof = pd.read_parquet(Paths.stack_oof if Paths.stack_oof.exists() else Paths.oof)
+    centre = 0.5 if task_of(spec["target"]) == "classification" else 0.0
+    names = [*spec["families"], *(["ensemble"] if "prediction_ensemble" in oof.columns else [])]
+    for name in names:
+        oof[f"signal_{name}"] = oof[f"prediction_{name}"] - centre
+    return oof, {name: f"signal_{name}" for name in names}, centre
+
+
 def evaluate(params: Params) -> dict[str, Any]:
     """Out-of-sample metrics of every model and the naive baselines, plots, leaderboard; into the same MLflow run."""
     from alphaforge import tracking
     from alphaforge.evaluate import evaluate_oof, leaderboard, write_plots
-    from alphaforge.train import task_of
+    from alphaforge.report import html_report
+    from alphaforge.train import coverage_of
 
-    oof = pd.read_parquet(Paths.oof)
     spec = json.loads((Paths.trained_dir / "spec.json").read_text())
     if spec["target"] == "forward_volatility":
-        return _evaluate_volatility(params, oof, spec)
-    centre = 0.5 if task_of(spec["target"]) == "classification" else 0.0
-    models = {}
-    for family in spec["families"]:
-        oof[f"signal_{family}"] = oof[f"prediction_{family}"] - centre
-        models[family] = f"signal_{family}"
+        return _evaluate_volatility(params, pd.read_parquet(Paths.oof), spec)
+    oof, models, centre = candidate_frame(spec)
+    candidates = list(models)
     evaluation = evaluate_oof(oof, params.evaluate, models=models)
     metrics = evaluation.to_metrics_json()
     train_metrics = json.loads(Paths.train_metrics.read_text())
-    for family in spec["families"]:
-        metrics["models"][family]["interval_coverage"] = train_metrics["families"][family]["interval_coverage"]
+    overfitting = _overfitting(params, oof, evaluation, candidates, centre)
+    for family in candidates:
+        metrics["models"][family]["interval_coverage"] = coverage_of(
+            oof[spec["target"]].to_numpy(dtype=float), oof[f"lower_{family}"].to_numpy(dtype=float),
+            oof[f"upper_{family}"].to_numpy(dtype=float),
+        ) if f"lower_{family}" in oof.columns else None
+        metrics["models"][family]["overfitting"] = {
+            "dsr": overfitting[family]["dsr"],
+            "pbo": {k: v for k, v in overfitting[family]["pbo"].items() if k != "logits"},
+        }
     write_json_atomic(metrics, Paths.evaluate_metrics)
     table = leaderboard(evaluation)
     write_text_atomic(table + "\n", Paths.leaderboard)
     plots = write_plots(evaluation, Paths.plots_dir)
+    cards = _model_cards(params, oof, spec, metrics, overfitting, train_metrics)
+    page = html_report(
+        "alphaforge: out-of-sample evaluation",
+        [("Leaderboard", f"```\n{table}\n```"), *[(f"Model card: {f}", card) for f, card in cards.items()]],
+        [plots["equity.png"], plots["ic_by_fold.png"],
+         *[Paths.plots_dir / f"pbo_{f}.png" for f in candidates]],
+    )
+    write_text_atomic(page, Paths.report_html)
     reference = json.loads(Paths.run_reference.read_text())
     if params.tracking.enabled and reference.get("run_id"):
         with tracking.start_run(params.tracking.experiment, run_id=reference["run_id"]) as run:
             run.log_metrics({"oos": metrics})
-            run.log_artifact(Paths.evaluate_metrics, artifact_path="evaluate")
-            run.log_artifact(Paths.leaderboard, artifact_path="evaluate")
-            for path in plots.values():
-                run.log_artifact(path, artifact_path="evaluate/plots")
-    log.info("evaluate: out-of-sample results\n%s", table)
+            for path in (Paths.evaluate_metrics, Paths.leaderboard, Paths.report_html):
+                run.log_artifact(path, artifact_path="evaluate")
+            run.log_artifact(Paths.cards_dir, artifact_path="evaluate/model_cards")
+            run.log_artifact(Paths.plots_dir, artifact_path="evaluate/plots")
+    log.info("evaluate: out-of-sample results (report: %s)\n%s", Paths.report_html, table)
     return metrics
+
+
+def _overfitting(
+    params: Params, oof: pd.DataFrame, evaluation: Any, families: list[str], centre: float
+) -> dict[str, dict[str, Any]]:
+    """Deflated Sharpe over the trials tried, and PBO by CSCV over complete trials' OOS returns, per family."""
+    from alphaforge import tracking
+    from alphaforge.evaluate import strategy_returns
+    from alphaforge.overfitting import overfitting_summary, trial_return_matrix
+    from alphaforge.report import plot_pbo_logits
+    from alphaforge.tune import trial_predictions_dir
+
+    tuned = json.loads(Paths.tune_summary.read_text())["families"] if Paths.tune_summary.exists() else {}
+    Paths.plots_dir.mkdir(parents=True, exist_ok=True)
+    trading = oof[["timestamp", "symbol", "forward_return_1"]]
+    out: dict[str, dict[str, Any]] = {}
+    for family in families:
+        candidate = evaluation.returns[family].set_index("timestamp")["net_return"]
+        study = tuned.get(family)
+        trials: dict[str, pd.DataFrame] = {}
+        n_trials = 1
+        if study:
+            n_trials = max(int(study["n_trials"]), 1)
+            folder = trial_predictions_dir(tracking.state_dir() / "tune_trials", study["study_name"])
+            for path in sorted(folder.glob("trial_*.parquet")):
+                trial = pd.read_parquet(path).merge(trading, on=["timestamp", "symbol"], how="inner")
+                trial["signal"] = trial["prediction"] - centre
+                trials[path.stem] = strategy_returns(trial, "signal", params.evaluate)
+        matrix = trial_return_matrix(trials) if len(trials) >= 2 else None
+        n_trials = max(n_trials, 0 if matrix is None else matrix.shape[1])
+        summary = overfitting_summary(candidate, matrix, periods_per_year=evaluation.periods_per_year,
+                                      n_trials=n_trials)
+        plot_pbo_logits(summary["pbo"], Paths.plots_dir / f"pbo_{family}.png",
+                        title=f"{family}: CSCV logits over {n_trials} tuning trials")
+        out[family] = summary
+        log.info("evaluate: %s deflated Sharpe %s, PBO %s (%d trials)", family, summary["dsr"].get("dsr"),
+                 summary["pbo"].get("pbo"), n_trials)
+    return out
+
+
+def _model_cards(
+    params: Params, oof: pd.DataFrame, spec: dict[str, Any], metrics: dict[str, Any],
+    overfitting: dict[str, dict[str, Any]], train_metrics: dict[str, Any],
+) -> dict[str, str]:
+    """A markdown model card per candidate, written under reports/evaluate/model_cards/."""
+    from alphaforge.report import model_card
+
+    ingest_summary = json.loads(Paths.ingest_summary.read_text()) if Paths.ingest_summary.exists() else {}
+    data_summary = {**ingest_summary, "oos_start": str(oof["timestamp"].min()), "oos_end": str(oof["timestamp"].max())}
+    Paths.cards_dir.mkdir(parents=True, exist_ok=True)
+    cards = {}
+    for family in metrics["models"]:
+        if family == "ensemble":
+            meta = json.loads((Paths.ensemble_dir / "meta.json").read_text()) if (Paths.ensemble_dir / "meta.json").exists() else {}
+            hyperparameters = {"method": params.ensemble.method, "meta_learner": params.ensemble.meta_learner,
+                               "weights": meta.get("weights_", meta.get("weights"))}
+        else:
+            hyperparameters = train_metrics["families"][family]["hyperparameters"]
+        card = model_card(family, spec=spec, data_summary=data_summary, params=hyperparameters, metrics=metrics,
+                          overfitting=overfitting[family])
+        write_text_atomic(card, Paths.cards_dir / f"{family}.md")
+        cards[family] = card
+    return cards
 
 
 def _evaluate_volatility(params: Params, oof: pd.DataFrame, spec: dict[str, Any]) -> dict[str, Any]:
@@ -348,13 +459,81 @@ def _evaluate_volatility(params: Params, oof: pd.DataFrame, spec: dict[str, Any]
     lines += [f"{name:22s} {block['rank_ic'] or float('nan'):8.3f} {block['qlike'] or float('nan'):8.4f} "
               f"{block['mse'] or float('nan'):12.3e}" for name, block in rows]
     write_text_atomic("\n".join(lines) + "\n", Paths.leaderboard)
+    from alphaforge.report import html_report
+
+    write_text_atomic(html_report("alphaforge: volatility forecasts", [("Out of sample", "```\n" + "\n".join(lines) + "\n```")]),
+                      Paths.report_html)
     Paths.plots_dir.mkdir(parents=True, exist_ok=True)
+    Paths.cards_dir.mkdir(parents=True, exist_ok=True)
     log.info("evaluate:\n%s", "\n".join(lines))
     return metrics
 
 
+def promote(params: Params) -> dict[str, Any]:
+    """Register the ensemble as the challenger; move ``champion`` to it only if it passes every rule.
+
+    Rules (``promote:``): beat the champion on the latest out-of-sample window by ``margin`` on ``metric``,
+    beat every naive baseline there, data validation passed, no blocking drift alert. The decision and its
+    reasons go to reports/promotion/decision.json, the version's tags and the run's tags. The alias switch is
+    the last step: any failure before it leaves the champion as it was, and the stage says so.
+    """
+    from alphaforge import tracking
+    from alphaforge.evaluate import evaluate_oof
+    from alphaforge.promotion import PromotionError, promote as promote_model, window_scorecards
+
+    spec = json.loads((Paths.trained_dir / "spec.json").read_text())
+    stack_metrics = json.loads(Paths.stack_metrics.read_text()) if Paths.stack_metrics.exists() else {}
+    model_uri = (stack_metrics.get("mlflow") or {}).get("model_uri")
+    if not model_uri:
+        raise PromotionError("promote: the stack stage logged no model (is tracking.enabled false?); champion unchanged")
+    oof, models, centre = candidate_frame(spec)
+    candidate_name = "ensemble" if "ensemble" in models else spec["families"][0]
+    evaluation = evaluate_oof(oof, params.evaluate, models=models)
+    card, baselines = window_scorecards(evaluation, oof, candidate_name)
+    validation = json.loads(Paths.validation_summary.read_text())
+    drift = json.loads(Paths.drift_alert.read_text()) if Paths.drift_alert.exists() else None
+    reference = json.loads(Paths.run_reference.read_text())
+
+    def rescore_champion(champion: Any, window: Any) -> dict[str, Any]:
+        """The champion scored on the challenger's window, on the bars it has not been trained on."""
+        trained_until = pd.Timestamp(champion.stored.window.end) if champion.stored else None
+        start, end = pd.Timestamp(window.start), pd.Timestamp(window.end)
+        rows = oof[(oof["timestamp"] >= start) & (oof["timestamp"] <= end)]
+        if trained_until is not None:
+            rows = rows[rows["timestamp"] > trained_until + pd.Timedelta(0)]
+        if rows["timestamp"].nunique() < params.promote.min_unseen_bars:
+            raise PromotionError(
+                f"promote: champion v{champion.version} was trained on data up to {trained_until}; the window "
+                f"{window} leaves {rows['timestamp'].nunique()} unseen bars (< {params.promote.min_unseen_bars}) to "
+                "compare it fairly; champion unchanged")
+        from alphaforge.pyfunc import predict_frame
+
+        dataset = pd.read_parquet(Paths.dataset, columns=["timestamp", "symbol", *spec["features"]])
+        dataset = dataset[dataset["timestamp"] <= end]
+        predicted = predict_frame(tracking.load_pyfunc_model(champion.model_uri), dataset, spec["feature_version"])
+        predicted["timestamp"] = pd.to_datetime(predicted["timestamp"], utc=True)
+        scored = rows.merge(predicted[["timestamp", "symbol", "prediction"]].rename(columns={"prediction": "champ"}),
+                            on=["timestamp", "symbol"], how="inner")
+        scored["signal_champion"] = scored["champ"] - centre
+        scored["fold"] = 0
+        champion_eval = evaluate_oof(scored, params.evaluate, models={"champion": "signal_champion"})
+        return window_scorecards(champion_eval, scored, "champion")[0].metrics
+
+    outcome = promote_model(
+        model_uri, card, baselines,
+        validation_passed=bool(validation.get("success")),
+        drift_alert=bool(drift and drift.get("blocking")),
+        drift_detail=(drift or {}).get("detail", "no drift report in this pipeline yet"),
+        params=params.promote, run_id=reference.get("run_id"), rescore_champion=rescore_champion,
+        decision_path=Paths.decision,
+    )
+    result = outcome.model_dump(mode="json")
+    log.info("promote: %s", result.get("status"))
+    return result
+
+
 STAGES = {"ingest": ingest, "validate": validate, "features": features, "tune": tune, "train": train,
-          "evaluate": evaluate}
+          "stack": stack, "evaluate": evaluate, "promote": promote}
 
 
 def run_stage(name: str, params: Params, **options: Any) -> dict[str, Any]:

@@ -273,7 +273,7 @@ def child_run_ids(parent_run_id: str) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------
-# Models: log a pyfunc model into a run, register it, move aliases (MLflow 3: aliases, not stages).
+# The ensemble: one pyfunc logged into the pipeline's run, optionally registered as a new version.
 # ------------------------------------------------------------------------------------------------
 
 
@@ -302,6 +302,7 @@ def log_ensemble_model(
     import mlflow
 
     def log_into(run: Run) -> dict[str, Any]:
+        mlflow.set_registry_uri(tracking_uri())
         info = mlflow.pyfunc.log_model(
             name=name, python_model=python_model, artifacts=dict(artifacts), signature=signature,
             input_example=input_example, pip_requirements=list(pip_requirements), code_paths=code_paths,
@@ -322,16 +323,6 @@ def log_ensemble_model(
         raise ValueError("log_ensemble_model: no active run; pass run_id and/or experiment")
     with start_run(experiment, run_id=run_id, run_name=None if run_id else name) as run:
         return log_into(run)
-
-
-def set_model_alias(name: str, alias: str, version: str | int) -> None:
-    """Point ``alias`` (``champion``, ``challenger``) of registered model ``name`` at ``version``."""
-    _client().set_registered_model_alias(name, alias, str(version))
-
-
-def model_version_by_alias(name: str, alias: str) -> str:
-    """The version number ``alias`` of registered model ``name`` points at."""
-    return str(_client().get_model_version_by_alias(name, alias).version)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -546,3 +537,11 @@ def delete_registered_model(name: str, *, missing_ok: bool = False) -> None:
         if missing_ok and _error_code(err) == "RESOURCE_DOES_NOT_EXIST":
             return
         raise
+
+
+def load_pyfunc_model(model_uri: str) -> Any:
+    """A logged or registered pyfunc model (``models:/NAME@champion``, ``runs:/...``) from the current store."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri())
+    return mlflow.pyfunc.load_model(model_uri)
