@@ -77,13 +77,15 @@ def first_repro(workspace: Path) -> subprocess.CompletedProcess:
 
 def test_dvc_repro_runs_every_stage(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
     assert first_repro.returncode == 0, first_repro.stdout[-3000:] + first_repro.stderr[-3000:]
-    for stage in ("ingest", "validate", "features", "train", "evaluate"):
+    for stage in ("ingest", "validate", "features", "tune", "train", "stack", "evaluate", "promote"):
         assert f"Running stage '{stage}'" in first_repro.stdout
     for out in ("data/raw/bars.parquet", "data/validated/bars.parquet", "data/features/dataset.parquet",
                 "data/predictions/oof.parquet", "models/trained/lightgbm/final/config.json",
                 "models/trained/lightgbm/fold_2/config.json", "models/tuned/best_params.json",
                 "reports/validation/index.html", "reports/evaluate/plots/equity.png",
-                "reports/train/permutation_importance_lightgbm.png", "reports/train/gain_importance_ridge.png"):
+                "reports/train/permutation_importance_lightgbm.png", "reports/train/gain_importance_ridge.png",
+                "models/ensemble/pyfunc/MLmodel", "reports/evaluate/report.html",
+                "reports/evaluate/model_cards/ensemble.md", "reports/evaluate/plots/pbo_lightgbm.png"):
         assert (workspace / out).stat().st_size > 0, out
     assert "lightgbm: fold 3/3" in first_repro.stderr  # progress per fold
     assert "tune lightgbm" in first_repro.stderr.lower() or "trial" in first_repro.stderr  # progress per trial
@@ -92,8 +94,11 @@ def test_dvc_repro_runs_every_stage(workspace: Path, first_repro: subprocess.Com
 def test_metrics_compare_model_with_baselines(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
     metrics = json.loads((workspace / "reports/evaluate/metrics.json").read_text())
     assert set(metrics["baselines"]) == {"buy_and_hold", "momentum_20", "last_return"}
-    assert set(metrics["models"]) == {"lightgbm", "ridge"}
+    assert set(metrics["models"]) == {"lightgbm", "ridge", "ensemble"}
     assert 0.5 < metrics["models"]["lightgbm"]["interval_coverage"] < 1
+    overfitting = metrics["models"]["lightgbm"]["overfitting"]
+    assert overfitting["dsr"]["n_trials"] == 3 and 0 <= overfitting["dsr"]["dsr"] <= 1
+    assert 0 <= overfitting["pbo"]["pbo"] <= 1 and overfitting["pbo"]["n_trials"] == 3
     for block in (*metrics["models"].values(), *metrics["baselines"].values()):
         assert {"sharpe", "max_drawdown", "turnover", "annual_return"} <= set(block)
     shown = run(["dvc", "metrics", "show", "--json"], workspace)
@@ -113,6 +118,17 @@ def test_the_run_is_tracked_in_mlflow(workspace: Path, first_repro: subprocess.C
     assert "train.models.lightgbm.n_estimators" in params
     artifacts = workspace / ".alphaforge/mlartifacts"
     assert list(artifacts.rglob("config.json")) and list(artifacts.rglob("equity.png"))
+
+
+def test_promotion_decision_is_recorded(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
+    decision = json.loads((workspace / "reports/promotion/decision.json").read_text())
+    assert decision["status"] in {"promoted", "refused"}
+    reasons = "\n".join(decision["decision"]["reasons"])
+    assert "baseline buy_and_hold" in reasons and "data validation passed" in reasons
+    shown = run(["alphaforge", "registry", "show"], workspace)
+    assert shown.returncode == 0, shown.stderr
+    assert "challenger" in shown.stdout
+    assert ("champion" in shown.stdout) == (decision["status"] == "promoted")
 
 
 def test_second_repro_skips_every_stage(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
