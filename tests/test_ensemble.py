@@ -23,6 +23,7 @@ from alphaforge.ensemble import (
     walk_forward_meta_evaluation,
 )
 from alphaforge.features import FeatureParams, compute_features, compute_labels
+from alphaforge.io import write_parquet_atomic
 from alphaforge.models.importance import rank_ic
 from alphaforge.schema import DataError
 from alphaforge.splits import WalkForward, WalkForwardParams
@@ -204,7 +205,6 @@ def test_pyfunc_from_registry_alias_predicts_like_the_in_memory_ensemble(
     import mlflow
 
     from alphaforge import tracking
-    from alphaforge.data.ingest import write_parquet_atomic
     from alphaforge.pyfunc import StackPaths, run_stack, to_model_input
 
     monkeypatch.setenv("ALPHAFORGE_HOME", str(tmp_path / "state"))

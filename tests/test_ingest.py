@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alphaforge.data.ingest import IngestParams, load_source, read_bars_file, write_parquet_atomic
+from alphaforge.data.ingest import IngestParams, load_source, read_bars_file
 from alphaforge.data.synthetic import SyntheticParams
+from alphaforge.io import write_parquet_atomic
 from alphaforge.schema import CANONICAL_ORDER, DataError
 
 

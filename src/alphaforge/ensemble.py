@@ -41,8 +41,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +50,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from alphaforge.io import write_json_atomic
 from alphaforge.models.importance import rank_ic
 from alphaforge.schema import DataError
 from alphaforge.splits import WalkForward, WalkForwardParams
@@ -136,21 +135,6 @@ def _utc(value: Any) -> pd.Timestamp:
 def _utc_index(values: Any) -> pd.DatetimeIndex:
     index = pd.DatetimeIndex(values)
     return index.tz_localize("UTC") if index.tz is None else index.tz_convert("UTC")
-
-
-def write_json_atomic(payload: Any, path: str | Path) -> None:
-    """JSON through a temporary file in the same folder and a rename: a reader (or a crash) never sees half a file."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _base_matrix(frame: pd.DataFrame, families: Sequence[str], caller: str) -> np.ndarray:

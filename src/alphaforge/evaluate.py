@@ -36,9 +36,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,6 +44,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from alphaforge.io import atomic_write as _atomic_write
 from alphaforge.schema import DataError
 
 __all__ = [
@@ -650,18 +648,6 @@ def leaderboard(evaluation: Evaluation) -> str:
              f"cost {evaluation.params.cost_bps:g} bps; * = trained model, others are naive baselines)")
     rule = "-" * len(render(header))
     return "\n".join([title, rule, render(header), rule, *[render(r) for r in rows], rule])
-
-
-def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write through a temporary file in the same directory, then rename it over ``path``."""
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(handle)
-    try:
-        write(Path(temporary))
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 def write_plots(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:

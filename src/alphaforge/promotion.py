@@ -47,7 +47,6 @@ import logging
 import math
 import os
 import socket
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -58,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alphaforge import tracking
+from alphaforge.io import write_json_atomic
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -371,19 +371,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _write_json_atomic(payload: Mapping[str, Any], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, default=str)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _version_label(version: str | None) -> str:
     return "none" if version is None else f"version {version}"
 
@@ -499,11 +486,11 @@ def promote(
     except BaseException as err:
         record.update(status="failed", error=f"{type(err).__name__}: {err}", finished_at=_now())
         if path is not None:
-            _write_json_atomic(record, path)
+            write_json_atomic(record, path, allow_nan=True)
         raise
     record.update(status=outcome.status, outcome=outcome.model_dump(), finished_at=_now())
     if path is not None:
-        _write_json_atomic(record, path)
+        write_json_atomic(record, path, allow_nan=True)
     return outcome
 
 

@@ -45,6 +45,7 @@ from alphaforge.ensemble import (
     fit_stack,
     write_json_atomic,
 )
+from alphaforge.io import write_parquet_atomic
 from alphaforge.schema import DataError
 
 log = logging.getLogger(__name__)
@@ -280,7 +281,6 @@ def run_stack(
     ``evaluation`` (an :class:`alphaforge.evaluate.EvaluationParams`) adds the trading metrics of the
     ensemble and each family over the meta-test rows.
     """
-    from alphaforge.data.ingest import write_parquet_atomic
 
     oof = pd.read_parquet(paths.oof)
     train_metrics = json.loads(paths.train_metrics.read_text())

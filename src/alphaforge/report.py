@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from alphaforge.io import write_text_atomic
+
 __all__ = [
     "CARD_METRICS",
     "TrustedHtml",
@@ -53,21 +55,6 @@ _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 class TrustedHtml(str):
     """An HTML fragment that :func:`html_report` inserts without escaping: only for markup this code built."""
-
-
-def write_text_atomic(text: str, path: str | Path) -> Path:
-    """Write ``text`` (UTF-8) through a temporary file in the same folder, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
 
 
 # -------------------------------------------------------------------------------------------- model card

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
 from alphaforge.config import Params
+from alphaforge.io import write_json_atomic, write_parquet_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -52,32 +51,6 @@ class Paths:
     report_html = Path("reports/evaluate/report.html")
 
 
-def write_json_atomic(payload: Any, path: Path) -> None:
-    """JSON through a temporary file and a rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, default=str, allow_nan=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(text: str, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _describe(bars: pd.DataFrame) -> dict[str, Any]:
     return {
         "rows": int(len(bars)),
@@ -90,7 +63,7 @@ def _describe(bars: pd.DataFrame) -> dict[str, Any]:
 
 def ingest(params: Params) -> dict[str, Any]:
     """Read the configured source and write canonical bars."""
-    from alphaforge.data.ingest import load_source, write_parquet_atomic
+    from alphaforge.data.ingest import load_source
 
     bars = load_source(params.ingest)
     write_parquet_atomic(bars, Paths.raw_bars)
@@ -103,7 +76,6 @@ def ingest(params: Params) -> dict[str, Any]:
 
 def validate(params: Params) -> dict[str, Any]:
     """Run the expectation suite; on failure write the reports and raise, passing nothing downstream."""
-    from alphaforge.data.ingest import write_parquet_atomic
     from alphaforge.validate import validate_bars, write_report
 
     Paths.validated_bars.unlink(missing_ok=True)
@@ -129,7 +101,6 @@ def validate(params: Params) -> dict[str, Any]:
 
 def features(params: Params) -> dict[str, Any]:
     """Indicators and labels for every validated bar."""
-    from alphaforge.data.ingest import write_parquet_atomic
     from alphaforge.features import FEATURE_VERSION, compute_features, compute_labels, feature_columns
 
     bars = pd.read_parquet(Paths.validated_bars)
@@ -189,7 +160,6 @@ def tuned_hyperparameters(params: Params, family: str) -> dict[str, Any]:
 def train(params: Params) -> dict[str, Any]:
     """Walk-forward training of every configured family: fold models, OOF predictions, final models, MLflow."""
     from alphaforge import tracking
-    from alphaforge.data.ingest import write_parquet_atomic
     from alphaforge.features import FEATURE_VERSION
     from alphaforge.splits import WalkForward
     from alphaforge.train import model_factory, plot_importance_bars, task_of, walk_forward_train
@@ -479,7 +449,8 @@ def promote(params: Params) -> dict[str, Any]:
     """
     from alphaforge import tracking
     from alphaforge.evaluate import evaluate_oof
-    from alphaforge.promotion import PromotionError, promote as promote_model, window_scorecards
+    from alphaforge.promotion import PromotionError, window_scorecards
+    from alphaforge.promotion import promote as promote_model
 
     spec = json.loads((Paths.trained_dir / "spec.json").read_text())
     stack_metrics = json.loads(Paths.stack_metrics.read_text()) if Paths.stack_metrics.exists() else {}

@@ -90,6 +90,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alphaforge.evaluate import EvaluationParams
+from alphaforge.io import write_json_atomic as _write_json_atomic
+from alphaforge.io import write_parquet_atomic as _write_parquet_atomic
 from alphaforge.models.registry import FAMILIES
 from alphaforge.splits import WalkForward, WalkForwardParams
 
@@ -970,20 +972,6 @@ def run_workers(n_workers: int, job: TuneJob, *, dataset: pd.DataFrame | None = 
 # ------------------------------------------------------------------------------------------------ outputs
 
 
-def _write_json_atomic(payload: Any, path: Path) -> None:
-    """JSON (strict: no NaN) through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as stream:
-            json.dump(payload, stream, indent=2, sort_keys=True, allow_nan=False, default=str)
-            stream.write("\n")
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-
-
 def write_best_params(results: Mapping[str, Mapping[str, Any]], path: str | Path) -> None:
     """``{family: {"params", "value", "n_trials", "metric", "study_name"}}``, written atomically.
 
@@ -1004,17 +992,6 @@ def write_best_params(results: Mapping[str, Mapping[str, Any]], path: str | Path
 def trial_predictions_dir(trials_dir: str | Path, study_name: str) -> Path:
     """The folder holding a study's per-trial out-of-fold predictions."""
     return Path(trials_dir) / study_name
-
-
-def _write_parquet_atomic(frame: pd.DataFrame, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def tune_stage(

@@ -23,10 +23,7 @@ Great Expectations is slow to import, so it is imported inside functions only.
 from __future__ import annotations
 
 import html
-import json
 import math
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime
@@ -38,7 +35,8 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from alphaforge.schema import DataError, NUMERIC_COLUMNS, REQUIRED_COLUMNS
+from alphaforge.io import write_json_atomic, write_text_atomic
+from alphaforge.schema import NUMERIC_COLUMNS, REQUIRED_COLUMNS, DataError
 
 Severity = Literal["error", "warning"]
 
@@ -589,20 +587,8 @@ def _examples(check: _Check, result: dict[str, Any], max_examples: int) -> list[
 
 def write_report(report: ValidationReport, json_path: Path, html_path: Path) -> None:
     """Write the report as JSON and as a standalone HTML page, each atomically (temp file + os.replace)."""
-    _write_atomic(Path(json_path), json.dumps(report.to_json(), indent=2, allow_nan=False) + "\n")
-    _write_atomic(Path(html_path), report.to_html())
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(report.to_json(), json_path)
+    write_text_atomic(report.to_html(), html_path)
 
 
 def _plain(value: Any) -> Any:

@@ -9,8 +9,6 @@ within each symbol, so that validation can see time going backwards.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -222,15 +220,3 @@ def _slice(bars: pd.DataFrame, params: IngestParams) -> pd.DataFrame:
     return bars
 
 
-def write_parquet_atomic(frame: pd.DataFrame, path: str | Path) -> None:
-    """Write Parquet through a temporary file in the same folder, so a crash leaves no half file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
