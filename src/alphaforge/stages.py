@@ -382,8 +382,9 @@ def _overfitting(
                 trials[path.stem] = strategy_returns(trial, "signal", params.evaluate)
         matrix = trial_return_matrix(trials) if len(trials) >= 2 else None
         n_trials = max(n_trials, 0 if matrix is None else matrix.shape[1])
+        # an untuned candidate is one trial: its deflated Sharpe is the probabilistic Sharpe (E[max] of one is 0)
         summary = overfitting_summary(candidate, matrix, periods_per_year=evaluation.periods_per_year,
-                                      n_trials=n_trials)
+                                      n_trials=n_trials, trial_sharpes_variance=0.0 if n_trials == 1 else None)
         plot_pbo_logits(summary["pbo"], Paths.plots_dir / f"pbo_{family}.png",
                         title=f"{family}: CSCV logits over {n_trials} tuning trials")
         out[family] = summary
