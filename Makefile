@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test test-fast bench venv lock clean-state help
+.PHONY: run test test-fast bench venv lock clean-state help system-deps
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -29,7 +29,13 @@ run: venv  ## run the pipeline (dvc repro) on the bundled real data and print th
 	@echo
 	@alphaforge leaderboard
 
-test: venv  ## run the whole test suite (unit, data, model and end-to-end)
+system-deps:  ## Debian packages the tests use (headless Chromium for the report screenshot test)
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (headless report screenshots)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "run: sudo apt-get install chromium" >&2; exit 1; fi; }
+
+test: venv system-deps  ## run the whole test suite (unit, data, model and end-to-end)
 	$(BIN)/python -m pytest -q
 
 test-fast: venv  ## the suite without the slow end-to-end tests

@@ -41,6 +41,7 @@ def setup_logging(verbose: bool = False) -> None:
 def run_stage_or_exit(name: str, params_path: Path, **options: object) -> None:
     """Run a stage; a data or configuration problem ends with its message and exit code 2, not a traceback."""
     from alphaforge.config import ConfigError, load_params
+    from alphaforge.drift import AlertDeliveryError
     from alphaforge.promotion import PromotionError, RegistryError
     from alphaforge.schema import DataError
     from alphaforge.stages import run_stage
@@ -48,7 +49,7 @@ def run_stage_or_exit(name: str, params_path: Path, **options: object) -> None:
     setup_logging()
     try:
         run_stage(name, load_params(params_path), **options)
-    except (DataError, ConfigError, PromotionError, RegistryError) as err:
+    except (DataError, ConfigError, PromotionError, RegistryError, AlertDeliveryError) as err:
         typer.secho(f"alphaforge {name}: failed\n{err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from err
 
@@ -121,6 +122,32 @@ def stack(params: Path = ParamsOption) -> None:
 def evaluate(params: Path = ParamsOption) -> None:
     """Out-of-sample IC, accuracy and net-of-cost backtest of every model against naive baselines, with plots."""
     run_stage_or_exit("evaluate", params)
+
+
+@app.command()
+def drift(params: Path = ParamsOption) -> None:
+    """Evidently drift of the newest bars (drift.current_window_bars) against the champion's training window.
+
+    Per-feature drift with thresholds calibrated on the reference, prediction drift, model performance where labels
+    have matured (rank IC, directional accuracy) and data quality (missing bars, stale symbols, NaN rates).
+    Writes reports/drift/report.html, summary.json and alert.json; a blocking alert stops the promote stage.
+    Alerts are appended to drift.alerts_path and posted to drift.webhook_url when set.
+    """
+    run_stage_or_exit("drift", params)
+
+
+@app.command()
+def monitor(
+    params: Path = ParamsOption,
+    hours: float = typer.Option(None, "--hours", help="how far back to read the request log (default monitor.lookback_hours)"),
+    log_dir: str = typer.Option(None, "--log-dir", help="the service's request log folder (default monitor.log_dir)"),
+) -> None:
+    """Served traffic against the champion's reference data: drift, live IC and hit rate, degradation alert, lag.
+
+    Reads the service's request log, joins realised returns as they mature, and raises a degradation alert when the
+    recent window's IC or hit rate falls below monitor.degradation_factor x the earlier one's. Writes reports/monitor/.
+    """
+    run_stage_or_exit("monitor", params, hours=hours, log_dir=log_dir)
 
 
 @app.command()

@@ -13,9 +13,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from alphaforge.data.ingest import IngestParams
+from alphaforge.drift import DriftParams
 from alphaforge.ensemble import EnsembleParams
 from alphaforge.evaluate import EvaluationParams
 from alphaforge.features import FeatureParams
+from alphaforge.monitor import MonitorParams
 from alphaforge.promotion import PromotionParams
 from alphaforge.splits import WalkForwardParams
 from alphaforge.tune import TuneParams
@@ -92,7 +94,9 @@ class Params(BaseModel):
     train: TrainParams = TrainParams()
     ensemble: EnsembleParams = EnsembleParams()
     evaluate: EvaluationParams = EvaluationParams()
+    drift: DriftParams = DriftParams()
     promote: PromotionParams = PromotionParams()
+    monitor: MonitorParams = MonitorParams()
     tracking: TrackingParams = TrackingParams()
 
 

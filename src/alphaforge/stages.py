@@ -48,6 +48,8 @@ class Paths:
     stack_metrics = Path("reports/stack/metrics.json")
     drift_alert = Path("reports/drift/alert.json")
     decision = Path("reports/promotion/decision.json")
+    drift_dir = Path("reports/drift")
+    monitor_dir = Path("reports/monitor")
     report_html = Path("reports/evaluate/report.html")
 
 
@@ -504,8 +506,61 @@ def promote(params: Params) -> dict[str, Any]:
     return result
 
 
+def drift(params: Params) -> dict[str, Any]:
+    """Drift, model performance and data quality of the newest bars against the champion's training window."""
+    from alphaforge.drift import champion_reference_end, run_drift
+    from alphaforge.train import task_of
+
+    dataset = pd.read_parquet(Paths.dataset)
+    spec = json.loads((Paths.trained_dir / "spec.json").read_text())
+    source = Paths.stack_oof if Paths.stack_oof.exists() else Paths.oof
+    predictions = pd.read_parquet(source) if source.exists() else None
+    reference_end = None
+    if params.tracking.enabled:
+        reference_end = champion_reference_end(params.promote.model_name,
+                                               http_max_retries=params.promote.http_max_retries,
+                                               http_timeout_seconds=params.promote.http_timeout_seconds)
+    centre = 0.5 if task_of(spec["target"]) == "classification" else 0.0
+    result = run_drift(dataset, predictions, params.drift, Paths.drift_dir, features=spec["features"],
+                       reference_end=reference_end, prediction_centre=centre)
+    return result.summary
+
+
+def monitor(params: Params, hours: float | None = None, log_dir: str | None = None) -> dict[str, Any]:
+    """Served traffic against the champion's reference data: drift, live IC and hit rate, degradation, lag."""
+    from alphaforge.drift import champion_reference_end, pick_prediction_column, split_windows
+    from alphaforge.monitor import run_monitor
+    from alphaforge.train import task_of
+
+    settings = params.monitor
+    if hours is not None:
+        settings = settings.model_copy(update={"lookback_hours": hours})
+    dataset = pd.read_parquet(Paths.dataset)
+    spec = json.loads((Paths.trained_dir / "spec.json").read_text())
+    reference_end = None
+    if params.tracking.enabled:
+        reference_end = champion_reference_end(params.promote.model_name,
+                                               http_max_retries=params.promote.http_max_retries,
+                                               http_timeout_seconds=params.promote.http_timeout_seconds)
+    reference = split_windows(dataset, params.drift, reference_end).reference
+    reference = reference[["timestamp", "symbol", *spec["features"]]]
+    source = Paths.stack_oof if Paths.stack_oof.exists() else Paths.oof
+    if source.exists():
+        oof = pd.read_parquet(source)
+        column = pick_prediction_column(oof, params.drift)
+        if column is not None:
+            reference = reference.merge(oof[["timestamp", "symbol", column]].rename(columns={column: "prediction"}),
+                                        on=["timestamp", "symbol"], how="left", validate="one_to_one")
+    if task_of(spec["target"]) == "classification" and settings.prediction_centre != 0.5:
+        settings = settings.model_copy(update={"prediction_centre": 0.5})
+    realised = dataset[["timestamp", "symbol", settings.return_column]].dropna()
+    result = run_monitor(log_dir or settings.log_dir, reference, realised, settings, drift_params=params.drift,
+                         features=spec["features"], out_dir=Paths.monitor_dir)
+    return result.summary
+
+
 STAGES = {"ingest": ingest, "validate": validate, "features": features, "tune": tune, "train": train,
-          "stack": stack, "evaluate": evaluate, "promote": promote}
+          "stack": stack, "evaluate": evaluate, "drift": drift, "promote": promote, "monitor": monitor}
 
 
 def run_stage(name: str, params: Params, **options: Any) -> dict[str, Any]:
