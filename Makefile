@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: run test test-fast bench venv lock clean-state help system-deps
+.PHONY: rl run test test-fast bench venv lock clean-state help system-deps
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,7 +25,7 @@ $(STAMP): requirements.lock pyproject.toml
 	@touch $@
 
 run: venv  ## run the pipeline (dvc repro) on the bundled real data and print the leaderboard
-	dvc repro
+	dvc repro promote risk regimes
 	@echo
 	@alphaforge leaderboard
 
@@ -47,6 +47,9 @@ bench: venv  ## run every benchmark; results land in benchmarks/results/ (the tr
 
 lock: venv  ## re-pin requirements.lock from the current environment
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^alphaforge' > requirements.lock
+
+rl: venv  ## the optional reinforcement-learning stage (PPO and SAC vs buy-and-hold and the ensemble's signal)
+	dvc repro rl
 
 clean-state:  ## remove local MLflow runs and pipeline outputs (keeps .venv)
 	rm -rf .alphaforge data/raw data/validated data/features data/predictions models/lightgbm models/run.json reports dvc.lock

@@ -32,6 +32,9 @@ SMALL = {
 }
 
 
+MAIN_STAGES = ["promote", "risk", "regimes"]  # what `make run` reproduces; rl is optional and slow
+
+
 def _merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for key, value in override.items():
@@ -72,12 +75,13 @@ def workspace(repo_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
 
 @pytest.fixture(scope="module")
 def first_repro(workspace: Path) -> subprocess.CompletedProcess:
-    return run(["dvc", "repro"], workspace)
+    return run(["dvc", "repro", *MAIN_STAGES], workspace)
 
 
 def test_dvc_repro_runs_every_stage(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
     assert first_repro.returncode == 0, first_repro.stdout[-3000:] + first_repro.stderr[-3000:]
-    for stage in ("ingest", "validate", "features", "tune", "train", "stack", "evaluate", "promote"):
+    for stage in ("ingest", "validate", "features", "tune", "train", "stack", "evaluate", "drift", "promote",
+                  "regimes", "risk"):
         assert f"Running stage '{stage}'" in first_repro.stdout
     for out in ("data/raw/bars.parquet", "data/validated/bars.parquet", "data/features/dataset.parquet",
                 "data/predictions/oof.parquet", "models/trained/lightgbm/final/config.json",
@@ -85,7 +89,8 @@ def test_dvc_repro_runs_every_stage(workspace: Path, first_repro: subprocess.Com
                 "reports/validation/index.html", "reports/evaluate/plots/equity.png",
                 "reports/train/permutation_importance_lightgbm.png", "reports/train/gain_importance_ridge.png",
                 "models/ensemble/pyfunc/MLmodel", "reports/evaluate/report.html",
-                "reports/evaluate/model_cards/ensemble.md", "reports/evaluate/plots/pbo_lightgbm.png"):
+                "reports/evaluate/model_cards/ensemble.md", "reports/evaluate/plots/pbo_lightgbm.png",
+                "reports/drift/report.html", "reports/risk/metrics.json", "reports/regimes/summary.json"):
         assert (workspace / out).stat().st_size > 0, out
     assert "lightgbm: fold 3/3" in first_repro.stderr  # progress per fold
     assert "tune lightgbm" in first_repro.stderr.lower() or "trial" in first_repro.stderr  # progress per trial
@@ -132,7 +137,7 @@ def test_promotion_decision_is_recorded(workspace: Path, first_repro: subprocess
 
 
 def test_second_repro_skips_every_stage(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
-    again = run(["dvc", "repro"], workspace)
+    again = run(["dvc", "repro", *MAIN_STAGES], workspace)
     assert again.returncode == 0
     assert "Running stage" not in again.stdout
     assert "didn't change, skipping" in again.stdout
@@ -151,7 +156,7 @@ def test_bad_data_stops_at_validate(workspace: Path, first_repro: subprocess.Com
     params = yaml.safe_load((bad / "params.yaml").read_text())
     params["ingest"] = {"source": "file", "path": "data/external/bars.csv"}
     (bad / "params.yaml").write_text(yaml.safe_dump(params))
-    result = run(["dvc", "repro"], bad)
+    result = run(["dvc", "repro", *MAIN_STAGES], bad)
     assert result.returncode != 0
     assert "high_ge_open_close" in result.stderr or "high_ge_open_close" in result.stdout
     assert (bad / "reports/validation/index.html").exists()

@@ -162,6 +162,27 @@ def promote(params: Path = ParamsOption) -> None:
     run_stage_or_exit("promote", params)
 
 
+@app.command()
+def regimes(params: Path = ParamsOption) -> None:
+    """Market regimes: a Gaussian HMM (forward-filtered, causal) or mixture over market return and volatility,
+    fitted on the first walk-forward training window only; regime and probabilities per bar."""
+    run_stage_or_exit("regimes", params)
+
+
+@app.command()
+def risk(params: Path = ParamsOption) -> None:
+    """Next-bar volatility by GARCH, LightGBM and EWMA, compared out of sample (QLIKE, MSE); VaR breach
+    backtests with Kupiec's test."""
+    run_stage_or_exit("risk", params)
+
+
+@app.command()
+def rl(params: Path = ParamsOption) -> None:
+    """Optional: PPO and SAC agents in a no-look-ahead trading environment (fills at the next bar), trained on the
+    walk-forward train slices, compared on the test slices with buy-and-hold and the ensemble's signal."""
+    run_stage_or_exit("rl", params)
+
+
 registry_app = typer.Typer(help="The MLflow model registry: versions, aliases, rollback.", no_args_is_help=True)
 app.add_typer(registry_app, name="registry")
 

@@ -19,6 +19,9 @@ from alphaforge.evaluate import EvaluationParams
 from alphaforge.features import FeatureParams
 from alphaforge.monitor import MonitorParams
 from alphaforge.promotion import PromotionParams
+from alphaforge.regimes import RegimeParams
+from alphaforge.risk import RiskParams
+from alphaforge.rl import RLParams
 from alphaforge.splits import WalkForwardParams
 from alphaforge.tune import TuneParams
 from alphaforge.validate import ValidationParams
@@ -97,6 +100,9 @@ class Params(BaseModel):
     drift: DriftParams = DriftParams()
     promote: PromotionParams = PromotionParams()
     monitor: MonitorParams = MonitorParams()
+    regimes: RegimeParams = RegimeParams()
+    risk: RiskParams = RiskParams()
+    rl: RLParams = RLParams()
     tracking: TrackingParams = TrackingParams()
 
 

@@ -48,6 +48,14 @@ class Paths:
     stack_metrics = Path("reports/stack/metrics.json")
     drift_alert = Path("reports/drift/alert.json")
     decision = Path("reports/promotion/decision.json")
+    regime_model = Path("models/regimes/model.json")
+    regime_features = Path("data/regimes/features.parquet")
+    regime_summary = Path("reports/regimes/summary.json")
+    risk_forecasts = Path("data/risk/forecasts.parquet")
+    risk_metrics = Path("reports/risk/metrics.json")
+    rl_reports = Path("reports/rl")
+    rl_metrics = Path("reports/rl/metrics.json")
+    rl_models = Path("models/rl")
     drift_dir = Path("reports/drift")
     monitor_dir = Path("reports/monitor")
     report_html = Path("reports/evaluate/report.html")
@@ -332,8 +340,14 @@ def evaluate(params: Params) -> dict[str, Any]:
             "dsr": overfitting[family]["dsr"],
             "pbo": {k: v for k, v in overfitting[family]["pbo"].items() if k != "logits"},
         }
-    write_json_atomic(metrics, Paths.evaluate_metrics)
     table = leaderboard(evaluation)
+    if Paths.rl_metrics.exists():  # the optional rl stage's agents, beside the supervised models
+        from alphaforge.rl import rl_leaderboard
+
+        rl_metrics = json.loads(Paths.rl_metrics.read_text())
+        metrics["rl"] = {"agents": rl_metrics["agents"], "baselines": rl_metrics["baselines"]}
+        table += "\n\n" + rl_leaderboard(rl_metrics)
+    write_json_atomic(metrics, Paths.evaluate_metrics)
     write_text_atomic(table + "\n", Paths.leaderboard)
     plots = write_plots(evaluation, Paths.plots_dir)
     cards = _model_cards(params, oof, spec, metrics, overfitting, train_metrics)
@@ -559,8 +573,72 @@ def monitor(params: Params, hours: float | None = None, log_dir: str | None = No
     return result.summary
 
 
+def first_training_end(params: Params, timestamps: pd.Series) -> pd.Timestamp:
+    """End of the first walk-forward training window: regimes and risk models are fitted on data up to it."""
+    from alphaforge.splits import WalkForward
+
+    return WalkForward(params.train.walk_forward, purge=params.labels.horizon).split(timestamps)[0].train_end
+
+
+def regimes(params: Params) -> dict[str, Any]:
+    """Fit the market regime model on the first training window; causal regime features for every bar."""
+    from alphaforge.regimes import current_regime, market_returns, regime_features
+
+    bars = pd.read_parquet(Paths.validated_bars)
+    fit_end = first_training_end(params, bars["timestamp"])
+    model, frame = regime_features(bars, params.regimes, fit_end)
+    model.save(Paths.regime_model)
+    write_parquet_atomic(frame, Paths.regime_features)
+    summary = {"fit_end": str(fit_end), "method": params.regimes.method, "n_regimes": params.regimes.n_regimes,
+               "transmat": None if model.transmat_ is None else model.transmat_.tolist(),
+               "share_by_regime": {str(int(k)): float(v) for k, v in
+                                   frame["regime"].dropna().value_counts(normalize=True).sort_index().items()},
+               "current": current_regime(model, market_returns(bars))}
+    write_json_atomic(summary, Paths.regime_summary)
+    return summary
+
+
+def risk(params: Params) -> dict[str, Any]:
+    """GARCH vs LightGBM vs EWMA next-bar volatility per symbol, out of sample; VaR backtests (Kupiec)."""
+    from alphaforge.risk import compare_risk_panel
+
+    bars = pd.read_parquet(Paths.validated_bars)
+    fit_end = first_training_end(params, bars["timestamp"])
+    metrics, forecasts = compare_risk_panel(bars, fit_end, params.risk)
+    write_parquet_atomic(forecasts, Paths.risk_forecasts)
+    write_json_atomic({"fit_end": str(fit_end), **metrics}, Paths.risk_metrics)
+    log.info("risk: best by QLIKE %s; mean scores %s", metrics["best_by_qlike"], metrics["mean"])
+    return metrics
+
+
+def rl(params: Params) -> dict[str, Any]:
+    """Optional: PPO/SAC on the walk-forward slices vs buy-and-hold and the ensemble's signal, in one environment."""
+    from alphaforge.rl import run_rl_stage
+    from alphaforge.splits import WalkForward
+
+    dataset = pd.read_parquet(Paths.dataset)
+    bars = pd.read_parquet(Paths.validated_bars)
+    spec = json.loads((Paths.trained_dir / "spec.json").read_text())
+    signal = None
+    if spec["target"] != "forward_volatility":
+        oof, models, _ = candidate_frame(spec)
+        columns = [c for c in models.values() if c == params.rl.signal_column]
+        if not columns:
+            raise ValueError(f"rl.signal_column {params.rl.signal_column!r} is none of {sorted(models.values())}")
+        signal = oof[["timestamp", "symbol", params.rl.signal_column]]
+    if Paths.rl_models.exists():
+        shutil.rmtree(Paths.rl_models)
+    reference = json.loads(Paths.run_reference.read_text()) if Paths.run_reference.exists() else {}
+    return run_rl_stage(
+        dataset, bars, WalkForward(params.train.walk_forward, purge=params.labels.horizon), params.rl,
+        signal=signal, experiment=params.tracking.experiment if params.tracking.enabled else None,
+        parent_run_id=reference.get("run_id"), reports_dir=Paths.rl_reports, models_dir=Paths.rl_models,
+    )
+
+
 STAGES = {"ingest": ingest, "validate": validate, "features": features, "tune": tune, "train": train,
-          "stack": stack, "evaluate": evaluate, "drift": drift, "promote": promote, "monitor": monitor}
+          "stack": stack, "evaluate": evaluate, "drift": drift, "promote": promote, "monitor": monitor,
+          "regimes": regimes, "risk": risk, "rl": rl}
 
 
 def run_stage(name: str, params: Params, **options: Any) -> dict[str, Any]:
