@@ -22,6 +22,7 @@ from alphaforge.promotion import PromotionParams
 from alphaforge.regimes import RegimeParams
 from alphaforge.risk import RiskParams
 from alphaforge.rl import RLParams
+from alphaforge.serving.host import ServingParams
 from alphaforge.splits import WalkForwardParams
 from alphaforge.tune import TuneParams
 from alphaforge.validate import ValidationParams
@@ -103,6 +104,7 @@ class Params(BaseModel):
     regimes: RegimeParams = RegimeParams()
     risk: RiskParams = RiskParams()
     rl: RLParams = RLParams()
+    serving: ServingParams = ServingParams()
     tracking: TrackingParams = TrackingParams()
 
 

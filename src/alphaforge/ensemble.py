@@ -379,7 +379,10 @@ class StackingEnsemble:
     def predict(self, base_predictions: pd.DataFrame) -> np.ndarray:
         """The stacked forecast per row; NaN where any base prediction is missing."""
         self._check_fitted()
-        x = _base_matrix(base_predictions, self.families, "StackingEnsemble.predict")
+        return self.predict_matrix(_base_matrix(base_predictions, self.families, "StackingEnsemble.predict"))
+
+    def predict_matrix(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`predict` on a rows x families matrix (columns in ``families`` order), as the service calls it."""
         rows = _complete_rows(x)
         out = np.full(len(x), np.nan)
         if not rows.any():
@@ -472,7 +475,10 @@ class VotingEnsemble:
     def predict(self, base_predictions: pd.DataFrame) -> np.ndarray:
         """The weighted average per row; NaN where any base prediction is missing."""
         self._check_fitted()
-        x = _base_matrix(base_predictions, self.families, "VotingEnsemble.predict")
+        return self.predict_matrix(_base_matrix(base_predictions, self.families, "VotingEnsemble.predict"))
+
+    def predict_matrix(self, x: np.ndarray) -> np.ndarray:
+        """:meth:`predict` on a rows x families matrix (columns in ``families`` order), as the service calls it."""
         weights = np.array([self.weights_[f] for f in self.families])
         out = np.full(len(x), np.nan)
         rows = _complete_rows(x)

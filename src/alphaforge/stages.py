@@ -231,7 +231,8 @@ def train(params: Params) -> dict[str, Any]:
     write_parquet_atomic(oof, Paths.oof)
     write_json_atomic(
         {"feature_version": FEATURE_VERSION, "features": result.feature_names, "horizon": params.labels.horizon,
-         "target": target, "task": task, "families": list(params.train.families)},
+         "target": target, "task": task, "families": list(params.train.families),
+         "feature_params": params.features.model_dump(mode="json")},
         Paths.trained_dir / "spec.json",
     )
     run_id = None

@@ -545,3 +545,15 @@ def load_pyfunc_model(model_uri: str) -> Any:
 
     mlflow.set_tracking_uri(tracking_uri())
     return mlflow.pyfunc.load_model(model_uri)
+
+
+def download_model_version(name: str, version: str, destination: str | Path) -> Path:
+    """Download registered ``name`` version ``version`` (the MLflow model folder) into ``destination``; its path."""
+    import mlflow
+
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(destination),
+                                                tracking_uri=uri)
+    return Path(local)

@@ -1,0 +1,210 @@
+"""The alphaforge BentoML service: the champion ensemble over HTTP, with a gRPC twin in the same process.
+
+Start it from the repository root with ``alphaforge serve start`` (or
+``bentoml serve bentos.service:AlphaforgeService``); settings come from params.yaml's ``serving``
+section and the environment (``MLFLOW_TRACKING_URI``, ``ALPHAFORGE_MODEL_NAME``, ``ALPHAFORGE_GRPC_PORT``,
+...: see the README). All logic lives in :mod:`alphaforge.serving`; this file is the BentoML glue.
+
+Endpoints (POST unless noted): ``/predict`` (feature rows, JSON), ``/predict_bars`` (raw recent bars: the
+features are computed by the training code), ``/predict_symbols`` (latest stored features per symbol, from
+the online feature store when one is configured), ``/model_info``, ``/admin/reload``; the mounted fast
+routes ``/v1/predict_arrow`` (Arrow IPC body and answer, for large batches) and ``/v1/predict`` (the same
+JSON as ``/predict`` without BentoML's request model); BentoML's ``/livez``, ``/readyz`` (ready once the
+champion is loaded) and ``/metrics`` (with the service's own counters appended).
+
+Lean on purpose: BentoML's per-request metrics middleware, access log and OpenTelemetry spans on the
+predict routes are switched off (they cost more than the model); ``/metrics`` keeps the service's own
+counters, which are cheap increments under a lock.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import bentoml
+from bentoml.exceptions import BentoMLException
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from alphaforge.serving import api
+from alphaforge.serving.host import ModelHost, NoModel, serving_params
+from alphaforge.serving.model import BadRequest
+
+log = logging.getLogger("alphaforge.serving")
+
+_HOST: ModelHost | None = None  # the service instance's host, shared with the mounted fast routes
+
+
+class RequestRefused(BentoMLException):
+    """A 4xx with the message that names what is wrong."""
+
+    def __init__(self, message: str, status: int) -> None:
+        from http import HTTPStatus
+
+        super().__init__(message, error_code=HTTPStatus(status))
+
+
+def _refuse(host: ModelHost, err: BadRequest) -> RequestRefused:
+    host.count_bad_request()
+    return RequestRefused(str(err), err.status)
+
+
+def _unavailable(err: NoModel) -> BentoMLException:
+    from bentoml.exceptions import ServiceUnavailable
+
+    return ServiceUnavailable(str(err))
+
+
+# ------------------------------------------------------------------------------------- mounted fast routes
+
+
+async def fast_predict(request: Request) -> Response:
+    """``/v1/predict``: the ``/predict`` JSON without BentoML's request model (the lowest-latency JSON path)."""
+    from pydantic import ValidationError
+
+    host = _HOST
+    if host is None:
+        return JSONResponse({"error": "the service is starting"}, status_code=503)
+    try:
+        body = api.PredictRequest.model_validate_json(await request.body())
+        answer = api.predict_rows(host, body)
+    except ValidationError as err:
+        host.count_bad_request()
+        return JSONResponse({"error": f"{err.error_count()} validation error(s)",
+                             "detail": err.errors(include_context=False, include_input=False)}, status_code=400)
+    except BadRequest as err:
+        host.count_bad_request()
+        return JSONResponse({"error": str(err)}, status_code=err.status)
+    except NoModel as err:
+        return JSONResponse({"error": str(err)}, status_code=503)
+    return Response(answer.model_dump_json(), media_type="application/json")
+
+
+async def fast_predict_arrow(request: Request) -> Response:
+    """``/v1/predict_arrow``: an Arrow IPC stream (symbol, timestamp with time zone, features) in and out."""
+    host = _HOST
+    if host is None:
+        return JSONResponse({"error": "the service is starting"}, status_code=503)
+    try:
+        columns, symbols, timestamps = api.read_arrow(await request.body())
+        prediction, model, request_id = api.predict_columns(
+            host, columns, symbols, timestamps, model_name=request.query_params.get("model"),
+            request_id=request.headers.get("x-request-id"), variant=request.query_params.get("variant"))
+    except BadRequest as err:
+        host.count_bad_request()
+        return JSONResponse({"error": str(err)}, status_code=err.status)
+    except NoModel as err:
+        return JSONResponse({"error": str(err)}, status_code=503)
+    return Response(api.write_arrow(prediction), media_type=api.ARROW_MEDIA_TYPE, headers={
+        "x-model-name": model.name, "x-model-version": model.version, "x-variant": prediction.variant,
+        "x-feature-version": model.feature_version, "x-request-id": request_id})
+
+
+fast_app = Starlette(routes=[Route("/predict", fast_predict, methods=["POST"]),
+                             Route("/predict_arrow", fast_predict_arrow, methods=["POST"])])
+
+_QUIET_URLS = "predict,predict_bars,predict_symbols,v1/predict,v1/predict_arrow,metrics,livez,readyz,healthz"
+
+
+@bentoml.asgi_app(fast_app, path="/v1")
+@bentoml.service(
+    name="alphaforge",
+    workers=1,  # one process: the gRPC twin and the alias poller live beside it
+    traffic={"timeout": 60},
+    metrics={"enabled": False},
+    logging={"access": {"enabled": False}},
+    tracing={"excluded_urls": _QUIET_URLS},
+    resources={"cpu": "1"},
+)
+class AlphaforgeService:
+    """The champion (and challenger) ensemble, reloaded when its alias moves; see the module docstring."""
+
+    def __init__(self) -> None:
+        global _HOST
+        from alphaforge.config import load_params
+        from alphaforge.features import FeatureParams
+
+        logging.getLogger("alphaforge").setLevel(logging.INFO)
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        params_path = os.environ.get("ALPHAFORGE_PARAMS", "params.yaml")
+        self.params = serving_params(params_path)
+        self.feature_params = load_params(params_path).features if os.path.isfile(params_path) else FeatureParams()
+        self.host = ModelHost(self.params)
+        self.ready = False
+        try:
+            self.host.start()
+            self.ready = True
+        except NoModel as err:  # stay up, not ready: /readyz says 503 and the poller keeps trying
+            log.error("serving: %s", err)
+            self.host.start_polling()
+        _HOST = self.host
+        self.grpc_server = None
+        if self.params.grpc_port:
+            from alphaforge.serving.grpc_server import start_grpc_server
+
+            self.grpc_server, self.grpc_port = start_grpc_server(
+                self.host, self.params.grpc_port, bind=os.environ.get("ALPHAFORGE_GRPC_BIND", "127.0.0.1"))
+
+    def __is_ready__(self) -> bool:
+        return self.host.ready()
+
+    async def __metrics__(self, content: str) -> str:
+        return content + self.host.prometheus()
+
+    @bentoml.on_shutdown
+    def shutdown(self) -> None:
+        if self.grpc_server is not None:
+            self.grpc_server.stop(grace=2)
+        self.host.close()
+
+    @bentoml.api(route="/predict")
+    async def predict(
+        self,
+        rows: list[api.FeatureRow],
+        model: str | None = None,
+        request_id: str | None = None,
+        variant: api.Variant | None = None,
+    ) -> api.PredictResponse:
+        """Predict feature rows (each: symbol, timestamp, every feature by name); prediction, interval, version."""
+        try:
+            return api.predict_rows(self.host, api.PredictRequest(rows=rows, model=model, request_id=request_id,
+                                                                  variant=variant))
+        except BadRequest as err:
+            raise _refuse(self.host, err) from None
+        except NoModel as err:
+            raise _unavailable(err) from None
+
+    @bentoml.api(route="/predict_bars")
+    def predict_bars(
+        self,
+        bars: list[api.Bar],
+        model: str | None = None,
+        request_id: str | None = None,
+        last_only: bool = True,
+    ) -> api.PredictResponse:
+        """Predict from raw recent bars: the features are computed by the training code, then the model runs."""
+        try:
+            request = api.PredictBarsRequest(bars=bars, model=model, request_id=request_id, last_only=last_only)
+            return api.predict_bars(self.host, request, self.feature_params)
+        except BadRequest as err:
+            raise _refuse(self.host, err) from None
+        except NoModel as err:
+            raise _unavailable(err) from None
+
+    @bentoml.api(route="/model_info")
+    async def model_info(self) -> dict[str, Any]:
+        """The models served (version, alias, fallback), routing settings and per-variant counters."""
+        info = self.host.info()
+        info["grpc_port"] = getattr(self, "grpc_port", None)
+        if self.host.ready():
+            info["serving"] = self.host.model().info()
+        return info
+
+    @bentoml.api(route="/admin/reload")
+    def reload(self) -> dict[str, Any]:
+        """Check the registry now (the nightly DAG calls this after a promotion); swaps only after loading."""
+        return {"changes": self.host.poll(), "serving_version": self.host.info()["serving_version"]}

@@ -1,0 +1,291 @@
+"""The service's requests and answers, and the handlers both transports (HTTP and gRPC) call.
+
+Every handler takes plain values, checks them by the rules of :mod:`alphaforge.serving.model`
+(raising :class:`BadRequest`, which HTTP answers with its 4xx and gRPC with ``INVALID_ARGUMENT``,
+``NOT_FOUND`` or ``RESOURCE_EXHAUSTED``), and returns the pydantic answer the HTTP API serialises.
+Keeping validation here, not in a transport, is what makes HTTP and gRPC answer alike.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, Strict
+
+from alphaforge.schema import DataError
+from alphaforge.serving.host import ModelHost
+from alphaforge.serving.model import BadRequest, Prediction, ServedModel, check_keys, check_row_count
+
+Variant = Literal["champion", "challenger"]
+
+
+class FeatureRow(BaseModel):
+    """One row to predict: the bar it is for and the model's features by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    symbol: str = Field(..., min_length=1, description="instrument, e.g. AAPL")
+    timestamp: str = Field(..., description="the bar's time, ISO 8601 with a time zone, e.g. 2022-12-30T00:00:00Z")
+    features: dict[str, Annotated[float, Strict()]] = Field(..., description="every feature of the model (see /model_info), finite numbers")
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows: list[FeatureRow] = Field(..., description="one or more rows (at most serving.max_batch_rows)")
+    model: str | None = Field(None, description="registered model name (default: the service's main model)")
+    request_id: str | None = Field(None, max_length=128, description="your id for this request (logged)")
+    variant: Variant | None = Field(None, description="force champion or challenger (default: A/B routing)")
+
+
+class RowPrediction(BaseModel):
+    symbol: str
+    timestamp: str
+    prediction: float | None = Field(None, description="the ensemble's forecast (null when none could be made)")
+    lower: float | None = Field(None, description="lower end of the prediction interval")
+    upper: float | None = Field(None, description="upper end of the prediction interval")
+
+
+class PredictResponse(BaseModel):
+    model_name: str
+    model_version: str
+    variant: Variant
+    feature_version: str
+    target: str | None
+    request_id: str
+    predictions: list[RowPrediction]
+
+
+class Bar(BaseModel):
+    """One raw bar in the canonical schema (columns a source lacks may be left out)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    timestamp: str
+    symbol: str = Field(..., min_length=1)
+    close: float
+    open: float | None = None
+    high: float | None = None
+    low: float | None = None
+    volume: float | None = None
+    bid: float | None = None
+    ask: float | None = None
+    bid_size: float | None = None
+    ask_size: float | None = None
+
+
+class PredictBarsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bars: list[Bar] = Field(..., description="each symbol's recent bars, enough history for the longest window")
+    model: str | None = None
+    request_id: str | None = Field(None, max_length=128)
+    last_only: bool = Field(True, description="answer only each symbol's last bar (else every bar with features)")
+
+
+class SymbolsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    symbols: list[str] = Field(..., min_length=1, description="symbols whose latest stored features to predict")
+    model: str | None = None
+    request_id: str | None = Field(None, max_length=128)
+
+
+# ---------------------------------------------------------------------------------------------- handlers
+
+
+def _answer(prediction: Prediction, model: ServedModel, request_id: str, symbols: Sequence[str],
+            timestamps: pd.DatetimeIndex) -> PredictResponse:
+    stamps = [t.isoformat() for t in timestamps]
+    rows = [RowPrediction(symbol=s, timestamp=t, **values)
+            for s, t, values in zip(symbols, stamps, prediction.rows(), strict=True)]
+    return PredictResponse(model_name=prediction.model_name, model_version=prediction.model_version,
+                           variant=prediction.variant, feature_version=model.feature_version,  # type: ignore[arg-type]
+                           target=model.spec.get("target"), request_id=request_id, predictions=rows)
+
+
+def predict_rows(host: ModelHost, request: PredictRequest) -> PredictResponse:
+    """Feature rows in, predictions out (the row path for tabular ensembles)."""
+    request_id = request.request_id or uuid.uuid4().hex
+    rows = request.rows
+    symbols = [row.symbol for row in rows]
+
+    check_row_count(len(rows), host.params.max_batch_rows)
+    timestamps = check_keys(symbols, [row.timestamp for row in rows])
+
+    def build(model: ServedModel) -> tuple[np.ndarray, list[str], pd.DatetimeIndex]:
+        x = model.matrix_from_records([row.features for row in rows], max_rows=host.params.max_batch_rows)
+        return x, symbols, timestamps
+
+    prediction, model = host.predict(name=request.model, build=build, request_id=request_id, variant=request.variant)
+    return _answer(prediction, model, request_id, symbols, timestamps)
+
+
+def predict_columns(host: ModelHost, columns: Mapping[str, np.ndarray], symbols: Sequence[str],
+                    timestamps: Sequence[Any], *, model_name: str | None = None, request_id: str | None = None,
+                    variant: str | None = None) -> tuple[Prediction, ServedModel, str]:
+    """Columnar input (Arrow IPC body, gRPC): feature name -> values, plus symbols and timestamps."""
+    request_id = request_id or uuid.uuid4().hex
+    n_rows = len(symbols)
+
+    def build(model: ServedModel) -> tuple[np.ndarray, Sequence[str], pd.DatetimeIndex]:
+        check_row_count(n_rows, host.params.max_batch_rows)
+        if len(timestamps) != n_rows:
+            raise BadRequest(f"{len(timestamps)} timestamps for {n_rows} symbols; one each per row")
+        stamps = check_keys(list(symbols), timestamps)
+        return model.matrix_from_columns(columns, n_rows, max_rows=host.params.max_batch_rows), symbols, stamps
+
+    prediction, model = host.predict(name=model_name, build=build, request_id=request_id, variant=variant)
+    return prediction, model, request_id
+
+
+def bars_frame(bars: Sequence[Bar], max_bars: int) -> pd.DataFrame:
+    """The request's bars as a canonical frame sorted by symbol and time (absent columns left out)."""
+    if not bars:
+        raise BadRequest("no bars")
+    if len(bars) > max_bars:
+        raise BadRequest(f"{len(bars)} bars in one request; the limit is {max_bars} "
+                         "(serving.max_bars_per_request)", status=413)
+    records = [bar.model_dump() for bar in bars]
+    frame = pd.DataFrame.from_records(records)
+    optional = [c for c in ("open", "high", "low", "volume", "bid", "ask", "bid_size", "ask_size")
+                if c in frame.columns]
+    partial = [c for c in optional if frame[c].isna().any() and frame[c].notna().any()]
+    if partial:
+        row = int(np.flatnonzero(frame[partial[0]].isna().to_numpy())[0])
+        raise BadRequest(f"bar {row}: column {partial[0]!r} is missing while other bars have it; "
+                         "rule: a column is given for every bar or for none")
+    frame = frame.drop(columns=[c for c in optional if frame[c].isna().all()])
+    stamps = check_keys(frame["symbol"].tolist(), frame["timestamp"].tolist())
+    frame["timestamp"] = stamps
+    frame["symbol"] = frame["symbol"].astype(str)
+    return frame.sort_values(["symbol", "timestamp"], kind="stable").reset_index(drop=True)
+
+
+def features_of_bars(model: ServedModel, bars: pd.DataFrame, default_params: Any) -> pd.DataFrame:
+    """The model's features of ``bars``, computed by the training code with the model's own feature settings."""
+    from alphaforge.features import FeatureParams, compute_features
+
+    recorded = model.spec.get("feature_params")
+    params = FeatureParams(**recorded) if recorded else default_params
+    try:
+        features = compute_features(bars, params)
+    except DataError as err:
+        raise BadRequest(f"bars: {err}") from err
+    missing = [f for f in model.features if f not in features.columns]
+    if missing:
+        raise BadRequest(f"the bars sent cannot give feature(s) {missing} the model needs "
+                         "(columns the bars lack, or a single symbol where cross-sectional ranks need several)")
+    return features
+
+
+def predict_bars(host: ModelHost, request: PredictBarsRequest, default_feature_params: Any) -> PredictResponse:
+    """Raw recent bars in: features computed online by the training code, then the model."""
+    request_id = request.request_id or uuid.uuid4().hex
+    bars = bars_frame(request.bars, host.params.max_bars_per_request)
+    model = host.model(request.model)
+    features = features_of_bars(model, bars, default_feature_params)
+    if request.last_only:
+        chosen = features.groupby("symbol", sort=False).tail(1)
+    else:
+        chosen = features
+    x_all = chosen[model.features].to_numpy(dtype=np.float64)
+    complete = np.isfinite(x_all).all(axis=1)
+    if model.row_wise:
+        if not complete.any():
+            raise BadRequest(f"no bar has every feature yet: send more history (at least "
+                             f"{min_history_bars(model)} bars per symbol)")
+        chosen = chosen[complete]
+    symbols = chosen["symbol"].astype(str).tolist()
+    timestamps = pd.DatetimeIndex(chosen["timestamp"])
+
+    def build(served: ServedModel) -> tuple[np.ndarray, list[str], pd.DatetimeIndex]:
+        if served.row_wise:
+            return chosen[served.features].to_numpy(dtype=np.float64), symbols, timestamps
+        return features[served.features].to_numpy(dtype=np.float64), features["symbol"].astype(str).tolist(), \
+            pd.DatetimeIndex(features["timestamp"])
+
+    prediction, served = host.predict(name=request.model, build=build, request_id=request_id, variant="champion")
+    if not served.row_wise:  # the panel path predicted every bar; keep the chosen ones
+        keep = features.index.isin(chosen.index)
+        prediction = Prediction(prediction.prediction[keep], None if prediction.lower is None else
+                                prediction.lower[keep], None if prediction.upper is None else prediction.upper[keep],
+                                prediction.model_name, prediction.model_version, prediction.variant)
+    return _answer(prediction, served, request_id, symbols, timestamps)
+
+
+def min_history_bars(model: ServedModel) -> int:
+    """Bars per symbol before every feature of the model's settings exists (the longest window, plus one)."""
+    params = model.spec.get("feature_params") or {}
+    windows = [1]
+    for key, value in params.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            windows.append(value)
+        elif isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
+            windows.extend(value)
+    slow = int(params.get("macd_slow", 26)) + int(params.get("macd_signal", 9))
+    return max(max(windows), slow) + 1 + model.lookback
+
+
+# ---------------------------------------------------------------------------------------------- Arrow IPC
+
+
+ARROW_MEDIA_TYPE = "application/vnd.apache.arrow.stream"
+
+
+def read_arrow(body: bytes) -> tuple[dict[str, np.ndarray], list[str], list[Any]]:
+    """Feature columns, symbols and timestamps from an Arrow IPC stream body."""
+    import pyarrow as pa
+
+    try:
+        table = pa.ipc.open_stream(io.BytesIO(body)).read_all()
+    except (pa.ArrowInvalid, OSError) as err:
+        raise BadRequest(f"body is not an Arrow IPC stream ({err}); send Content-Type {ARROW_MEDIA_TYPE}") from None
+    for key in ("symbol", "timestamp"):
+        if key not in table.column_names:
+            raise BadRequest(f"Arrow body: column {key!r} is missing (need symbol, timestamp and every feature)")
+    timestamp_type = table.schema.field("timestamp").type
+    if not pa.types.is_timestamp(timestamp_type) or timestamp_type.tz is None:
+        raise BadRequest(f"Arrow body: column 'timestamp' is {timestamp_type}; rule: a timestamp with a time zone")
+    symbols = table.column("symbol").to_pylist()
+    timestamps = table.column("timestamp").to_pandas().tolist()
+    columns = {}
+    for name in table.column_names:
+        if name in ("symbol", "timestamp"):
+            continue
+        column = table.column(name)
+        if not (pa.types.is_floating(column.type) or pa.types.is_integer(column.type)):
+            raise BadRequest(f"Arrow body: feature {name!r} is {column.type}; rule: numbers")
+        columns[name] = column.to_numpy(zero_copy_only=False).astype(np.float64, copy=False)
+    return columns, symbols, timestamps
+
+
+def write_arrow(prediction: Prediction) -> bytes:
+    """The answer as an Arrow IPC stream: prediction, lower, upper (NaN where none)."""
+    import pyarrow as pa
+
+    n = len(prediction.prediction)
+    empty = np.full(n, np.nan)
+    table = pa.table({"prediction": prediction.prediction,
+                      "lower": prediction.lower if prediction.lower is not None else empty,
+                      "upper": prediction.upper if prediction.upper is not None else empty})
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def arrow_body(frame: pd.DataFrame) -> bytes:
+    """A client's request body: ``frame`` (symbol, timestamp with time zone, features) as an Arrow IPC stream."""
+    import pyarrow as pa
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    sink = io.BytesIO()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()

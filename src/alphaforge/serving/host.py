@@ -1,0 +1,554 @@
+"""The models a service hosts: loaded from the MLflow registry by alias, kept fresh, routed, counted, logged.
+
+:class:`ModelHost` is what the BentoML service and the gRPC server share (one per service process):
+
+* **Loading.** ``models:/NAME@champion`` is resolved to a version, its folder downloaded once into
+  ``serving.cache_dir/NAME/VERSION`` (a download goes to a temporary folder renamed into place, so a
+  crash never leaves half a model) and loaded as a :class:`ServedModel`, warmed by one prediction.
+* **Fallback.** If the champion's version fails to load, the host serves the version that champion
+  replaced (the ``alphaforge.previous_champion`` tag the promote stage writes), or keeps serving what
+  it already had; ``model_info`` and the metrics say so (``fallback`` with the reason).
+* **Alias moves.** A background thread polls the registry every ``serving.poll_seconds`` (and
+  ``POST /admin/reload`` polls at once). A new version is loaded and warmed *beside* the one serving;
+  only then is the reference swapped (one assignment), so no request sees a half-loaded model.
+* **Several models.** Models other than ``serving.model_name`` are loaded on first request by name,
+  kept in an LRU bounded by ``serving.max_models`` and ``serving.max_cache_mb`` (folder size on disk
+  as the estimate of what a model costs).
+* **A/B and shadow.** ``serving.challenger_share`` of requests (by a hash of the request id, so a
+  retried request lands on the same side) are answered by the ``challenger`` alias; with
+  ``serving.shadow`` the challenger also predicts every champion request off the hot path. Every answer
+  names its variant; per-variant counts and latencies are kept for ``/metrics`` and ``model_info``.
+* **Request log.** Predicted rows are queued and written by a background thread in batches to
+  :class:`alphaforge.monitor.RequestLog` (what ``alphaforge monitor`` reads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import queue
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
+
+from alphaforge.serving.model import BadRequest, Prediction, ServedModel, load_served_model
+
+log = logging.getLogger(__name__)
+
+CHAMPION, CHALLENGER = "champion", "challenger"
+PREVIOUS_CHAMPION_TAG = "alphaforge.previous_champion"
+
+
+class ServingParams(BaseModel):
+    """The ``serving`` section of params.yaml (environment variables override a few, see :func:`from_env`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    model_name: str = "alphaforge-signal"
+    alias: str = CHAMPION
+    poll_seconds: float = Field(15.0, gt=0)
+    cache_dir: str = ".alphaforge/serving/models"
+    max_models: int = Field(4, ge=1)
+    max_cache_mb: float = Field(2048.0, gt=0)
+    max_batch_rows: int = Field(10_000, ge=1)
+    max_bars_per_request: int = Field(50_000, ge=1)
+    challenger_share: float = Field(0.0, ge=0.0, le=1.0)
+    shadow: bool = False
+    request_log: bool = True
+    request_log_dir: str = "logs/requests"
+    request_log_flush_seconds: float = Field(0.5, gt=0)
+    grpc_port: int = Field(50051, ge=0, le=65535)  # 0: no gRPC server
+    http_port: int = Field(3000, ge=1, le=65535)
+
+
+class NoModel(RuntimeError):
+    """No version of a requested model can be served (not registered, no alias, nothing loadable)."""
+
+
+@dataclass
+class VariantStats:
+    """Cheap per-variant counters (updated under the host's lock, read by /metrics)."""
+
+    requests: int = 0
+    rows: int = 0
+    errors: int = 0
+    latency_ms_sum: float = 0.0
+
+    def as_dict(self) -> dict[str, float]:
+        return {"requests": self.requests, "rows": self.rows, "errors": self.errors,
+                "mean_latency_ms": (self.latency_ms_sum / self.requests) if self.requests else 0.0}
+
+
+@dataclass
+class Slot:
+    """What one (model name, alias) serves now, and why."""
+
+    name: str
+    alias: str
+    model: ServedModel | None = None
+    wanted_version: str | None = None
+    fallback_reason: str | None = None
+    last_error: str | None = None
+    last_checked: float = 0.0
+    swaps: int = 0
+
+    def info(self) -> dict[str, Any]:
+        return {"alias": self.alias, "serving_version": self.model.version if self.model else None,
+                "alias_version": self.wanted_version, "fallback": self.fallback_reason is not None,
+                "fallback_reason": self.fallback_reason, "last_error": self.last_error, "swaps": self.swaps}
+
+
+class Registry:
+    """The registry reads the host needs (a seam for the tests of the routing logic, real MLflow otherwise)."""
+
+    def aliases(self, name: str) -> dict[str, str]:
+        from alphaforge import tracking
+
+        with tracking.fail_fast_http(1, 10):
+            return tracking.get_model_aliases(name)
+
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        from alphaforge import tracking
+
+        with tracking.fail_fast_http(1, 10):
+            return tracking.get_model_version(name, version).tags
+
+    def download(self, name: str, version: str, destination: Path) -> Path:
+        from alphaforge import tracking
+
+        with tracking.fail_fast_http(1, 30):
+            return tracking.download_model_version(name, version, destination)
+
+
+class RequestLogWriter:
+    """Batches predicted rows onto a queue and appends them to the request log from one background thread."""
+
+    def __init__(self, directory: str | Path, flush_seconds: float) -> None:
+        from alphaforge.monitor import RequestLog
+
+        self.log = RequestLog(directory)
+        self.flush_seconds = flush_seconds
+        self._queue: queue.Queue[list[dict[str, Any]] | None] = queue.Queue()
+        self.written = 0
+        self.failed = 0
+        self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
+        self._thread.start()
+
+    def put(self, rows: list[dict[str, Any]]) -> None:
+        self._queue.put(rows)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            batch: list[dict[str, Any]] = []
+            deadline = time.monotonic() + self.flush_seconds
+            while True:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.extend(item)
+            if batch:
+                try:
+                    self.written += self.log.append(batch)
+                except Exception:  # a log write must never take the service down; count and say so
+                    self.failed += len(batch)
+                    log.exception("serving: could not write %d rows to the request log %s", len(batch),
+                                  self.log.directory)
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+
+class ModelHost:
+    """Loads, refreshes, routes and counts the served models (see the module docstring)."""
+
+    def __init__(self, params: ServingParams, *, registry: Registry | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.params = params
+        self.registry = registry or Registry()
+        self.clock = clock
+        self.cache_dir = Path(params.cache_dir).resolve()
+        self._lock = threading.RLock()
+        self._slots: OrderedDict[tuple[str, str], Slot] = OrderedDict()
+        self.stats: dict[str, VariantStats] = {CHAMPION: VariantStats(), CHALLENGER: VariantStats()}
+        self.bad_requests = 0
+        self.shadow_errors = 0
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
+        self._shadow_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="shadow") if params.shadow else None
+        self.request_log = (RequestLogWriter(params.request_log_dir, params.request_log_flush_seconds)
+                            if params.request_log else None)
+        self.started_at = clock()
+
+    # ----------------------------------------------------------------------------------- loading
+
+    def _local_folder(self, name: str, version: str) -> Path:
+        folder = self.cache_dir / name / str(version)
+        if (folder / "MLmodel").is_file():
+            return folder
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=folder.parent))
+        try:
+            downloaded = self.registry.download(name, version, staging)
+            if not (Path(downloaded) / "MLmodel").is_file():
+                raise FileNotFoundError(f"{name} v{version}: the downloaded folder holds no MLmodel file")
+            if folder.exists():
+                shutil.rmtree(folder)
+            Path(downloaded).rename(folder)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return folder
+
+    def _load_version(self, name: str, version: str) -> ServedModel:
+        return load_served_model(self._local_folder(name, version), name=name, version=version)
+
+    def _refresh(self, slot: Slot) -> None:
+        """Bring ``slot`` to the version its alias points at, loading beside the current model, then swapping."""
+        slot.last_checked = self.clock()
+        try:
+            aliases = self.registry.aliases(slot.name)
+        except Exception as err:  # registry unreachable: keep serving what we have
+            slot.last_error = f"registry unreachable: {err}"
+            if slot.model is None:
+                raise NoModel(f"model {slot.name!r}: the registry is unreachable and nothing is loaded yet "
+                              f"({err})") from err
+            return
+        wanted = aliases.get(slot.alias)
+        slot.wanted_version = wanted
+        if wanted is None:
+            if slot.model is None:
+                raise NoModel(f"model {slot.name!r} has no {slot.alias!r} alias (aliases: {aliases or 'none'}); "
+                              "run the promote stage or set the alias")
+            return
+        if slot.model is not None and slot.model.version == wanted and slot.fallback_reason is None:
+            return
+        try:
+            loaded = self._load_version(slot.name, wanted)
+        except Exception as err:
+            reason = f"version {wanted} (alias {slot.alias}) failed to load: {type(err).__name__}: {err}"
+            log.error("serving: %s", reason)
+            slot.last_error = reason
+            if slot.model is not None and slot.fallback_reason is not None:
+                return  # already on a fallback; keep it
+            if slot.model is not None:
+                slot.fallback_reason = reason + f"; still serving v{slot.model.version}"
+                return
+            previous = self._previous_champion(slot.name, wanted)
+            if previous is None:
+                raise NoModel(f"model {slot.name!r}: {reason}; no previous champion to fall back to") from err
+            try:
+                fallback = self._load_version(slot.name, previous)
+            except Exception as second:
+                raise NoModel(f"model {slot.name!r}: {reason}; the previous champion v{previous} failed too: "
+                              f"{second}") from second
+            slot.model, slot.fallback_reason = fallback, reason + f"; serving the previous champion v{previous}"
+            slot.swaps += 1
+            return
+        with self._lock:
+            old = slot.model
+            slot.model, slot.fallback_reason, slot.last_error = loaded, None, None
+            slot.swaps += 1
+        log.info("serving: %s@%s now v%s (was %s)", slot.name, slot.alias, wanted,
+                 f"v{old.version}" if old else "nothing")
+
+    def _previous_champion(self, name: str, version: str) -> str | None:
+        try:
+            previous = self.registry.version_tags(name, version).get(PREVIOUS_CHAMPION_TAG)
+        except Exception:
+            return None
+        return previous if previous and previous not in ("none", "-") else None
+
+    def slot(self, name: str | None = None, alias: str | None = None) -> Slot:
+        """The slot of ``name@alias`` (loaded on first use; LRU-evicting other extra models when over budget)."""
+        key = (name or self.params.model_name, alias or self.params.alias)
+        with self._lock:
+            slot = self._slots.get(key)
+            if slot is not None and slot.model is not None:
+                self._slots.move_to_end(key)
+                return slot
+            if slot is None:
+                slot = Slot(name=key[0], alias=key[1])
+        self._refresh(slot)  # may raise NoModel; outside the lock: loading takes a while
+        with self._lock:
+            self._slots[key] = slot
+            self._slots.move_to_end(key)
+            self._evict()
+        return slot
+
+    def _evict(self) -> None:
+        """Drop least-recently-used slots beyond the count or memory budget (never the main champion)."""
+        main = (self.params.model_name, self.params.alias)
+        budget = self.params.max_cache_mb * 1024 * 1024
+
+        def over() -> bool:
+            size = sum(s.model.size_bytes for s in self._slots.values() if s.model is not None)
+            return len(self._slots) > self.params.max_models or size > budget
+
+        for key in list(self._slots):
+            if not over():
+                break
+            if key != main and len(self._slots) > 1:
+                log.info("serving: evicting %s@%s from the model cache", *key)
+                del self._slots[key]
+
+    def loaded(self) -> list[Slot]:
+        with self._lock:
+            return list(self._slots.values())
+
+    def start(self) -> None:
+        """Load the main champion now (raising :class:`NoModel` if impossible) and start polling."""
+        self.slot()
+        self.start_polling()
+
+    def start_polling(self) -> None:
+        if self._poller is None:
+            self._poller = threading.Thread(target=self._poll_loop, name="registry-poll", daemon=True)
+            self._poller.start()
+
+    def ready(self) -> bool:
+        """Whether the main model has a version loaded."""
+        with self._lock:
+            slot = self._slots.get((self.params.model_name, self.params.alias))
+            return slot is not None and slot.model is not None
+
+    def _poll_loop(self) -> None:
+        while not self._stop.wait(self.params.poll_seconds):
+            self.poll()
+
+    def poll(self) -> dict[str, Any]:
+        """Check every loaded alias against the registry now; what changed."""
+        changes: dict[str, Any] = {}
+        if not self.ready():
+            try:
+                self.slot()
+            except NoModel as err:
+                changes[f"{self.params.model_name}@{self.params.alias}"] = {"before": None, "after": None,
+                                                                            "error": str(err)}
+                return changes
+        for slot in self.loaded():
+            before = slot.model.version if slot.model else None
+            try:
+                self._refresh(slot)
+            except NoModel as err:
+                slot.last_error = str(err)
+            after = slot.model.version if slot.model else None
+            changes[f"{slot.name}@{slot.alias}"] = {"before": before, "after": after, "error": slot.last_error}
+        if self.params.challenger_share > 0 or self.params.shadow:
+            try:
+                self.slot(alias=CHALLENGER)
+            except NoModel:
+                pass
+        return changes
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._shadow_pool is not None:
+            self._shadow_pool.shutdown(wait=True)
+        if self.request_log is not None:
+            self.request_log.close()
+
+    # ----------------------------------------------------------------------------------- routing
+
+    def choose_variant(self, request_id: str, name: str | None) -> str:
+        """``challenger`` for ``challenger_share`` of request ids (stable per id), else ``champion``."""
+        share = self.params.challenger_share
+        if share <= 0 or (name not in (None, self.params.model_name)):
+            return CHAMPION
+        bucket = int.from_bytes(hashlib.blake2b(request_id.encode(), digest_size=8).digest(), "big") / 2 ** 64
+        return CHALLENGER if bucket < share else CHAMPION
+
+    def _model_for(self, name: str | None, variant: str) -> tuple[ServedModel, str]:
+        """The model answering ``variant`` and the variant it really is (the champion when no challenger loads)."""
+        if variant == CHALLENGER:
+            try:
+                slot = self.slot(name, CHALLENGER)
+                if slot.model is not None:
+                    return slot.model, CHALLENGER
+            except NoModel:
+                pass
+        slot = self.slot(name, self.params.alias)
+        if slot.model is None:
+            raise NoModel(f"model {slot.name!r}: nothing loaded ({slot.last_error})")
+        return slot.model, CHAMPION
+
+    def model(self, name: str | None = None) -> ServedModel:
+        """The champion (or configured alias) of ``name``; :class:`BadRequest` 404 for an unknown model."""
+        try:
+            return self._model_for(name, CHAMPION)[0]
+        except NoModel as err:
+            if name not in (None, self.params.model_name):
+                raise BadRequest(f"unknown model {name!r}: {err}", status=404) from err
+            raise
+
+    def predict(self, *, name: str | None, build: Callable[[ServedModel], tuple[np.ndarray, Sequence[str], Any]],
+                request_id: str | None = None, variant: str | None = None) -> tuple[Prediction, ServedModel]:
+        """Route, validate (``build`` turns the request into the model's matrix, symbols, timestamps), predict, count.
+
+        ``build`` raises :class:`BadRequest` for bad input; the transport answers it and calls
+        :meth:`count_bad_request`.
+        """
+        started = time.perf_counter()
+        request_id = request_id or uuid.uuid4().hex
+        chosen = variant or self.choose_variant(request_id, name)
+        if chosen == CHALLENGER:
+            model, served_variant = self._model_for(name, CHALLENGER)
+        else:
+            model, served_variant = self.model(name), CHAMPION
+        x, symbols, timestamps = build(model)
+        prediction, lower, upper = model.predict(x, symbols, timestamps)
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        answer = Prediction(prediction, lower, upper, model.name, model.version, served_variant)
+        with self._lock:
+            stats = self.stats[served_variant]
+            stats.requests += 1
+            stats.rows += len(prediction)
+            stats.latency_ms_sum += latency_ms
+        self._log(request_id, model, served_variant, x, symbols, timestamps, prediction, latency_ms)
+        if self._shadow_pool is not None and served_variant == CHAMPION:
+            self._shadow_pool.submit(self._shadow, name, request_id, x, symbols, timestamps)
+        return answer, model
+
+    def _champion_model(self, name: str | None) -> ServedModel | None:
+        with self._lock:
+            slot = self._slots.get((name or self.params.model_name, self.params.alias))
+            return slot.model if slot else None
+
+    def _shadow(self, name: str | None, request_id: str, x: np.ndarray, symbols: Sequence[str],
+                timestamps: Any) -> None:
+        started = time.perf_counter()
+        try:
+            slot = self.slot(name, CHALLENGER)
+            model = slot.model
+            if model is None or list(model.features) != list(self._champion_model(name).features):  # type: ignore[union-attr]
+                return
+            prediction, _, _ = model.predict(x, symbols, timestamps)
+        except Exception:
+            with self._lock:
+                self.shadow_errors += 1
+            return
+        latency_ms = (time.perf_counter() - started) * 1000.0
+        with self._lock:
+            stats = self.stats[CHALLENGER]
+            stats.requests += 1
+            stats.rows += len(prediction)
+            stats.latency_ms_sum += latency_ms
+        self._log(request_id, model, CHALLENGER, x, symbols, timestamps, prediction, latency_ms)
+
+    def _log(self, request_id: str, model: ServedModel, variant: str, x: np.ndarray, symbols: Sequence[str],
+             timestamps: Any, prediction: np.ndarray, latency_ms: float) -> None:
+        if self.request_log is None or timestamps is None:
+            return
+        received = datetime.now(UTC)
+        features = model.features
+        rows = []
+        for i, symbol in enumerate(symbols):
+            value = float(prediction[i])
+            rows.append({
+                "request_id": request_id, "received_at": received, "model_name": model.name,
+                "model_version": model.version, "variant": variant, "symbol": symbol,
+                "timestamp": pd.Timestamp(timestamps[i]), "prediction": value if np.isfinite(value) else None,
+                "latency_ms": latency_ms, "features": dict(zip(features, x[i].tolist(), strict=True)),
+            })
+        self.request_log.put(rows)
+
+    def count_bad_request(self) -> None:
+        with self._lock:
+            self.bad_requests += 1
+
+    def count_error(self, variant: str = CHAMPION) -> None:
+        with self._lock:
+            self.stats[variant].errors += 1
+
+    # ----------------------------------------------------------------------------------- reporting
+
+    def info(self) -> dict[str, Any]:
+        """What ``/model_info`` answers: every loaded slot, the routing settings and the counters."""
+        slots = []
+        for slot in self.loaded():
+            entry = slot.info()
+            entry["name"] = slot.name
+            if slot.model is not None:
+                entry["model"] = slot.model.info()
+            slots.append(entry)
+        main = self._slots.get((self.params.model_name, self.params.alias))
+        return {
+            "model_name": self.params.model_name, "alias": self.params.alias,
+            "serving_version": main.model.version if main and main.model else None,
+            "fallback": bool(main and main.fallback_reason), "fallback_reason": main.fallback_reason if main else None,
+            "challenger_share": self.params.challenger_share, "shadow": self.params.shadow,
+            "models": slots, "variants": {k: v.as_dict() for k, v in self.stats.items()},
+            "bad_requests": self.bad_requests, "shadow_errors": self.shadow_errors,
+            "request_log": None if self.request_log is None else {
+                "directory": str(self.request_log.log.directory), "written_rows": self.request_log.written,
+                "failed_rows": self.request_log.failed},
+            "uptime_seconds": round(self.clock() - self.started_at, 1),
+        }
+
+    def prometheus(self) -> str:
+        """The host's own counters in Prometheus text format (appended to BentoML's ``/metrics``)."""
+        lines = [
+            "# HELP alphaforge_requests_total Predict requests answered, by variant.",
+            "# TYPE alphaforge_requests_total counter",
+            *[f'alphaforge_requests_total{{variant="{k}"}} {v.requests}' for k, v in self.stats.items()],
+            "# HELP alphaforge_rows_total Rows predicted, by variant.",
+            "# TYPE alphaforge_rows_total counter",
+            *[f'alphaforge_rows_total{{variant="{k}"}} {v.rows}' for k, v in self.stats.items()],
+            "# HELP alphaforge_latency_ms_sum Summed service time of predict requests (ms), by variant.",
+            "# TYPE alphaforge_latency_ms_sum counter",
+            *[f'alphaforge_latency_ms_sum{{variant="{k}"}} {v.latency_ms_sum:.3f}' for k, v in self.stats.items()],
+            "# HELP alphaforge_bad_requests_total Requests refused for bad input (4xx).",
+            "# TYPE alphaforge_bad_requests_total counter",
+            f"alphaforge_bad_requests_total {self.bad_requests}",
+            "# HELP alphaforge_model_fallback 1 when a model serves a fallback version because its alias failed to load.",
+            "# TYPE alphaforge_model_fallback gauge",
+        ]
+        for slot in self.loaded():
+            version = slot.model.version if slot.model else "none"
+            lines.append(f'alphaforge_model_fallback{{model="{slot.name}",alias="{slot.alias}",version="{version}"}} '
+                         f"{1 if slot.fallback_reason else 0}")
+        return "\n".join(lines) + "\n"
+
+
+ENV_OVERRIDES: dict[str, str] = {
+    "ALPHAFORGE_MODEL_NAME": "model_name",
+    "ALPHAFORGE_MODEL_ALIAS": "alias",
+    "ALPHAFORGE_GRPC_PORT": "grpc_port",
+    "ALPHAFORGE_POLL_SECONDS": "poll_seconds",
+    "ALPHAFORGE_SERVING_CACHE": "cache_dir",
+    "ALPHAFORGE_REQUEST_LOG_DIR": "request_log_dir",
+    "ALPHAFORGE_REQUEST_LOG": "request_log",
+    "ALPHAFORGE_CHALLENGER_SHARE": "challenger_share",
+    "ALPHAFORGE_SHADOW": "shadow",
+}
+
+
+def serving_params(params_path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ServingParams:
+    """The ``serving`` section of ``params_path`` ($ALPHAFORGE_PARAMS, else ./params.yaml if present), with the
+    environment variables of :data:`ENV_OVERRIDES` on top (how a container or a test configures the service)."""
+    import os
+
+    from alphaforge.config import load_params
+
+    environ = os.environ if environ is None else environ
+    path = Path(params_path or environ.get("ALPHAFORGE_PARAMS", "params.yaml"))
+    base = load_params(path).serving if path.is_file() else ServingParams()
+    overrides = {field: environ[name] for name, field in ENV_OVERRIDES.items() if environ.get(name, "") != ""}
+    return base.model_copy(update={}) if not overrides else ServingParams(**{**base.model_dump(), **overrides})

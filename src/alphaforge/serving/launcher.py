@@ -1,0 +1,110 @@
+"""Start and stop the real service process (``bentoml serve``) on loopback: the CLI, the tests and the benchmark.
+
+The service runs in its own process group; :meth:`ServiceProcess.stop` signals that group only (the
+BentoML supervisor, its worker and nothing else), first SIGTERM, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICE = "bentos.service:AlphaforgeService"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@dataclass
+class ServiceProcess:
+    """A running service: its HTTP base URL, gRPC target, PID (= process group) and log file."""
+
+    url: str
+    grpc_target: str | None
+    pid: int
+    log_path: Path
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Stop this service's process group, and only it."""
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+            if self.process.poll() is not None and not _group_alive(self.pid):
+                return
+            try:
+                os.killpg(self.pid, sig)
+            except ProcessLookupError:
+                return
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _group_alive(self.pid):
+                self.process.poll()
+                time.sleep(0.1)
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no log)"
+
+
+def start_service(*, cwd: str | Path, env: Mapping[str, str], log_path: str | Path, port: int | None = None,
+                  grpc_port: int | None = None, ready_timeout: float = 120.0, wait_ready: bool = True
+                  ) -> ServiceProcess:
+    """``bentoml serve`` the service from ``cwd`` (the repository root) on 127.0.0.1; return once ``/readyz`` is 200.
+
+    ``env`` is added to this process's environment (``MLFLOW_TRACKING_URI``, ``ALPHAFORGE_MODEL_NAME``, ...).
+    With ``wait_ready`` false, return once the HTTP server answers ``/livez`` (a service with no loadable model
+    stays up but not ready).
+    """
+    port = port or free_port()
+    grpc_port = free_port() if grpc_port is None else grpc_port
+    environment = {**os.environ, **env, "ALPHAFORGE_GRPC_PORT": str(grpc_port), "PYTHONUNBUFFERED": "1",
+                   "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "BENTOML_DO_NOT_TRACK": "true"}
+    bentoml = Path(sys.executable).with_name("bentoml")
+    command = [str(bentoml), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
+    log_file = Path(log_path)
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with log_file.open("wb") as handle:
+        process = subprocess.Popen(command, cwd=cwd, env=environment, stdout=handle, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    service = ServiceProcess(url=f"http://127.0.0.1:{port}", grpc_target=f"127.0.0.1:{grpc_port}" if grpc_port
+                             else None, pid=process.pid, log_path=log_file, process=process)
+    probe = "/readyz" if wait_ready else "/livez"
+    deadline = time.monotonic() + ready_timeout
+    while True:
+        if process.poll() is not None:
+            service.stop()
+            raise RuntimeError(f"the service exited with code {process.returncode} before it was ready; "
+                               f"log tail:\n{service.log_tail()}")
+        try:
+            with urllib.request.urlopen(service.url + probe, timeout=2) as response:
+                if response.status == 200:
+                    return service
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        if time.monotonic() > deadline:
+            service.stop()
+            raise RuntimeError(f"the service did not answer {probe} within {ready_timeout:.0f} s; "
+                               f"log tail:\n{service.log_tail()}")
+        time.sleep(0.25)

@@ -1,0 +1,392 @@
+"""A registered ensemble loaded for serving: validated input in, prediction + interval + version out.
+
+:class:`ServedModel` wraps the same :class:`alphaforge.ensemble.PanelEnsemble` the MLflow pyfunc runs
+(built by :func:`alphaforge.pyfunc.load_panel_ensemble` from the model folder's artifacts), so the
+service and ``mlflow.pyfunc.load_model`` predict with one code path. On top of it sits a **row path**
+for ensembles whose members are all row-wise (tabular) models: each family becomes a function of a
+float64 matrix (LightGBM boosters called with one thread, the linear models folded into one affine
+map, conformal and quantile intervals as offsets), and the combiner's :meth:`predict_matrix` joins
+them. A one-row prediction then costs a few tens of microseconds instead of a pandas round trip; the
+tests hold it equal to the pyfunc's predictions. Ensembles with sequence members (which need each
+symbol's history) go through the panel path.
+
+Input rules (each broken rule raises :class:`BadRequest` naming row, column and rule; the service
+turns it into a 4xx): every feature the model was trained on, by name, and no other; finite numbers
+only (no NaN or infinity: a client sends complete rows); at most ``max_rows`` rows; ``symbol`` a
+non-empty string and ``timestamp`` a time-zone-aware time; one row per (symbol, timestamp).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from alphaforge.schema import DataError
+
+log = logging.getLogger(__name__)
+
+RowFunction = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]
+
+
+class BadRequest(DataError):
+    """Input the service refuses; ``status`` is the HTTP status it answers with (400, 404, 413)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class Prediction:
+    """One answer: arrays aligned with the request's rows (NaN where no prediction could be made)."""
+
+    prediction: np.ndarray
+    lower: np.ndarray | None
+    upper: np.ndarray | None
+    model_name: str
+    model_version: str
+    variant: str = "champion"
+
+    def rows(self) -> list[dict[str, float | None]]:
+        """JSON-able per-row values (None for NaN)."""
+        def number(values: np.ndarray | None, i: int) -> float | None:
+            if values is None:
+                return None
+            value = float(values[i])
+            return value if math.isfinite(value) else None
+
+        return [{"prediction": number(self.prediction, i), "lower": number(self.lower, i),
+                 "upper": number(self.upper, i)} for i in range(len(self.prediction))]
+
+
+# ------------------------------------------------------------------------------------------ the row path
+
+
+def _linear_function(pipeline_model: Any, task: str) -> RowFunction | None:
+    """Impute -> standardise -> linear model (-> target scaler) folded into ``x @ w + b`` (sigmoid for classes)."""
+    try:
+        if task == "classification":
+            pipeline, target_scale, target_mean = pipeline_model, 1.0, 0.0
+        else:
+            pipeline = pipeline_model.regressor_
+            target_scale = float(np.ravel(pipeline_model.transformer_.scale_)[0])
+            target_mean = float(np.ravel(pipeline_model.transformer_.mean_)[0])
+        fill = np.asarray(pipeline.named_steps["impute"].statistics_, dtype=np.float64)
+        scaler = pipeline.named_steps["scale"]
+        estimator = pipeline.named_steps["model"]
+        mean = np.asarray(scaler.mean_, dtype=np.float64)
+        scale = np.asarray(scaler.scale_, dtype=np.float64)
+        coef = np.asarray(estimator.coef_, dtype=np.float64).reshape(-1)
+        intercept = float(np.ravel(estimator.intercept_)[0])
+    except (AttributeError, KeyError, IndexError):
+        return None
+    if not (len(fill) == len(mean) == len(coef)):
+        return None
+    weights = coef / scale * target_scale
+    bias = (intercept - float(np.sum(coef * mean / scale))) * target_scale + target_mean
+
+    def linear(x: np.ndarray) -> tuple[np.ndarray, None, None]:
+        if np.isnan(x).any():
+            x = np.where(np.isnan(x), fill, x)
+        z = x @ weights + bias
+        return (1.0 / (1.0 + np.exp(-z)) if task == "classification" else z), None, None
+
+    return linear
+
+
+def _point_function(model: Any) -> RowFunction | None:
+    """A row function of a plain tabular forecaster (no interval), or None if it has no row path."""
+    from alphaforge.models.tabular import LightGBMForecaster, TabularForecaster, _ScaledForecaster
+
+    if isinstance(model, LightGBMForecaster):
+        booster = model.booster_
+        return lambda x: (booster.predict(x, num_threads=1), None, None)
+    if isinstance(model, _ScaledForecaster) and model.family in ("ridge", "elastic_net"):
+        linear = _linear_function(model.model_, model.task)
+        if linear is not None:
+            return linear
+    if isinstance(model, TabularForecaster):
+        return lambda x: (np.asarray(model._predict_matrix(x), dtype=np.float64).reshape(-1), None, None)
+    return None
+
+
+def row_function(model: Any) -> RowFunction | None:
+    """The family's prediction (and interval) as a function of its feature matrix; None when it needs history."""
+    from alphaforge.models.uncertainty import ConformalRegressor, QuantileLightGBM
+
+    if isinstance(model, ConformalRegressor):
+        inner = _point_function(model.model_)
+        if inner is None:
+            return None
+        half = float(model.residual_quantile_)
+
+        def conformal(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            point = inner(x)[0]
+            return point, point - half, point + half
+
+        return conformal
+    if isinstance(model, QuantileLightGBM):
+        point, lower, upper = (m.booster_ for m in (model.point_, model.lower_, model.upper_))
+
+        def quantile(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            low, high = lower.predict(x, num_threads=1), upper.predict(x, num_threads=1)
+            return point.predict(x, num_threads=1), np.minimum(low, high), np.maximum(low, high)
+
+        return quantile
+    if hasattr(model, "predict_with_uncertainty"):  # sequence models
+        return None
+    return _point_function(model)
+
+
+def _linear_combiner(combiner: Any) -> Callable[[np.ndarray], np.ndarray] | None:
+    """``b + base @ w`` for the linear combiners (NaN in, NaN out, as their ``predict_matrix``), else None."""
+    if combiner.kind == "voting" or getattr(combiner, "meta_learner", None) == "nnls_ridge":
+        weights = np.array([combiner.weights_[f] for f in combiner.families], dtype=np.float64)
+        intercept = float(getattr(combiner, "intercept_", 0.0)) if combiner.kind != "voting" else 0.0
+        return lambda base: intercept + base @ weights
+    return None
+
+
+# ------------------------------------------------------------------------------------------ the model
+
+
+@dataclass
+class ServedModel:
+    """An ensemble ready to answer (see the module docstring)."""
+
+    name: str
+    version: str
+    ensemble: Any  # alphaforge.ensemble.PanelEnsemble
+    source_dir: Path
+    load_seconds: float = 0.0
+    size_bytes: int = 0
+    loaded_at: float = field(default_factory=time.time)
+    _row_functions: list[tuple[np.ndarray, RowFunction]] | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        self.features: list[str] = list(self.ensemble.features)
+        self.feature_index: dict[str, int] = {name: i for i, name in enumerate(self.features)}
+        self.spec: dict[str, Any] = dict(self.ensemble.spec)
+        functions = []
+        for family, model in self.ensemble.base_models.items():
+            function = row_function(model)
+            if function is None:
+                functions = None
+                break
+            columns = np.array([self.feature_index[n] for n in getattr(model, "feature_names_", self.features)])
+            functions.append((columns, function))
+        self._row_functions = functions
+        self.combiner = self.ensemble.combiner
+        weights = self.combiner.interval_weights()
+        self._interval_weights = [weights[f] for f in self.combiner.families]
+        self._combine = _linear_combiner(self.combiner) or self.combiner.predict_matrix
+
+    @property
+    def feature_version(self) -> str:
+        return str(self.spec["feature_version"])
+
+    @property
+    def row_wise(self) -> bool:
+        """Whether each row is predicted from its own features alone (every member tabular)."""
+        return self._row_functions is not None
+
+    @property
+    def lookback(self) -> int:
+        """Bars of history a sequence member needs before the row it predicts (0 when row-wise)."""
+        return max((int(getattr(getattr(m, "params", None), "lookback", 0) or 0)
+                    for m in self.ensemble.base_models.values()), default=0)
+
+    def info(self) -> dict[str, Any]:
+        return {"name": self.name, "version": self.version, "families": list(self.ensemble.base_models),
+                "combiner": self.combiner.kind, "features": self.features, "feature_version": self.feature_version,
+                "target": self.spec.get("target"), "task": self.spec.get("task"), "horizon": self.spec.get("horizon"),
+                "row_wise": self.row_wise, "lookback": self.lookback, "load_seconds": round(self.load_seconds, 4),
+                "size_bytes": self.size_bytes}
+
+    # ----------------------------------------------------------------------------------- predicting
+
+    def predict_matrix(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Prediction, lower, upper for a rows x features matrix in :attr:`features` order (row-wise models)."""
+        if self._row_functions is None:
+            raise BadRequest(f"model {self.name} v{self.version} has sequence members: send each symbol's last "
+                             f"{self.lookback + 1} bars with symbol and timestamp, not independent rows")
+        outputs = [function(x[:, columns]) for columns, function in self._row_functions]
+        base = np.column_stack([out[0] for out in outputs])
+        prediction = self._combine(base)
+        if all(out[1] is not None for out in outputs):
+            weights = self._interval_weights
+            lower_offset = sum(w * (out[1] - out[0]) for w, out in zip(weights, outputs, strict=True))
+            upper_offset = sum(w * (out[2] - out[0]) for w, out in zip(weights, outputs, strict=True))
+            return prediction, prediction + lower_offset, prediction + upper_offset
+        return prediction, None, None
+
+    def predict_panel(self, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The panel path (any ensemble): ``frame`` holds timestamp, symbol and the features, any row order."""
+        order = np.lexsort((frame["timestamp"].to_numpy(), frame["symbol"].astype(str).to_numpy()))
+        ordered = frame.iloc[order].reset_index(drop=True)
+        out = self.ensemble.predict(ordered)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        prediction = out["prediction"].to_numpy(dtype=np.float64)[inverse]
+        if "lower" in out.columns:
+            return (prediction, out["lower"].to_numpy(dtype=np.float64)[inverse],
+                    out["upper"].to_numpy(dtype=np.float64)[inverse])
+        return prediction, None, None
+
+    def predict(self, x: np.ndarray, symbols: Sequence[str], timestamps: pd.DatetimeIndex
+                ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Validated rows in, the row path when possible, else the panel path."""
+        if self.row_wise:
+            return self.predict_matrix(x)
+        frame = pd.DataFrame(x, columns=self.features)
+        frame.insert(0, "symbol", list(symbols))
+        frame.insert(0, "timestamp", timestamps)
+        return self.predict_panel(frame)
+
+    def warm_up(self) -> None:
+        """One prediction on a zero row (row-wise) so the first real request pays no lazy initialisation."""
+        if self.row_wise:
+            self.predict_matrix(np.zeros((1, len(self.features))))
+
+    # ----------------------------------------------------------------------------------- input checks
+
+    def matrix_from_records(self, rows: Sequence[Mapping[str, Any]], *, max_rows: int) -> np.ndarray:
+        """The float64 matrix of ``rows`` (each a mapping feature name -> number), checked by the input rules."""
+        check_row_count(len(rows), max_rows)
+        x = np.empty((len(rows), len(self.features)))
+        wanted = self.feature_index
+        for r, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise BadRequest(f"row {r}: features must be an object of feature name -> number, "
+                                 f"got {type(row).__name__}")
+            if len(row) != len(wanted) or any(name not in wanted for name in row):
+                missing = [n for n in self.features if n not in row]
+                unknown = [n for n in row if n not in wanted]
+                raise BadRequest(
+                    f"row {r}: wrong features for model {self.name} v{self.version} (feature version "
+                    f"{self.feature_version}, {len(self.features)} features): "
+                    + "; ".join(part for part in (f"missing {missing}" if missing else "",
+                                                  f"unknown {unknown}" if unknown else "") if part))
+            for name, value in row.items():
+                if isinstance(value, bool) or not isinstance(value, (int, float)):
+                    raise BadRequest(f"row {r}, feature {name!r}: {value!r} is not a number")
+                x[r, wanted[name]] = value
+        check_finite(x, self.features)
+        return x
+
+    def matrix_from_columns(self, columns: Mapping[str, np.ndarray], n_rows: int, *, max_rows: int) -> np.ndarray:
+        """The matrix of a columnar body (Arrow, gRPC): same rules as :meth:`matrix_from_records`."""
+        check_row_count(n_rows, max_rows)
+        missing = [n for n in self.features if n not in columns]
+        unknown = [n for n in columns if n not in self.feature_index]
+        if missing or unknown:
+            raise BadRequest(
+                f"wrong features for model {self.name} v{self.version} (feature version {self.feature_version}, "
+                f"{len(self.features)} features): "
+                + "; ".join(part for part in (f"missing {missing}" if missing else "",
+                                              f"unknown {unknown}" if unknown else "") if part))
+        x = np.empty((n_rows, len(self.features)))
+        for name, i in self.feature_index.items():
+            values = columns[name]
+            if values.dtype.kind not in "fiu":
+                raise BadRequest(f"feature {name!r}: expected numbers, got {values.dtype}")
+            if len(values) != n_rows:
+                raise BadRequest(f"feature {name!r}: {len(values)} values for {n_rows} rows")
+            x[:, i] = values
+        check_finite(x, self.features)
+        return x
+
+
+def check_row_count(n_rows: int, max_rows: int) -> None:
+    if n_rows == 0:
+        raise BadRequest("no rows to predict")
+    if n_rows > max_rows:
+        raise BadRequest(f"{n_rows} rows in one request; the limit is {max_rows} (serving.max_batch_rows): "
+                         "split the batch", status=413)
+
+
+def check_finite(x: np.ndarray, features: Sequence[str]) -> None:
+    """Refuse NaN or infinite inputs, naming the first bad row and feature."""
+    bad = ~np.isfinite(x)
+    if bad.any():
+        row, column = (int(v[0]) for v in np.nonzero(bad))
+        raise BadRequest(f"row {row}, feature {features[column]!r}: {x[row, column]} is not a finite number; "
+                         "send complete rows (no NaN or infinity)")
+
+
+def check_keys(symbols: Sequence[Any], timestamps: Sequence[Any]) -> pd.DatetimeIndex:
+    """Symbols non-empty strings, timestamps time-zone-aware, one row per (symbol, timestamp); UTC times back."""
+    for r, symbol in enumerate(symbols):
+        if not isinstance(symbol, str) or not symbol:
+            raise BadRequest(f"row {r}, symbol: {symbol!r} is not a non-empty string")
+    parsed = []
+    for r, stamp in enumerate(timestamps):
+        try:
+            value = pd.Timestamp(stamp)
+        except (TypeError, ValueError) as err:
+            raise BadRequest(f"row {r}, timestamp: {stamp!r} is not a time ({err})") from None
+        if value is pd.NaT:
+            raise BadRequest(f"row {r}, timestamp: {stamp!r} is not a time")
+        if value.tzinfo is None:
+            raise BadRequest(f"row {r}, timestamp: {stamp!r} has no time zone; send e.g. 2024-01-02T00:00:00Z")
+        parsed.append(value.tz_convert("UTC"))
+    index = pd.DatetimeIndex(parsed)
+    keys = pd.MultiIndex.from_arrays([pd.Index(symbols), index]) if len(symbols) > 1 else None
+    if keys is not None and keys.has_duplicates:
+        duplicate = keys[keys.duplicated()][0]
+        raise BadRequest(f"rows repeat (symbol, timestamp) {duplicate[0]!r}, {duplicate[1].isoformat()}; "
+                         "rule: one row per symbol and bar")
+    return index
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def model_artifacts(model_dir: Path) -> dict[str, str]:
+    """The pyfunc artifact mapping (name -> local path) recorded in a model folder's ``MLmodel`` file."""
+    import yaml
+
+    mlmodel = model_dir / "MLmodel"
+    if not mlmodel.is_file():
+        raise FileNotFoundError(f"{mlmodel} is missing: {model_dir} is not an MLflow model folder")
+    flavors = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {})
+    artifacts = (flavors.get("python_function", {}) or {}).get("artifacts") or {}
+    if not artifacts:
+        raise FileNotFoundError(f"{mlmodel}: the python_function flavor lists no artifacts; not an alphaforge "
+                                "ensemble")
+    return {key: str(model_dir / entry["path"]) for key, entry in artifacts.items()}
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def load_served_model(model_dir: str | Path, *, name: str, version: str) -> ServedModel:
+    """A :class:`ServedModel` from a local MLflow model folder (downloaded from the registry), warmed up."""
+    from alphaforge.pyfunc import load_panel_ensemble
+
+    folder = Path(model_dir)
+    started = time.perf_counter()
+    ensemble = load_panel_ensemble(model_artifacts(folder))
+    model = ServedModel(name=name, version=str(version), ensemble=ensemble, source_dir=folder,
+                        size_bytes=folder_bytes(folder))
+    model.warm_up()
+    model.load_seconds = time.perf_counter() - started
+    log.info("serving: loaded %s v%s (%s, %d features, %s path) in %.1f ms", name, version,
+             "+".join(model.ensemble.base_models), len(model.features), "row" if model.row_wise else "panel",
+             model.load_seconds * 1000)
+    return model
+
+
+def read_spec(model_dir: Path) -> dict[str, Any]:
+    """The ensemble's feature spec (``spec.json``) of a model folder."""
+    return json.loads(Path(model_artifacts(model_dir)["spec"]).read_text())

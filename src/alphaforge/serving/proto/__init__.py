@@ -1,0 +1,1 @@
+"""Generated gRPC modules of ``alphaforge_serving.proto`` (see the comment at its top to regenerate)."""
