@@ -12,9 +12,9 @@ routes ``/v1/predict_arrow`` (Arrow IPC body and answer, for large batches) and 
 JSON as ``/predict`` without BentoML's request model); BentoML's ``/livez``, ``/readyz`` (ready once the
 champion is loaded) and ``/metrics`` (with the service's own counters appended).
 
-Lean on purpose: BentoML's per-request metrics middleware, access log and OpenTelemetry spans on the
-predict routes are switched off (they cost more than the model); ``/metrics`` keeps the service's own
-counters, which are cheap increments under a lock.
+Lean on purpose: BentoML's per-request metrics middleware and OpenTelemetry spans skip the predict routes and
+the access log is off (together they cost more than the model); ``/metrics`` stays, with BentoML's metrics of
+the other routes and the service's own counters of the predict routes (cheap increments under a lock).
 """
 
 from __future__ import annotations
@@ -81,7 +81,7 @@ async def fast_predict(request: Request) -> Response:
         return JSONResponse({"error": str(err)}, status_code=err.status)
     except NoModel as err:
         return JSONResponse({"error": str(err)}, status_code=503)
-    return Response(answer.model_dump_json(), media_type="application/json")
+    return Response(api.to_json(answer), media_type="application/json")
 
 
 async def fast_predict_arrow(request: Request) -> Response:
@@ -107,7 +107,9 @@ async def fast_predict_arrow(request: Request) -> Response:
 fast_app = Starlette(routes=[Route("/predict", fast_predict, methods=["POST"]),
                              Route("/predict_arrow", fast_predict_arrow, methods=["POST"])])
 
-_QUIET_URLS = "predict,predict_bars,predict_symbols,v1/predict,v1/predict_arrow,metrics,livez,readyz,healthz"
+_HOT_PATHS = ["/predict", "/predict_bars", "/v1/predict", "/v1/predict_arrow", "/metrics", "/healthz", "/livez",
+              "/readyz"]
+_QUIET_URLS = ",".join(path.lstrip("/") for path in _HOT_PATHS)
 
 
 @bentoml.asgi_app(fast_app, path="/v1")
@@ -115,10 +117,13 @@ _QUIET_URLS = "predict,predict_bars,predict_symbols,v1/predict,v1/predict_arrow,
     name="alphaforge",
     workers=1,  # one process: the gRPC twin and the alias poller live beside it
     traffic={"timeout": 60},
-    metrics={"enabled": False},
-    logging={"access": {"enabled": False}},
+    # /metrics stays on; BentoML's per-request metrics middleware skips the hot routes (the service counts them
+    # itself, cheaply, see __metrics__), and the access log is off
+    metrics={"enabled": True},
+    logging={"access": {"enabled": False, "skip_paths": _HOT_PATHS}},
     tracing={"excluded_urls": _QUIET_URLS},
-    resources={"cpu": "1"},
+    # the GPU build (ALPHAFORGE_GPU=1 when running `alphaforge serve build`) asks for one GPU; torch members use it
+    resources={"gpu": 1} if os.environ.get("ALPHAFORGE_GPU") == "1" else {"cpu": "1"},
 )
 class AlphaforgeService:
     """The champion (and challenger) ensemble, reloaded when its alias moves; see the module docstring."""
@@ -171,8 +176,10 @@ class AlphaforgeService:
     ) -> api.PredictResponse:
         """Predict feature rows (each: symbol, timestamp, every feature by name); prediction, interval, version."""
         try:
-            return api.predict_rows(self.host, api.PredictRequest(rows=rows, model=model, request_id=request_id,
-                                                                  variant=variant))
+            answer = api.predict_rows(self.host, api.PredictRequest.model_construct(
+                rows=rows, model=model, request_id=request_id, variant=variant))
+            # a Response: BentoML would otherwise re-validate the answer against its schema on every call
+            return Response(api.to_json(answer), media_type="application/json")  # type: ignore[return-value]
         except BadRequest as err:
             raise _refuse(self.host, err) from None
         except NoModel as err:
@@ -189,7 +196,8 @@ class AlphaforgeService:
         """Predict from raw recent bars: the features are computed by the training code, then the model runs."""
         try:
             request = api.PredictBarsRequest(bars=bars, model=model, request_id=request_id, last_only=last_only)
-            return api.predict_bars(self.host, request, self.feature_params)
+            answer = api.predict_bars(self.host, request, self.feature_params)
+            return Response(api.to_json(answer), media_type="application/json")  # type: ignore[return-value]
         except BadRequest as err:
             raise _refuse(self.host, err) from None
         except NoModel as err:

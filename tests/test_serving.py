@@ -23,6 +23,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 import pytest
+from ensemble_fixtures import stack_and_register, train_small_ensemble
 
 from alphaforge import tracking
 from alphaforge.pyfunc import to_model_input
@@ -30,7 +31,6 @@ from alphaforge.serving import api
 from alphaforge.serving.grpc_server import grpc_predict
 from alphaforge.serving.host import ModelHost, ServingParams
 from alphaforge.serving.launcher import start_service
-from ensemble_fixtures import stack_and_register, train_small_ensemble
 
 pytestmark = [pytest.mark.slow]
 
@@ -81,8 +81,8 @@ def registry(mlflow_server, tmp_path_factory: pytest.TempPathFactory):
 
 def _register_broken(trained: dict, work: Path, name: str, good: dict) -> str:
     """Log the ensemble with a corrupt member without loading it (no input example), as a new version."""
-    from alphaforge.pyfunc import EnsembleModel, build_ensemble_artifacts, ensemble_pip_requirements
     from alphaforge.ensemble import combiner_from_dict
+    from alphaforge.pyfunc import EnsembleModel, build_ensemble_artifacts, ensemble_pip_requirements
 
     meta = combiner_from_dict(json.loads((good["paths"].ensemble_dir / "meta.json").read_text()))
     artifacts = build_ensemble_artifacts(trained["trained_dir"], meta, work / "ensemble")
@@ -224,7 +224,7 @@ def test_grpc_and_http_answer_alike(registry, service) -> None:
     features = _features(service)
     request = _request(_rows(registry["dataset"], features, n_per_symbol=2), features, request_id="same")
     http = service["client"].post("/predict", json=request).json()
-    over_grpc = grpc_predict(service["grpc"], api.PredictRequest(**request)).model_dump()
+    over_grpc = grpc_predict(service["grpc"], api.PredictRequest(**request))
     assert over_grpc == http
 
 
@@ -238,10 +238,10 @@ def test_schemathesis_finds_no_5xx(service) -> None:
     assert {"/predict", "/predict_bars", "/model_info"} <= {operation.path for operation in operations}
     failures: list[str] = []
 
-    def fuzz(operation) -> None:  # noqa: ANN001
+    def fuzz(operation) -> None:
         @settings(max_examples=25, deadline=None, database=None, suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
-        def check(case) -> None:  # noqa: ANN001
+        def check(case) -> None:
             response = case.call(base_url=service["url"], timeout=30)
             if response.status_code >= 500:
                 failures.append(f"{operation.label}: {response.status_code} {response.text[:300]}")
@@ -339,3 +339,25 @@ def test_served_requests_reach_the_request_log_and_the_monitor(registry, service
     for row in rows.to_dict("records"):
         assert row["prediction"] == pytest.approx(by_symbol[row["symbol"]], rel=1e-12)
         assert row["model_version"] == answer["model_version"] and row["variant"] == "champion"
+
+
+def test_bentoml_build_makes_a_bento_of_the_service(tmp_path) -> None:
+    """`alphaforge serve build` (bentoml build -f bentos/bentofile.yaml) packages the service with its code."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
+    alphaforge = Path(sys.executable).with_name("alphaforge")
+    done = subprocess.run([str(alphaforge), "serve", "build", "--version", "test"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    bento = tmp_path / "bentoml" / "bentos" / "alphaforge" / "test"
+    manifest = yaml.safe_load((bento / "bento.yaml").read_text())
+    routes = {route["route"] for route in manifest["schema"]["routes"]}
+    assert {"/predict", "/predict_bars", "/model_info", "/admin/reload"} <= routes
+    config = manifest["services"][0]["config"]
+    assert config["workers"] == 1 and config["logging"]["access"]["enabled"] is False  # the lean settings travel
+    assert (bento / "src" / "src" / "alphaforge" / "serving" / "host.py").is_file()
+    assert (bento / "src" / "src" / "alphaforge" / "serving" / "proto" / "alphaforge_serving.proto").is_file()

@@ -227,6 +227,86 @@ def registry_unlock(params: Path = ParamsOption) -> None:
     typer.echo(f"lock on {name} removed" if force_unlock(name) else f"no lock on {name}")
 
 
+serve_app = typer.Typer(
+    help="The prediction service: the champion over HTTP (BentoML) and gRPC. Run from the repository root.",
+    no_args_is_help=True)
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.command("start")
+def serve_start(
+    port: int = typer.Option(None, "--port", help="HTTP port (default serving.http_port)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to bind (0.0.0.0 inside a container)"),
+    grpc_port: int = typer.Option(None, "--grpc-port", help="gRPC port (default serving.grpc_port; 0: none)"),
+    model: str = typer.Option(None, "--model", help="registered model to serve (default serving.model_name)"),
+    params: Path = ParamsOption,
+) -> None:
+    """Serve the model behind the `champion` alias (bentoml serve bentos.service:AlphaforgeService).
+
+    Loads the champion from the MLflow registry (MLFLOW_TRACKING_URI, else the local store), falls back to the
+    previous champion if it cannot load, follows alias moves (polling every serving.poll_seconds), logs requests to
+    serving.request_log_dir for `alphaforge monitor`. Endpoints: /predict, /predict_bars, /model_info,
+    /admin/reload, /v1/predict, /v1/predict_arrow, /readyz, /metrics, /docs; gRPC on --grpc-port.
+    """
+    import os
+    import subprocess
+
+    from alphaforge.config import load_params
+
+    settings = load_params(params).serving
+    env = {**os.environ, "ALPHAFORGE_PARAMS": str(params.resolve())}
+    if grpc_port is not None:
+        env["ALPHAFORGE_GRPC_PORT"] = str(grpc_port)
+    if model:
+        env["ALPHAFORGE_MODEL_NAME"] = model
+    if host != "127.0.0.1":
+        env.setdefault("ALPHAFORGE_GRPC_BIND", host)
+    command = [str(Path(sys.executable).with_name("bentoml")), "serve", "bentos.service:AlphaforgeService",
+               "--host", host, "--port", str(port or settings.http_port)]
+    typer.echo(f"serving {model or settings.model_name}@{settings.alias} on http://{host}:{port or settings.http_port}"
+               f" (gRPC :{env.get('ALPHAFORGE_GRPC_PORT', settings.grpc_port)}); Ctrl-C stops it")
+    raise typer.Exit(subprocess.call(command, env=env))
+
+
+@serve_app.command("build")
+def serve_build(
+    version: str = typer.Option(None, "--version", help="Bento version tag (default: BentoML makes one)"),
+) -> None:
+    """Build a Bento of the service (bentoml build -f bentos/bentofile.yaml); prints its tag."""
+    import subprocess
+
+    command = [str(Path(sys.executable).with_name("bentoml")), "build", "-f", "bentos/bentofile.yaml", "."]
+    if version:
+        command += ["--version", version]
+    code = subprocess.call(command)
+    if code != 0:
+        typer.secho("alphaforge serve build: bentoml build failed (see above)", fg=typer.colors.RED, err=True)
+    raise typer.Exit(code)
+
+
+@serve_app.command("reload")
+def serve_reload(
+    url: str = typer.Option(None, "--url", envvar="ALPHAFORGE_SERVICE_URL",
+                            help="the running service (default $ALPHAFORGE_SERVICE_URL, else http://127.0.0.1:PORT)"),
+    params: Path = ParamsOption,
+) -> None:
+    """Tell a running service to check the registry now and swap to a moved champion (POST /admin/reload)."""
+    import urllib.error
+    import urllib.request
+
+    from alphaforge.config import load_params
+
+    target = (url or f"http://127.0.0.1:{load_params(params).serving.http_port}").rstrip("/") + "/admin/reload"
+    request = urllib.request.Request(target, data=b"{}", headers={"Content-Type": "application/json"}, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            typer.echo(response.read().decode())
+    except (urllib.error.URLError, ConnectionError, TimeoutError) as err:
+        typer.secho(f"alphaforge serve reload: {target} did not answer ({err}); is the service running?",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from err
+
+
 @app.command()
 def leaderboard(
     metrics: Path = typer.Option(Path("reports/evaluate/leaderboard.txt"), help="the leaderboard the evaluate stage wrote"),

@@ -149,6 +149,7 @@ class RequestLog:
     def _connect(self, path: Path) -> sqlite3.Connection:
         connection = sqlite3.connect(path, timeout=self.busy_timeout_seconds)
         connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: no corruption, no fsync per commit
         connection.executescript(_SCHEMA)
         return connection
 
@@ -165,6 +166,62 @@ class RequestLog:
         by_day: dict[str, list[tuple[Any, ...]]] = {}
         for day, record in records:
             by_day.setdefault(day, []).append(record)
+        self._insert(by_day)
+        return len(records)
+
+    def append_blocks(self, blocks: Sequence[Mapping[str, Any]]) -> int:
+        """Several served requests (each the keyword arguments of :meth:`append_block`) in one transaction per file."""
+        by_day: dict[str, list[tuple[Any, ...]]] = {}
+        for block in blocks:
+            day, records = self._block_records(**block)
+            by_day.setdefault(day, []).extend(records)
+        self._insert(by_day)
+        return sum(len(records) for records in by_day.values())
+
+    def append_block(self, **block: Any) -> int:
+        """One served request's rows at once (what the service writes): arrays in, one transaction, rows written.
+
+        Keywords: ``request_id``, ``received_at``, ``model_name``, ``model_version``, ``variant``, ``symbols``,
+        ``timestamps_us`` (bar times, UTC microseconds), ``feature_names``, ``features`` (rows x names),
+        ``predictions``, ``latency_ms`` and optionally ``logged_at``. The same table and rules as :meth:`append`,
+        checked once per block rather than per row, so the service's background writer keeps up with batched
+        traffic. NaN features and predictions become null.
+        """
+        return self.append_blocks([block])
+
+    def _block_records(self, *, request_id: str, received_at: datetime, model_name: str, model_version: str,
+                       variant: str, symbols: Sequence[str], timestamps_us: np.ndarray,
+                       feature_names: Sequence[str], features: np.ndarray, predictions: np.ndarray,
+                       latency_ms: float, logged_at: datetime | None = None) -> tuple[str, list[tuple[Any, ...]]]:
+        if variant not in VARIANTS:
+            raise DataError(f"request log: column 'variant': {variant!r}; rule: one of {VARIANTS}")
+        n_rows = len(symbols)
+        if not (len(timestamps_us) == features.shape[0] == len(predictions) == n_rows):
+            raise DataError(f"request log block {request_id}: {n_rows} symbols, {len(timestamps_us)} timestamps, "
+                            f"{features.shape[0]} feature rows, {len(predictions)} predictions; rule: one each per row")
+        if features.shape[1] != len(feature_names):
+            raise DataError(f"request log block {request_id}: {features.shape[1]} feature columns for "
+                            f"{len(feature_names)} names")
+        if not latency_ms >= 0:
+            raise DataError(f"request log block {request_id}: latency_ms {latency_ms!r}; rule: >= 0")
+        received_us = _micros(received_at, "received_at", 0)
+        logged_us = _micros(logged_at or _now(), "logged_at", 0)
+        names = [str(name) for name in feature_names]
+        if np.isfinite(features).all():
+            encoded = [json.dumps(dict(zip(names, row))) for row in features.tolist()]
+        else:
+            encoded = [json.dumps({k: (v if math.isfinite(v) else None) for k, v in zip(names, row)})
+                       for row in features.tolist()]
+        values = [(v if math.isfinite(v) else None) for v in np.asarray(predictions, dtype=np.float64).tolist()]
+        day = datetime.fromtimestamp(received_us / 1e6, UTC).strftime("%Y-%m-%d")
+        stamps = np.asarray(timestamps_us, dtype=np.int64).tolist()
+        records = [(str(request_id), received_us, logged_us, str(model_name), str(model_version), variant, str(symbol),
+                    stamp, text, value, float(latency_ms))
+                   for symbol, stamp, text, value in zip(symbols, stamps, encoded, values, strict=True)]
+        return day, records
+
+    def _insert(self, by_day: Mapping[str, list[tuple[Any, ...]]]) -> None:
+        """Each day's records into that day's current file, one transaction per file."""
         self.directory.mkdir(parents=True, exist_ok=True)
         for day, day_records in sorted(by_day.items()):
             path = self._file_for(day)
@@ -177,7 +234,6 @@ class RequestLog:
                                 f"none of these {len(day_records)} rows were written") from err
             finally:
                 connection.close()
-        return len(records)
 
     def _records(self, rows: pd.DataFrame | Iterable[Mapping[str, Any]],
                  logged_at: datetime) -> list[tuple[str, tuple[Any, ...]]]:

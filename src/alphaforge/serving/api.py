@@ -9,7 +9,7 @@ Keeping validation here, not in a transport, is what makes HTTP and gRPC answer 
 from __future__ import annotations
 
 import io
-import uuid
+import json
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -18,7 +18,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from alphaforge.schema import DataError
-from alphaforge.serving.host import ModelHost
+from alphaforge.serving.host import ModelHost, new_request_id
 from alphaforge.serving.model import BadRequest, Prediction, ServedModel, check_keys, check_row_count
 
 Variant = Literal["champion", "challenger"]
@@ -100,26 +100,33 @@ class SymbolsRequest(BaseModel):
 
 
 def _answer(prediction: Prediction, model: ServedModel, request_id: str, symbols: Sequence[str],
-            timestamps: pd.DatetimeIndex) -> PredictResponse:
-    stamps = [t.isoformat() for t in timestamps]
-    rows = [RowPrediction(symbol=s, timestamp=t, **values)
-            for s, t, values in zip(symbols, stamps, prediction.rows(), strict=True)]
-    return PredictResponse(model_name=prediction.model_name, model_version=prediction.model_version,
-                           variant=prediction.variant, feature_version=model.feature_version,  # type: ignore[arg-type]
-                           target=model.spec.get("target"), request_id=request_id, predictions=rows)
+            timestamps: Sequence[Any]) -> dict[str, Any]:
+    """The answer as plain data in the shape of :class:`PredictResponse` (built without re-validating it)."""
+    rows = [{"symbol": s, "timestamp": t.isoformat(), **values}
+            for s, t, values in zip(symbols, timestamps, prediction.rows(), strict=True)]
+    return {"model_name": prediction.model_name, "model_version": prediction.model_version,
+            "variant": prediction.variant, "feature_version": model.feature_version,
+            "target": model.spec.get("target"), "request_id": request_id, "predictions": rows}
 
 
-def predict_rows(host: ModelHost, request: PredictRequest) -> PredictResponse:
+def to_json(answer: dict[str, Any]) -> bytes:
+    """The answer's JSON body (strict JSON: no NaN, which the answer never holds)."""
+    return json.dumps(answer, allow_nan=False, separators=(",", ":")).encode()
+
+
+def predict_rows(host: ModelHost, request: PredictRequest) -> dict[str, Any]:
     """Feature rows in, predictions out (the row path for tabular ensembles)."""
-    request_id = request.request_id or uuid.uuid4().hex
+    request_id = request.request_id or new_request_id()
     rows = request.rows
     symbols = [row.symbol for row in rows]
 
     check_row_count(len(rows), host.params.max_batch_rows)
     timestamps = check_keys(symbols, [row.timestamp for row in rows])
 
-    def build(model: ServedModel) -> tuple[np.ndarray, list[str], pd.DatetimeIndex]:
-        x = model.matrix_from_records([row.features for row in rows], max_rows=host.params.max_batch_rows)
+    def build(model: ServedModel) -> tuple[np.ndarray, list[str], list[Any]]:
+        # pydantic has already held every value to a strict float
+        x = model.matrix_from_records([row.features for row in rows], max_rows=host.params.max_batch_rows,
+                                      trusted=True)
         return x, symbols, timestamps
 
     prediction, model = host.predict(name=request.model, build=build, request_id=request_id, variant=request.variant)
@@ -130,10 +137,10 @@ def predict_columns(host: ModelHost, columns: Mapping[str, np.ndarray], symbols:
                     timestamps: Sequence[Any], *, model_name: str | None = None, request_id: str | None = None,
                     variant: str | None = None) -> tuple[Prediction, ServedModel, str]:
     """Columnar input (Arrow IPC body, gRPC): feature name -> values, plus symbols and timestamps."""
-    request_id = request_id or uuid.uuid4().hex
+    request_id = request_id or new_request_id()
     n_rows = len(symbols)
 
-    def build(model: ServedModel) -> tuple[np.ndarray, Sequence[str], pd.DatetimeIndex]:
+    def build(model: ServedModel) -> tuple[np.ndarray, Sequence[str], list[Any]]:
         check_row_count(n_rows, host.params.max_batch_rows)
         if len(timestamps) != n_rows:
             raise BadRequest(f"{len(timestamps)} timestamps for {n_rows} symbols; one each per row")
@@ -184,9 +191,9 @@ def features_of_bars(model: ServedModel, bars: pd.DataFrame, default_params: Any
     return features
 
 
-def predict_bars(host: ModelHost, request: PredictBarsRequest, default_feature_params: Any) -> PredictResponse:
+def predict_bars(host: ModelHost, request: PredictBarsRequest, default_feature_params: Any) -> dict[str, Any]:
     """Raw recent bars in: features computed online by the training code, then the model."""
-    request_id = request.request_id or uuid.uuid4().hex
+    request_id = request.request_id or new_request_id()
     bars = bars_frame(request.bars, host.params.max_bars_per_request)
     model = host.model(request.model)
     features = features_of_bars(model, bars, default_feature_params)

@@ -38,15 +38,14 @@ def request_from_proto(message: pb.PredictRequest) -> api.PredictRequest:
     )
 
 
-def response_to_proto(answer: api.PredictResponse) -> pb.PredictResponse:
+def response_to_proto(answer: dict) -> pb.PredictResponse:
     rows = []
-    for row in answer.predictions:
-        values = {k: v for k, v in (("prediction", row.prediction), ("lower", row.lower), ("upper", row.upper))
-                  if v is not None}
-        rows.append(pb.RowPrediction(symbol=row.symbol, timestamp=row.timestamp, **values))
-    return pb.PredictResponse(model_name=answer.model_name, model_version=answer.model_version,
-                              variant=answer.variant, feature_version=answer.feature_version,
-                              target=answer.target or "", request_id=answer.request_id, predictions=rows)
+    for row in answer["predictions"]:
+        values = {k: row[k] for k in ("prediction", "lower", "upper") if row[k] is not None}
+        rows.append(pb.RowPrediction(symbol=row["symbol"], timestamp=row["timestamp"], **values))
+    return pb.PredictResponse(model_name=answer["model_name"], model_version=answer["model_version"],
+                              variant=answer["variant"], feature_version=answer["feature_version"],
+                              target=answer["target"] or "", request_id=answer["request_id"], predictions=rows)
 
 
 class PredictorServicer(pb_grpc.PredictorServicer):
@@ -55,7 +54,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
     def __init__(self, host: ModelHost) -> None:
         self.host = host
 
-    def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:  # noqa: N802
+    def Predict(self, request: pb.PredictRequest, context: grpc.ServicerContext) -> pb.PredictResponse:
         try:
             return response_to_proto(api.predict_rows(self.host, request_from_proto(request)))
         except ValidationError as err:
@@ -69,7 +68,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
         raise AssertionError("unreachable")  # context.abort raises
 
-    def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfoResponse:  # noqa: N802
+    def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfoResponse:
         return pb.ModelInfoResponse(json=json.dumps(self.host.info(), default=str))
 
 
@@ -86,17 +85,16 @@ def start_grpc_server(host: ModelHost, port: int, *, bind: str = "127.0.0.1", wo
     return server, bound
 
 
-def grpc_predict(target: str, request: api.PredictRequest, timeout: float = 10.0) -> api.PredictResponse:
-    """A client call (for tests and the benchmark): the HTTP request model in, the HTTP answer model out."""
+def grpc_predict(target: str, request: api.PredictRequest, timeout: float = 10.0) -> dict:
+    """A client call (for tests and the benchmark): the HTTP request model in, the HTTP answer's data out."""
     message = pb.PredictRequest(
         rows=[pb.FeatureRow(symbol=r.symbol, timestamp=r.timestamp, features=r.features) for r in request.rows],
         model=request.model or "", request_id=request.request_id or "", variant=request.variant or "")
     with grpc.insecure_channel(target) as channel:
         reply = pb_grpc.PredictorStub(channel).Predict(message, timeout=timeout)
-    rows = [api.RowPrediction(symbol=r.symbol, timestamp=r.timestamp,
-                              prediction=r.prediction if r.HasField("prediction") else None,
-                              lower=r.lower if r.HasField("lower") else None,
-                              upper=r.upper if r.HasField("upper") else None) for r in reply.predictions]
-    return api.PredictResponse(model_name=reply.model_name, model_version=reply.model_version,
-                               variant=reply.variant, feature_version=reply.feature_version,  # type: ignore[arg-type]
-                               target=reply.target or None, request_id=reply.request_id, predictions=rows)
+    rows = [{"symbol": r.symbol, "timestamp": r.timestamp,
+             **{k: (getattr(r, k) if r.HasField(k) else None) for k in ("prediction", "lower", "upper")}}
+            for r in reply.predictions]
+    return {"model_name": reply.model_name, "model_version": reply.model_version, "variant": reply.variant,
+            "feature_version": reply.feature_version, "target": reply.target or None,
+            "request_id": reply.request_id, "predictions": rows}

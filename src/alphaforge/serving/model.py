@@ -24,6 +24,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +59,13 @@ class Prediction:
 
     def rows(self) -> list[dict[str, float | None]]:
         """JSON-able per-row values (None for NaN)."""
-        def number(values: np.ndarray | None, i: int) -> float | None:
+        def column(values: np.ndarray | None) -> list[float | None]:
             if values is None:
-                return None
-            value = float(values[i])
-            return value if math.isfinite(value) else None
+                return [None] * len(self.prediction)
+            return [v if math.isfinite(v) else None for v in np.asarray(values, dtype=np.float64).tolist()]
 
-        return [{"prediction": number(self.prediction, i), "lower": number(self.lower, i),
-                 "upper": number(self.upper, i)} for i in range(len(self.prediction))]
+        return [{"prediction": p, "lower": lo, "upper": hi} for p, lo, hi in
+                zip(column(self.prediction), column(self.lower), column(self.upper), strict=True)]
 
 
 # ------------------------------------------------------------------------------------------ the row path
@@ -175,6 +175,7 @@ class ServedModel:
     def __post_init__(self) -> None:
         self.features: list[str] = list(self.ensemble.features)
         self.feature_index: dict[str, int] = {name: i for i, name in enumerate(self.features)}
+        self._feature_set = set(self.features)
         self.spec: dict[str, Any] = dict(self.ensemble.spec)
         functions = []
         for family, model in self.ensemble.base_models.items():
@@ -242,14 +243,14 @@ class ServedModel:
                     out["upper"].to_numpy(dtype=np.float64)[inverse])
         return prediction, None, None
 
-    def predict(self, x: np.ndarray, symbols: Sequence[str], timestamps: pd.DatetimeIndex
+    def predict(self, x: np.ndarray, symbols: Sequence[str], timestamps: Sequence[datetime] | pd.DatetimeIndex
                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Validated rows in, the row path when possible, else the panel path."""
         if self.row_wise:
             return self.predict_matrix(x)
         frame = pd.DataFrame(x, columns=self.features)
         frame.insert(0, "symbol", list(symbols))
-        frame.insert(0, "timestamp", timestamps)
+        frame.insert(0, "timestamp", pd.DatetimeIndex(timestamps))
         return self.predict_panel(frame)
 
     def warm_up(self) -> None:
@@ -259,11 +260,25 @@ class ServedModel:
 
     # ----------------------------------------------------------------------------------- input checks
 
-    def matrix_from_records(self, rows: Sequence[Mapping[str, Any]], *, max_rows: int) -> np.ndarray:
-        """The float64 matrix of ``rows`` (each a mapping feature name -> number), checked by the input rules."""
+    def matrix_from_records(self, rows: Sequence[Mapping[str, Any]], *, max_rows: int, trusted: bool = False
+                            ) -> np.ndarray:
+        """The float64 matrix of ``rows`` (each a mapping feature name -> number), checked by the input rules.
+
+        ``trusted``: every value is already known to be a float (a strict pydantic model parsed the request),
+        so only the names and finiteness are checked.
+        """
         check_row_count(len(rows), max_rows)
+        features, wanted = self.features, self.feature_index
+        expected = self._feature_set
+        if all(type(row) is dict and row.keys() == expected for row in rows):
+            try:  # the common case: exactly the model's features, numbers only
+                x = np.array([[row[name] for name in features] for row in rows], dtype=np.float64)
+            except (TypeError, ValueError):
+                x = None
+            if x is not None and (trusted or all(type(v) in (float, int) for row in rows for v in row.values())):
+                check_finite(x, features)
+                return x
         x = np.empty((len(rows), len(self.features)))
-        wanted = self.feature_index
         for r, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise BadRequest(f"row {r}: features must be an object of feature name -> number, "
@@ -323,29 +338,32 @@ def check_finite(x: np.ndarray, features: Sequence[str]) -> None:
                          "send complete rows (no NaN or infinity)")
 
 
-def check_keys(symbols: Sequence[Any], timestamps: Sequence[Any]) -> pd.DatetimeIndex:
-    """Symbols non-empty strings, timestamps time-zone-aware, one row per (symbol, timestamp); UTC times back."""
-    for r, symbol in enumerate(symbols):
+def check_keys(symbols: Sequence[Any], timestamps: Sequence[Any]) -> list[datetime]:
+    """Symbols non-empty strings, timestamps time-zone-aware, one row per (symbol, timestamp); UTC datetimes back."""
+    parsed: list[datetime] = []
+    for r, (symbol, stamp) in enumerate(zip(symbols, timestamps, strict=True)):
         if not isinstance(symbol, str) or not symbol:
             raise BadRequest(f"row {r}, symbol: {symbol!r} is not a non-empty string")
-    parsed = []
-    for r, stamp in enumerate(timestamps):
-        try:
-            value = pd.Timestamp(stamp)
-        except (TypeError, ValueError) as err:
-            raise BadRequest(f"row {r}, timestamp: {stamp!r} is not a time ({err})") from None
-        if value is pd.NaT:
+        if isinstance(stamp, str):
+            try:
+                value = datetime.fromisoformat(stamp)
+            except ValueError:
+                raise BadRequest(f"row {r}, timestamp: {stamp!r} is not an ISO 8601 time") from None
+        elif isinstance(stamp, datetime):
+            value = stamp
+        else:
             raise BadRequest(f"row {r}, timestamp: {stamp!r} is not a time")
-        if value.tzinfo is None:
+        if value.tzinfo is None or value.utcoffset() is None:
             raise BadRequest(f"row {r}, timestamp: {stamp!r} has no time zone; send e.g. 2024-01-02T00:00:00Z")
-        parsed.append(value.tz_convert("UTC"))
-    index = pd.DatetimeIndex(parsed)
-    keys = pd.MultiIndex.from_arrays([pd.Index(symbols), index]) if len(symbols) > 1 else None
-    if keys is not None and keys.has_duplicates:
-        duplicate = keys[keys.duplicated()][0]
-        raise BadRequest(f"rows repeat (symbol, timestamp) {duplicate[0]!r}, {duplicate[1].isoformat()}; "
-                         "rule: one row per symbol and bar")
-    return index
+        parsed.append(value.astimezone(UTC))
+    if len(parsed) > 1:
+        seen: set[tuple[str, datetime]] = set()
+        for symbol, value in zip(symbols, parsed, strict=True):
+            if (symbol, value) in seen:
+                raise BadRequest(f"rows repeat (symbol, timestamp) {symbol!r}, {value.isoformat()}; "
+                                 "rule: one row per symbol and bar")
+            seen.add((symbol, value))
+    return parsed
 
 
 # ------------------------------------------------------------------------------------------ loading
