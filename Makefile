@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: rl run test test-fast bench venv lock clean-state help system-deps
+.PHONY: serve rl run test test-fast bench venv lock clean-state help system-deps
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -44,9 +44,13 @@ test-fast: venv  ## the suite without the slow end-to-end tests
 bench: venv  ## run every benchmark; results land in benchmarks/results/ (the training one takes a while)
 	$(BIN)/python benchmarks/features.py --out benchmarks/results/features.json
 	$(BIN)/python benchmarks/training.py --out benchmarks/results/training.json
+	$(BIN)/python benchmarks/serving.py --out benchmarks/results/serving.json
 
 lock: venv  ## re-pin requirements.lock from the current environment
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^alphaforge' > requirements.lock
+
+serve: venv  ## serve the registered champion over HTTP (:3000) and gRPC (:50051); Ctrl-C stops it
+	alphaforge serve start
 
 rl: venv  ## the optional reinforcement-learning stage (PPO and SAC vs buy-and-hold and the ensemble's signal)
 	dvc repro rl
