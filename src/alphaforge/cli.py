@@ -75,10 +75,19 @@ def validate(params: Path = ParamsOption) -> None:
     run_stage_or_exit("validate", params)
 
 
-@app.command()
-def features(params: Path = ParamsOption) -> None:
+features_app = typer.Typer(
+    help="Compute indicators (past data only) and forward labels into data/features/dataset.parquet "
+    "(no subcommand: the stage); `alphaforge features list` lists the feature definitions.",
+    invoke_without_command=True,
+)
+app.add_typer(features_app, name="features")
+
+
+@features_app.callback()
+def features(ctx: typer.Context, params: Path = ParamsOption) -> None:
     """Compute indicators (past data only) and forward labels into data/features/dataset.parquet."""
-    run_stage_or_exit("features", params)
+    if ctx.invoked_subcommand is None:
+        run_stage_or_exit("features", params)
 
 
 @app.command()
@@ -258,6 +267,40 @@ def show_params(params: Path = ParamsOption) -> None:
         typer.secho(str(err), fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from err
     typer.echo(json.dumps(loaded.model_dump(by_alias=True, mode="json"), indent=2))
+
+
+# ---- feature store (issue 8): `features list`, `stream` ----------------------------------------------------
+
+
+@features_app.command("list")
+def features_list(
+    params: Path = ParamsOption,
+    columns: str = typer.Option(None, "--columns", help="comma-separated bar columns (default feature_store.bar_columns)"),
+    single_symbol: bool = typer.Option(False, "--single-symbol", help="one symbol: no cross-sectional ranks"),
+    intraday: bool = typer.Option(None, "--intraday/--daily", help="sub-daily bars get `hour` (default feature_store.intraday)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """List the feature definitions (name, group, window in bars, inputs, version, description) for such bars."""
+    from alphaforge.config import ConfigError, load_params
+    from alphaforge.featurestore.definitions import feature_definitions
+
+    try:
+        loaded = load_params(params)
+    except ConfigError as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from err
+    store = loaded.feature_store
+    bar_columns = {c.strip() for c in columns.split(",") if c.strip()} if columns else set(store.bar_columns)
+    definitions = feature_definitions(loaded.features, columns=bar_columns, multi_symbol=not single_symbol,
+                                      intraday=store.intraday if intraday is None else intraday)
+    if as_json:
+        typer.echo(json.dumps([d.as_dict() for d in definitions], indent=2))
+        return
+    typer.echo(f"{'name':24s} {'group':15s} {'window':>6s} {'rec':3s} {'inputs':22s} version  description")
+    for d in definitions:
+        typer.echo(f"{d.name:24s} {d.group:15s} {d.window:6d} {'yes' if d.recursive else '':3s} "
+                   f"{','.join(d.inputs):22s} {d.version:8s} {d.description}")
+
 
 
 def main() -> None:

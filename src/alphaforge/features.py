@@ -180,6 +180,15 @@ def _plan(
     return names, skipped
 
 
+def feature_plan(
+    params: FeatureParams, *, columns: set[str] | frozenset[str], multi_symbol: bool, intraday: bool
+) -> list[str]:
+    """The feature names :func:`compute_features` produces, in its column order, for bars with ``columns``
+    (more than one symbol: ``multi_symbol``; mostly sub-daily gaps: ``intraday``). The one plan that the
+    incremental engine and the feature registry (``alphaforge.featurestore``) are derived from."""
+    return _plan(params, columns=set(columns), multi_symbol=multi_symbol, intraday=intraday)[0]
+
+
 # --------------------------------------------------------------------------------------------
 # Input checks and the symbols x bars layout
 # --------------------------------------------------------------------------------------------
@@ -624,7 +633,12 @@ def _is_intraday(groups: _Groups) -> bool:
 
 def _calendar(timestamps: _TimestampGrid, intraday: bool) -> dict[str, np.ndarray]:
     """Day of week (Monday 0), month (1..12) and, for intraday data, hour, all in UTC."""
-    unique_ns = timestamps.uniques_ns
+    per_timestamp = calendar_values(timestamps.uniques_ns, intraday)
+    return {name: values[timestamps.codes] for name, values in per_timestamp.items()}
+
+
+def calendar_values(unique_ns: np.ndarray, intraday: bool) -> dict[str, np.ndarray]:
+    """The calendar features of UTC timestamps given in nanoseconds (shared with the incremental engine)."""
     days = unique_ns // _NANOS_PER_DAY
     months = unique_ns.view("datetime64[ns]").astype("datetime64[M]").astype(np.int64)
     per_timestamp = {
@@ -633,7 +647,7 @@ def _calendar(timestamps: _TimestampGrid, intraday: bool) -> dict[str, np.ndarra
     }
     if intraday:
         per_timestamp["hour"] = ((unique_ns // _NANOS_PER_HOUR) % 24).astype(np.float64)
-    return {name: values[timestamps.codes] for name, values in per_timestamp.items()}
+    return per_timestamp
 
 
 @dataclass(frozen=True)
