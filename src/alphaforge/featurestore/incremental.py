@@ -40,26 +40,34 @@ _STATE_ARRAYS = ("count", "last_ns", "close_hist", "return_hist", "high_hist", "
                  "dollar_hist", "ema", "signal", "gain", "loss", "atr")
 
 
-def _push(buffer: np.ndarray, slots: np.ndarray | None, n_known: int, values: np.ndarray) -> np.ndarray:
-    """Shift each slot's register one bar left, append ``values``; return the updated rows (newest last).
+def _push(register: np.ndarray, slots: np.ndarray | None, n_known: int, values: np.ndarray) -> np.ndarray:
+    """Shift the slots' registers one bar back in time and put ``values`` last; the updated (bars, symbols) rows.
 
-    ``slots`` None means every known symbol, in slot order: the rows are updated in place.
+    Registers are time-major (bars x slots), so a window is the last ``w`` rows and every reduction
+    runs along contiguous rows of symbols. ``slots`` None means every known symbol, in slot order:
+    updated in place.
     """
-    rows = buffer[:n_known] if slots is None else buffer[slots]
-    rows[:, :-1] = rows[:, 1:]
-    rows[:, -1] = values
+    rows = register[:, :n_known] if slots is None else register[:, slots]
+    rows[:-1] = rows[1:]
+    rows[-1] = values
     if slots is not None:
-        buffer[slots] = rows
+        register[:, slots] = rows
     return rows
 
 
-def _two_pass_std(window: np.ndarray, ddof: int) -> np.ndarray:
-    """Row standard deviation, exactly 0 where every value of the row is equal (NaN rows stay NaN)."""
-    mean = window.sum(axis=1) / window.shape[1]
-    deviations = window - mean[:, None]
-    std = np.sqrt(np.einsum("ij,ij->i", deviations, deviations) / (window.shape[1] - ddof))
-    std[window.max(axis=1) == window.min(axis=1)] = 0.0
-    return std
+def _two_pass_std(window: np.ndarray, ddof: int) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and standard deviation of each column of a (bars, symbols) window; the std is exactly 0 where
+    every value is equal, as in the batch library (NaN columns stay NaN)."""
+    mean = window.sum(axis=0) / window.shape[0]
+    deviations = window - mean
+    np.square(deviations, out=deviations)
+    std = np.sqrt(deviations.sum(axis=0) / (window.shape[0] - ddof))
+    # Equal values give a std of a few ulps of the mean at most; only those columns are checked exactly.
+    suspect = np.flatnonzero(std <= 1e-12 * np.abs(mean))
+    if suspect.size:
+        part = window[:, suspect]
+        std[suspect[(part == part[-1]).all(axis=0)]] = 0.0
+    return mean, std
 
 
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray, where_zero: float) -> np.ndarray:
@@ -101,6 +109,8 @@ class IncrementalEngine:
         self._spans = sorted({*p.ma_windows, p.macd_fast, p.macd_slow})
         self.symbols: list[str] = []
         self._slot: dict[str, int] = {}
+        self._last_symbols: list[str] = []
+        self._last_slots: np.ndarray | None = None
         self._allocate(capacity)
 
     # ---------------------------------------------------------------------------------------- state
@@ -110,16 +120,16 @@ class IncrementalEngine:
         nan = np.nan
         self.count = np.zeros(capacity, dtype=np.int64)
         self.last_ns = np.full(capacity, np.iinfo(np.int64).min, dtype=np.int64)
-        self.close_hist = np.full((capacity, self._close_length), nan)
-        self.return_hist = np.full((capacity, self._return_length), nan)
+        self.close_hist = np.full((self._close_length, capacity), nan)
+        self.return_hist = np.full((self._return_length, capacity), nan)
         width = p.stochastic_window if self._needs_high_low else 1
-        self.high_hist = np.full((capacity, width), nan)
-        self.low_hist = np.full((capacity, width), nan)
-        self.k_hist = np.full((capacity, p.stochastic_smooth if self._needs_high_low else 1), nan)
+        self.high_hist = np.full((width, capacity), nan)
+        self.low_hist = np.full((width, capacity), nan)
+        self.k_hist = np.full((p.stochastic_smooth if self._needs_high_low else 1, capacity), nan)
         width = p.volume_window if self._needs_volume else 1
-        self.volume_hist = np.full((capacity, width), nan)
-        self.dollar_hist = np.full((capacity, width), nan)
-        self.ema = np.full((capacity, len(self._spans)), nan)
+        self.volume_hist = np.full((width, capacity), nan)
+        self.dollar_hist = np.full((width, capacity), nan)
+        self.ema = np.full((len(self._spans), capacity), nan)
         self.signal = np.full(capacity, nan)
         self.gain = np.zeros(capacity)
         self.loss = np.zeros(capacity)
@@ -132,10 +142,12 @@ class IncrementalEngine:
             capacity *= 2
         self._allocate(capacity)
         for name, values in old.items():
-            getattr(self, name)[: len(values)] = values
+            getattr(self, name)[..., : values.shape[-1]] = values
 
-    def _slots(self, symbols: Sequence[str]) -> np.ndarray | None:
+    def _slots(self, symbols: list[str]) -> np.ndarray | None:
         """Slot of each symbol (new symbols get one); None when the update is every known symbol in order."""
+        if symbols == self._last_symbols:  # a stream's updates usually repeat the same symbols
+            return self._last_slots
         slot = self._slot
         indices = [slot.get(s, -1) for s in symbols]
         if -1 in indices:
@@ -150,13 +162,14 @@ class IncrementalEngine:
                     self.symbols.append(s)
             if len(self.symbols) > len(self.count):
                 self._grow(len(self.symbols))
-        if len(indices) == len(self.symbols) and indices == list(range(len(indices))):
-            return None
-        out = np.asarray(indices, dtype=np.int64)
-        if len(np.unique(out)) != len(out):
+        out: np.ndarray | None = np.asarray(indices, dtype=np.int64)
+        if len(np.unique(out)) != len(indices):
             seen: set[str] = set()
             duplicate = next(s for s in symbols if s in seen or seen.add(s))  # type: ignore[func-returns-value]
             raise DataError(f"IncrementalEngine: symbol {duplicate!r} has two bars in one update")
+        if len(indices) == len(self.symbols) and indices == list(range(len(indices))):
+            out = None
+        self._last_symbols, self._last_slots = list(symbols), out
         return out
 
     def fingerprint(self) -> str:
@@ -169,7 +182,7 @@ class IncrementalEngine:
         """The whole state, to restore bit for bit with :meth:`from_state_bytes`."""
         n = len(self.symbols)
         buffer = io.BytesIO()
-        arrays = {name: getattr(self, name)[:n] for name in _STATE_ARRAYS}
+        arrays = {name: getattr(self, name)[..., :n] for name in _STATE_ARRAYS}
         np.savez(buffer, symbols=np.asarray(self.symbols, dtype=object).astype(str),
                  fingerprint=np.asarray(self.fingerprint()), **arrays)
         return buffer.getvalue()
@@ -184,7 +197,7 @@ class IncrementalEngine:
             symbols = [str(s) for s in saved["symbols"]]
             engine._grow(max(len(symbols), 1))
             for name in _STATE_ARRAYS:
-                getattr(engine, name)[: len(symbols)] = saved[name]
+                getattr(engine, name)[..., : len(symbols)] = saved[name]
         engine.symbols = symbols
         engine._slot = {s: i for i, s in enumerate(symbols)}
         return engine
@@ -198,6 +211,7 @@ class IncrementalEngine:
         bar at this timestamp must be in this one update (the cross-sectional ranks are taken among
         them), and the timestamp must be later than each symbol's previous bar.
         """
+        symbols = symbols if isinstance(symbols, list) else list(symbols)
         n = len(symbols)
         slots = self._slots(symbols)
         n_known = len(self.symbols)
@@ -221,23 +235,27 @@ class IncrementalEngine:
             if name in column:
                 out[column[name]] = values
 
-        previous_close = self.close_hist[index, -1].copy()
+        previous_close = self.close_hist[-1, index].copy()
         closes = _push(self.close_hist, slots, n_known, close)
         log_close = np.log(close)
         for horizon in p.return_horizons:
-            put(f"log_return_{horizon}", log_close - np.log(closes[:, -1 - horizon]))
+            put(f"log_return_{horizon}", log_close - np.log(closes[-1 - horizon]))
         returns = log_close - np.log(previous_close)
         for window in p.ma_windows:
-            put(f"sma_ratio_{window}", close / (closes[:, -window:].sum(axis=1) / window) - 1.0)
+            put(f"sma_ratio_{window}", close / (closes[-window:].sum(axis=0) / window) - 1.0)
 
-        first = position == 0
-        ema = self.ema[index]
+        first = np.flatnonzero(position == 0)
+        ema = self.ema[:, index]
         for j, span in enumerate(self._spans):
             alpha = 2.0 / (span + 1.0)
-            ema[:, j] = alpha * close + (-(alpha - 1.0)) * ema[:, j]
-            ema[first, j] = close[first]
-        self.ema[index] = ema
-        masked = {span: np.where(position >= span - 1, ema[:, j], np.nan) for j, span in enumerate(self._spans)}
+            ema[j] = alpha * close + (-(alpha - 1.0)) * ema[j]
+        if first.size:
+            ema[:, first] = close[first]
+        if slots is not None:
+            self.ema[:, slots] = ema
+        warm = bool((position >= max(self._spans) - 1).all())
+        masked = {span: ema[j] if warm else np.where(position >= span - 1, ema[j], np.nan)
+                  for j, span in enumerate(self._spans)}
         for window in p.ma_windows:
             put(f"ema_ratio_{window}", close / masked[window] - 1.0)
 
@@ -257,14 +275,12 @@ class IncrementalEngine:
         put("macd_signal", signal / close)
         put("macd_hist", (macd_line - signal) / close)
 
-        window = closes[:, -p.bollinger_window:]
-        middle = window.sum(axis=1) / p.bollinger_window
-        band = p.bollinger_k * _two_pass_std(window, ddof=0)
-        put("bollinger_position", _safe_divide(close - middle, band, where_zero=0.0))
+        middle, std = _two_pass_std(closes[-p.bollinger_window:], ddof=0)
+        put("bollinger_position", _safe_divide(close - middle, p.bollinger_k * std, where_zero=0.0))
 
         returns_window = _push(self.return_hist, slots, n_known, returns)
         for window_length in p.volatility_windows:
-            put(f"volatility_{window_length}", _two_pass_std(returns_window[:, -window_length:], ddof=1))
+            put(f"volatility_{window_length}", _two_pass_std(returns_window[-window_length:], ddof=1)[1])
 
         if self._needs_high_low:
             high = np.asarray(columns["high"], dtype=np.float64)
@@ -272,21 +288,21 @@ class IncrementalEngine:
             true_range = np.maximum(high - low, np.maximum(np.abs(high - previous_close),
                                                            np.abs(low - previous_close)))
             put("atr_ratio", self._wilder(self.atr, index, true_range, position, p.atr_window) / close)
-            highest = _push(self.high_hist, slots, n_known, high).max(axis=1)
-            lowest = _push(self.low_hist, slots, n_known, low).min(axis=1)
+            highest = _push(self.high_hist, slots, n_known, high).max(axis=0)
+            lowest = _push(self.low_hist, slots, n_known, low).min(axis=0)
             stochastic_k = _safe_divide(close - lowest, highest - lowest, where_zero=0.5)
             stochastic_k[np.isnan(highest) | np.isnan(lowest)] = np.nan
             put("stochastic_k", stochastic_k)
             recent = _push(self.k_hist, slots, n_known, stochastic_k)
-            total = recent[:, -1].copy()
+            total = recent[-1].copy()
             for lag in range(1, p.stochastic_smooth):
-                total += recent[:, -1 - lag]
+                total += recent[-1 - lag]
             put("stochastic_d", total / p.stochastic_smooth)
         if self._needs_volume:
             volume = np.asarray(columns["volume"], dtype=np.float64)
-            mean_volume = _push(self.volume_hist, slots, n_known, volume).sum(axis=1) / p.volume_window
+            mean_volume = _push(self.volume_hist, slots, n_known, volume).sum(axis=0) / p.volume_window
             put("volume_ratio", _safe_divide(volume, mean_volume, where_zero=np.nan))
-            dollar = _push(self.dollar_hist, slots, n_known, close * volume).sum(axis=1) / p.volume_window
+            dollar = _push(self.dollar_hist, slots, n_known, close * volume).sum(axis=0) / p.volume_window
             dollar[dollar == 0] = np.nan
             put("log_dollar_volume", np.log(dollar))
         if "spread" in column:
