@@ -303,6 +303,47 @@ def features_list(
 
 
 
+@app.command()
+def stream(
+    source: str = typer.Argument("-", help="a CSV/Parquet file of bars to replay, or - for stdin lines"),
+    params: Path = ParamsOption,
+    fmt: str = typer.Option("auto", "--format", help="stdin lines: auto, jsonl or csv (a header line first)"),
+    on_bad_bar: str = typer.Option("stop", "--on-bad-bar", help="stop (default) or skip a bar that breaks a rule"),
+    pace: float = typer.Option(0.0, "--pace", min=0.0, help="seconds to wait between timestamps (replay speed)"),
+    redis_url: str = typer.Option(None, "--redis-url", help="override feature_store.redis_url"),
+) -> None:
+    """Bars in, features out: validate each bar, update the features incrementally, write them to the store.
+
+    The latest feature vector of each symbol goes to Redis (feature_store.redis_url, key_prefix, ttl_seconds)
+    or, without a URL, to this process's memory. Every processed bar is logged to feature_store.bar_log with the
+    engine's state, so a restarted stream (after a crash, even kill -9) resumes where the log ends and skips
+    the bars it already stored. Bars must come in time order, grouped by timestamp.
+    """
+    from alphaforge.config import ConfigError, load_params
+    from alphaforge.featurestore.online import StoreUnavailable
+    from alphaforge.featurestore.stream import run_stream
+    from alphaforge.schema import DataError
+
+    setup_logging()
+    if fmt not in ("auto", "jsonl", "csv") or on_bad_bar not in ("stop", "skip"):
+        typer.secho("alphaforge stream: --format is auto, jsonl or csv; --on-bad-bar is stop or skip",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    try:
+        loaded = load_params(params)
+        store_params = loaded.feature_store
+        if redis_url:
+            store_params = store_params.model_copy(update={"redis_url": redis_url})
+        summary = run_stream(loaded.features, store_params, source, fmt=fmt, on_bad_bar=on_bad_bar,  # type: ignore[arg-type]
+                             pace_seconds=pace, naive_timezone=loaded.ingest.naive_timezone)
+    except (DataError, ConfigError, StoreUnavailable) as err:
+        typer.secho(f"alphaforge stream: failed\n{err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from err
+    typer.echo(json.dumps({"steps": summary.steps, "bars": summary.bars, "already_stored": summary.already_stored,
+                           "bad_bars": summary.bad_bars, "replayed_steps": summary.replayed_steps,
+                           "last_timestamp": summary.last_timestamp}))
+
+
 def main() -> None:
     app()
 
