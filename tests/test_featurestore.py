@@ -160,3 +160,57 @@ def test_late_duplicate_and_bad_bars_are_refused_naming_the_symbol() -> None:
         engine.update(t0 + 1, ["AAA", "AAA"], {"close": np.array([10.0, 11.0])})
     with pytest.raises(DataError, match="'CCC'.*'close'.*> 0"):
         engine.update(t0 + 2, ["AAA", "CCC"], {"close": np.array([10.0, -1.0])})
+
+
+# --------------------------------------------------------------------------------------------
+# Optional group: exogenous market-wide series
+# --------------------------------------------------------------------------------------------
+
+
+def test_exogenous_series_are_off_by_default_and_leave_the_default_set_alone(bokeh_bars: pd.DataFrame) -> None:
+    bars = bokeh_bars[bokeh_bars["timestamp"] >= pd.Timestamp("2013-01-01", tz="UTC")].reset_index(drop=True)
+    default = compute_features(bars, FeatureParams())
+    assert not [c for c in default.columns if c.startswith("exo_")]
+    params = FeatureParams(exogenous={"enabled": True})
+    joined = compute_features(bars, params)
+    assert feature_columns(joined)[: len(feature_columns(default))] == feature_columns(default)
+    pd.testing.assert_frame_equal(joined[default.columns], default)
+    assert {"exo_sp500_log_return", "exo_vix", "exo_wti_log_return", "exo_credit_spread"} <= set(joined.columns)
+    assert joined["exo_sp500_log_return"].notna().mean() > 0.95
+
+
+def test_exogenous_values_are_as_of_each_bar_never_ahead_of_it(bokeh_bars: pd.DataFrame) -> None:
+    """Truncation: the value at bar t is the same when the series are cut at t (what was known then)."""
+    from alphaforge.featurestore.exogenous import ExogenousParams, load_exogenous
+
+    bars = bokeh_bars[bokeh_bars["timestamp"] >= pd.Timestamp("2012-01-01", tz="UTC")].reset_index(drop=True)
+    params = FeatureParams(exogenous=ExogenousParams(enabled=True))
+    computed = compute_features(bars, params)
+    table = load_exogenous(params.exogenous)
+    stamps = pd.DatetimeIndex(bars["timestamp"]).tz_localize(None).as_unit("ns").asi8
+    names = params.exogenous.feature_names()
+    np.testing.assert_array_equal(computed[names].to_numpy(), table.asof(stamps))
+    for cut in np.unique(stamps)[::25]:
+        rows = stamps <= cut
+        np.testing.assert_array_equal(table.truncated(int(cut)).asof(stamps[rows]), table.asof(stamps[rows]))
+    # a monthly average is known only from the next month: mid-June 2012 sees May's spread
+    from arch.data import default
+
+    yields = default.load()
+    june = computed[computed["timestamp"] == pd.Timestamp("2012-06-15", tz="UTC")]["exo_credit_spread"]
+    may = yields.loc["2012-05-01", "BAA"] - yields.loc["2012-05-01", "AAA"]
+    assert (june == may).all()
+    # intraday bars with a one-day delay see yesterday's S&P 500 return, not today's
+    delayed = load_exogenous(ExogenousParams(enabled=True, daily_delay_hours=24))
+    noon = pd.Timestamp("2012-06-15 12:00").value
+    np.testing.assert_array_equal(delayed.asof(np.array([noon]))[0, 0],
+                                  table.asof(np.array([pd.Timestamp("2012-06-14").value]))[0, 0])
+
+
+def test_incremental_equals_batch_with_exogenous_series(bokeh_bars: pd.DataFrame) -> None:
+    bars = bokeh_bars[bokeh_bars["timestamp"] >= pd.Timestamp("2012-01-01", tz="UTC")].reset_index(drop=True)
+    params = FeatureParams(exogenous={"enabled": True})
+    batch = compute_features(bars, params)
+    names = feature_columns(batch)
+    assert [d.name for d in feature_definitions(params, columns=set(bars.columns))] == names
+    _assert_same(_incremental(bars, params, names), batch, names)

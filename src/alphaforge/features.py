@@ -67,6 +67,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 from scipy.signal import lfilter
 
+from alphaforge.featurestore.exogenous import ExogenousParams, load_exogenous
 from alphaforge.schema import KEY_COLUMNS, NUMERIC_COLUMNS, DataError
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,8 @@ class FeatureParams(BaseModel):
     volume_window: int = Field(20, ge=1)
     calendar: bool = True
     cross_sectional_ranks: tuple[str, ...] = ("log_return_5", "log_return_20", "volatility_20")
+    # Optional groups (off by default: the default feature set, and what FEATURE_VERSION means, stay as they were).
+    exogenous: ExogenousParams = ExogenousParams()
 
     @model_validator(mode="after")
     def _check(self) -> FeatureParams:
@@ -177,6 +180,7 @@ def _plan(
                 names.append(f"{name}_cs_rank")
             else:
                 skipped.append(f"features: skipping {name}_cs_rank: {name} is not computed for these bars")
+    names += params.exogenous.feature_names()  # optional groups last: the default columns stay a prefix
     return names, skipped
 
 
@@ -790,6 +794,10 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams) -> pd.DataFrame:
     if "order_imbalance" in slot:
         bid_size, ask_size = (bars[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in ("bid_size", "ask_size"))
         values[slot["order_imbalance"]] = _safe_divide(bid_size - ask_size, bid_size + ask_size, where_zero=0.0)
+    if params.exogenous.enabled:
+        joined = load_exogenous(params.exogenous).asof(groups.timestamps_ns)
+        for j, name in enumerate(params.exogenous.feature_names()):
+            values[slot[name]] = joined[:, j]
     ranked = [name for name in names if name.endswith("_cs_rank")]
     if params.calendar or ranked:
         timestamps = _TimestampGrid.build(groups)

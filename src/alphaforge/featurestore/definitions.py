@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass
 
 from alphaforge.features import FEATURE_VERSION, FeatureParams, feature_plan
+from alphaforge.featurestore.exogenous import SERIES
 
 #: The bar columns any feature can use, beyond the keys.
 ALL_BAR_COLUMNS: frozenset[str] = frozenset(
@@ -85,6 +86,8 @@ def _base_definition(name: str, params: FeatureParams) -> tuple[str, tuple[str, 
         "month": ("month of the bar, UTC (1..12)", ("timestamp",), 1, False, "calendar"),
         "hour": ("hour of the bar, UTC (intraday data only)", ("timestamp",), 1, False, "calendar"),
     }
+    if name.startswith("exo_") and name.removeprefix("exo_") in SERIES:
+        return (SERIES[name.removeprefix("exo_")][0] + ", as of the bar", ("timestamp",), 1, False, "exogenous")
     if name not in fixed:
         raise KeyError(f"feature {name!r} is planned by alphaforge.features but has no definition here")
     return fixed[name]

@@ -34,6 +34,7 @@ import pandas as pd
 
 from alphaforge.features import FEATURE_VERSION, FeatureParams, _pct_rank_rows, calendar_values, feature_plan
 from alphaforge.featurestore.definitions import ALL_BAR_COLUMNS, feature_definitions
+from alphaforge.featurestore.exogenous import load_exogenous
 from alphaforge.schema import DataError
 
 _STATE_ARRAYS = ("count", "last_ns", "close_hist", "return_hist", "high_hist", "low_hist", "k_hist", "volume_hist",
@@ -101,6 +102,7 @@ class IncrementalEngine:
         self.intraday = "hour" in self._column
         self.calendar = [n for n in ("day_of_week", "month", "hour") if n in self._column]
         self.ranked = [n for n in self.names if n.endswith("_cs_rank")]
+        self._exogenous = load_exogenous(params.exogenous) if params.exogenous.enabled else None
         self._needs_high_low = "atr_ratio" in self._column or "stochastic_k" in self._column
         self._needs_volume = "volume_ratio" in self._column
         p = params
@@ -315,6 +317,10 @@ class IncrementalEngine:
             values = calendar_values(np.asarray([timestamp_ns], dtype=np.int64), self.intraday)
             for name in self.calendar:
                 out[column[name]] = values[name][0]
+        if self._exogenous is not None:
+            joined = self._exogenous.asof(np.asarray([timestamp_ns], dtype=np.int64))[0]
+            for j, name in enumerate(self._exogenous.names):
+                out[column[name]] = joined[j]
         if self.ranked:
             sources = np.stack([out[column[name.removesuffix("_cs_rank")]] for name in self.ranked])
             ranked = _pct_rank_rows(sources)
