@@ -7,6 +7,7 @@ EURUSD from backtesting), plus small slices where a case needs control.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -214,3 +215,74 @@ def test_incremental_equals_batch_with_exogenous_series(bokeh_bars: pd.DataFrame
     names = feature_columns(batch)
     assert [d.name for d in feature_definitions(params, columns=set(bars.columns))] == names
     _assert_same(_incremental(bars, params, names), batch, names)
+
+
+# --------------------------------------------------------------------------------------------
+# Optional group: headline sentiment (Loughran-McDonald)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def headlines_csv(tmp_path_factory: pytest.TempPathFactory, bokeh_bars: pd.DataFrame) -> Path:
+    """Seeded headlines for the bokeh symbols (and one unknown): some at a bar's exact time, some between bars,
+    some before a symbol's first bar, some after its last; naive timestamps (UTC) and offsets mixed."""
+    rng = np.random.default_rng(8)
+    phrases = ["record profit and strong gains", "lawsuit and heavy losses", "weak demand, layoffs announced",
+               "board meeting scheduled", "upgrade after strong growth", "default risk and decline"]
+    bars = bokeh_bars[bokeh_bars["timestamp"] >= pd.Timestamp("2012-06-01", tz="UTC")]
+    stamps = bars["timestamp"].sample(300, random_state=1).to_numpy()
+    offsets = rng.choice([0, 0, 5, 13, -30], size=300) * pd.Timedelta(hours=1)
+    times = pd.DatetimeIndex(stamps) + pd.to_timedelta(offsets)
+    rows = pd.DataFrame({
+        "timestamp": [t.strftime("%Y-%m-%d %H:%M:%S") if i % 2 else t.isoformat() for i, t in enumerate(times)],
+        "symbol": rng.choice([*bars["symbol"].unique(), "ZZZ"], size=300),
+        "headline": rng.choice(phrases, size=300),
+    })
+    extra = pd.DataFrame({"timestamp": ["2000-01-01T00:00:00Z", "2030-01-01T00:00:00Z"], "symbol": ["AAPL", "AAPL"],
+                          "headline": ["strong gains", "heavy losses"]})
+    path = tmp_path_factory.mktemp("headlines") / "headlines.csv"
+    pd.concat([rows, extra]).to_csv(path, index=False)
+    return path
+
+
+def test_sentiment_counts_each_headline_for_the_first_bar_at_or_after_it(
+    bokeh_bars: pd.DataFrame, headlines_csv: Path
+) -> None:
+    from alphaforge.featurestore.sentiment import score
+
+    bars = bokeh_bars[bokeh_bars["timestamp"] >= pd.Timestamp("2012-06-01", tz="UTC")].reset_index(drop=True)
+    params = FeatureParams(sentiment={"enabled": True, "headlines_path": str(headlines_csv)})
+    computed = compute_features(bars, params)
+    headlines = pd.read_csv(headlines_csv)
+    headlines["timestamp"] = pd.to_datetime(headlines["timestamp"], utc=True, format="mixed")
+    headlines["score"] = headlines["headline"].map(score)
+    assert headlines["score"].gt(0).any() and headlines["score"].lt(0).any()
+    previous = bars.groupby("symbol")["timestamp"].shift(1)
+    for row in range(0, len(bars), 7):  # the plain definition, bar by bar
+        since = previous[row] if pd.notna(previous[row]) else pd.Timestamp.min.tz_localize("UTC")
+        mine = headlines[(headlines["symbol"] == bars["symbol"][row]) & (headlines["timestamp"] > since)
+                         & (headlines["timestamp"] <= bars["timestamp"][row])]
+        assert computed["sentiment_headline_count"][row] == len(mine)
+        expected = mine["score"].mean() if len(mine) else np.nan
+        np.testing.assert_allclose(computed["sentiment_lm_polarity"][row], expected, rtol=1e-12)
+    assert computed["sentiment_headline_count"].sum() < len(headlines)  # ZZZ and the 2030 headline count nowhere
+
+
+def test_incremental_equals_batch_with_sentiment(bokeh_bars: pd.DataFrame, headlines_csv: Path) -> None:
+    bars = bokeh_bars[bokeh_bars["timestamp"] >= pd.Timestamp("2012-06-01", tz="UTC")].reset_index(drop=True)
+    params = FeatureParams(sentiment={"enabled": True, "headlines_path": str(headlines_csv)},
+                           exogenous={"enabled": True})
+    batch = compute_features(bars, params)
+    names = feature_columns(batch)
+    assert names[-2:] == ["sentiment_lm_polarity", "sentiment_headline_count"]
+    engine = IncrementalEngine(params, names)
+    cut = pd.Timestamp("2012-12-01", tz="UTC")
+    early = engine.replay(bars[bars["timestamp"] < cut])
+    late = IncrementalEngine.from_state_bytes(params, names, engine.state_bytes()).replay(bars[bars["timestamp"] >= cut])
+    incremental = pd.concat([early, late]).loc[bars.index]
+    _assert_same(incremental, batch, names)
+    sentiment = ["sentiment_lm_polarity", "sentiment_headline_count"]
+    np.testing.assert_array_equal(incremental[sentiment].to_numpy(), batch[sentiment].to_numpy())
+    assert batch["sentiment_headline_count"].gt(0).sum() > 100
+    with pytest.raises(ValueError, match="headlines_path"):
+        FeatureParams(sentiment={"enabled": True})

@@ -68,6 +68,7 @@ from scipy.ndimage import maximum_filter1d, minimum_filter1d
 from scipy.signal import lfilter
 
 from alphaforge.featurestore.exogenous import ExogenousParams, load_exogenous
+from alphaforge.featurestore.sentiment import SentimentParams, load_headlines
 from alphaforge.schema import KEY_COLUMNS, NUMERIC_COLUMNS, DataError
 
 log = logging.getLogger(__name__)
@@ -105,6 +106,7 @@ class FeatureParams(BaseModel):
     cross_sectional_ranks: tuple[str, ...] = ("log_return_5", "log_return_20", "volatility_20")
     # Optional groups (off by default: the default feature set, and what FEATURE_VERSION means, stay as they were).
     exogenous: ExogenousParams = ExogenousParams()
+    sentiment: SentimentParams = SentimentParams()
 
     @model_validator(mode="after")
     def _check(self) -> FeatureParams:
@@ -181,6 +183,7 @@ def _plan(
             else:
                 skipped.append(f"features: skipping {name}_cs_rank: {name} is not computed for these bars")
     names += params.exogenous.feature_names()  # optional groups last: the default columns stay a prefix
+    names += params.sentiment.feature_names()
     return names, skipped
 
 
@@ -798,6 +801,13 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams) -> pd.DataFrame:
         joined = load_exogenous(params.exogenous).asof(groups.timestamps_ns)
         for j, name in enumerate(params.exogenous.feature_names()):
             values[slot[name]] = joined[:, j]
+    if params.sentiment.enabled:
+        headlines = load_headlines(params.sentiment)
+        symbols = bars["symbol"].to_numpy(dtype=object)
+        polarity, count = values[slot["sentiment_lm_polarity"]], values[slot["sentiment_headline_count"]]
+        for start, length in zip(groups.starts.tolist(), groups.lengths.tolist(), strict=True):  # per symbol: optional
+            rows = slice(start, start + length)
+            polarity[rows], count[rows] = headlines.per_bar(str(symbols[start]), groups.timestamps_ns[rows])
     ranked = [name for name in names if name.endswith("_cs_rank")]
     if params.calendar or ranked:
         timestamps = _TimestampGrid.build(groups)

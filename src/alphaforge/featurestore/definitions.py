@@ -88,6 +88,12 @@ def _base_definition(name: str, params: FeatureParams) -> tuple[str, tuple[str, 
     }
     if name.startswith("exo_") and name.removeprefix("exo_") in SERIES:
         return (SERIES[name.removeprefix("exo_")][0] + ", as of the bar", ("timestamp",), 1, False, "exogenous")
+    if name == "sentiment_lm_polarity":
+        return ("mean Loughran-McDonald polarity (-1..1) of the symbol's headlines since its previous bar; NaN "
+                "without any", ("timestamp", "headlines"), 1, False, "sentiment")
+    if name == "sentiment_headline_count":
+        return ("number of the symbol's headlines since its previous bar", ("timestamp", "headlines"), 1, False,
+                "sentiment")
     if name not in fixed:
         raise KeyError(f"feature {name!r} is planned by alphaforge.features but has no definition here")
     return fixed[name]

@@ -35,6 +35,7 @@ import pandas as pd
 from alphaforge.features import FEATURE_VERSION, FeatureParams, _pct_rank_rows, calendar_values, feature_plan
 from alphaforge.featurestore.definitions import ALL_BAR_COLUMNS, feature_definitions
 from alphaforge.featurestore.exogenous import load_exogenous
+from alphaforge.featurestore.sentiment import SentimentState, load_headlines
 from alphaforge.schema import DataError
 
 _STATE_ARRAYS = ("count", "last_ns", "close_hist", "return_hist", "high_hist", "low_hist", "k_hist", "volume_hist",
@@ -97,12 +98,13 @@ class IncrementalEngine:
         self._column = {name: i for i, name in enumerate(self.names)}
         definitions = {d.name: d for d in feature_definitions(params)}
         definitions.update({d.name: d for d in feature_definitions(params, intraday=True)})
-        self.input_columns = tuple(sorted({c for n in self.names for c in definitions[n].inputs} - {"timestamp"}
-                                          | {"close"}))
+        inputs = {c for n in self.names for c in definitions[n].inputs} - {"timestamp", "headlines"}
+        self.input_columns = tuple(sorted(inputs | {"close"}))
         self.intraday = "hour" in self._column
         self.calendar = [n for n in ("day_of_week", "month", "hour") if n in self._column]
         self.ranked = [n for n in self.names if n.endswith("_cs_rank")]
         self._exogenous = load_exogenous(params.exogenous) if params.exogenous.enabled else None
+        self._sentiment = SentimentState(load_headlines(params.sentiment)) if params.sentiment.enabled else None
         self._needs_high_low = "atr_ratio" in self._column or "stochastic_k" in self._column
         self._needs_volume = "volume_ratio" in self._column
         p = params
@@ -185,6 +187,8 @@ class IncrementalEngine:
         n = len(self.symbols)
         buffer = io.BytesIO()
         arrays = {name: getattr(self, name)[..., :n] for name in _STATE_ARRAYS}
+        if self._sentiment is not None:
+            arrays.update(self._sentiment.state())
         np.savez(buffer, symbols=np.asarray(self.symbols, dtype=object).astype(str),
                  fingerprint=np.asarray(self.fingerprint()), **arrays)
         return buffer.getvalue()
@@ -200,6 +204,8 @@ class IncrementalEngine:
             engine._grow(max(len(symbols), 1))
             for name in _STATE_ARRAYS:
                 getattr(engine, name)[..., : len(symbols)] = saved[name]
+            if engine._sentiment is not None:
+                engine._sentiment.restore({k: saved[k] for k in saved.files if k.startswith("sentiment_")})
         engine.symbols = symbols
         engine._slot = {s: i for i, s in enumerate(symbols)}
         return engine
@@ -321,6 +327,10 @@ class IncrementalEngine:
             joined = self._exogenous.asof(np.asarray([timestamp_ns], dtype=np.int64))[0]
             for j, name in enumerate(self._exogenous.names):
                 out[column[name]] = joined[j]
+        if self._sentiment is not None:
+            polarity, count = self._sentiment.update(timestamp_ns, symbols)
+            out[column["sentiment_lm_polarity"]] = polarity
+            out[column["sentiment_headline_count"]] = count
         if self.ranked:
             sources = np.stack([out[column[name.removesuffix("_cs_rank")]] for name in self.ranked])
             ranked = _pct_rank_rows(sources)
