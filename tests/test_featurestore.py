@@ -278,7 +278,8 @@ def test_incremental_equals_batch_with_sentiment(bokeh_bars: pd.DataFrame, headl
     engine = IncrementalEngine(params, names)
     cut = pd.Timestamp("2012-12-01", tz="UTC")
     early = engine.replay(bars[bars["timestamp"] < cut])
-    late = IncrementalEngine.from_state_bytes(params, names, engine.state_bytes()).replay(bars[bars["timestamp"] >= cut])
+    restored = IncrementalEngine.from_state_bytes(params, names, engine.state_bytes())
+    late = restored.replay(bars[bars["timestamp"] >= cut])
     incremental = pd.concat([early, late]).loc[bars.index]
     _assert_same(incremental, batch, names)
     sentiment = ["sentiment_lm_polarity", "sentiment_headline_count"]

@@ -275,9 +275,9 @@ def show_params(params: Path = ParamsOption) -> None:
 @features_app.command("list")
 def features_list(
     params: Path = ParamsOption,
-    columns: str = typer.Option(None, "--columns", help="comma-separated bar columns (default feature_store.bar_columns)"),
+    columns: str = typer.Option(None, "--columns", help="comma-separated bar columns (default: feature_store)"),
     single_symbol: bool = typer.Option(False, "--single-symbol", help="one symbol: no cross-sectional ranks"),
-    intraday: bool = typer.Option(None, "--intraday/--daily", help="sub-daily bars get `hour` (default feature_store.intraday)"),
+    intraday: bool = typer.Option(None, "--intraday/--daily", help="sub-daily bars: `hour` (default: feature_store)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
 ) -> None:
     """List the feature definitions (name, group, window in bars, inputs, version, description) for such bars."""
@@ -334,8 +334,9 @@ def stream(
         store_params = loaded.feature_store
         if redis_url:
             store_params = store_params.model_copy(update={"redis_url": redis_url})
-        summary = run_stream(loaded.features, store_params, source, fmt=fmt, on_bad_bar=on_bad_bar,  # type: ignore[arg-type]
-                             pace_seconds=pace, naive_timezone=loaded.ingest.naive_timezone)
+        summary = run_stream(loaded.features, store_params, source, fmt=fmt,  # type: ignore[arg-type]
+                             on_bad_bar=on_bad_bar, pace_seconds=pace,  # type: ignore[arg-type]
+                             naive_timezone=loaded.ingest.naive_timezone)
     except (DataError, ConfigError, StoreUnavailable) as err:
         typer.secho(f"alphaforge stream: failed\n{err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from err

@@ -23,8 +23,8 @@ import hashlib
 import json
 import threading
 import time
-from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np

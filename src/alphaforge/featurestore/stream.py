@@ -347,9 +347,10 @@ class Streamer:
                 self.summary.already_stored += 1
                 continue
             if current is not None and bar.timestamp_ns < current:
-                self._bad(f"line {line}: column 'timestamp': rule time_order: {pd.Timestamp(bar.timestamp_ns, tz='UTC')}"
-                          f" is before the bars of {pd.Timestamp(current, tz='UTC')} already received (bars must come "
-                          "in time order, grouped by timestamp)")
+                stamp = pd.Timestamp(bar.timestamp_ns, tz="UTC")
+                self._bad(f"line {line}: column 'timestamp': rule time_order: {stamp} is before the bars of "
+                          f"{pd.Timestamp(current, tz='UTC')} already received (bars must come in time order, "
+                          "grouped by timestamp)")
                 continue
             previous = last_per_symbol.get(bar.symbol)
             if (previous is not None and bar.timestamp_ns <= previous) or (bar.timestamp_ns == current
@@ -374,8 +375,8 @@ class Streamer:
         if step:
             self._flush(current, step)  # type: ignore[arg-type]
         # the state at the end, so a restart replays nothing
-        if self._steps_since_checkpoint and self.summary.steps:
-            self.bar_log.append(current, [], (self.engine.fingerprint(), self.engine.state_bytes()))  # type: ignore[arg-type]
+        if self._steps_since_checkpoint and current is not None:
+            self.bar_log.append(current, [], (self.engine.fingerprint(), self.engine.state_bytes()))
             self._steps_since_checkpoint = 0
         return self.summary
 
