@@ -24,6 +24,7 @@ from alphaforge.features import FEATURE_VERSION, FeatureParams, compute_features
 from alphaforge.featurestore.config import FeatureStoreParams
 from alphaforge.featurestore.online import FeatureVersionMismatch, MissingFeatures, OnlineStore
 from alphaforge.featurestore.stream import BarError, run_stream
+from alphaforge.schema import DataError
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -84,6 +85,10 @@ def test_round_trip_is_exact_and_vectors_expire_after_the_ttl(url: str | None, p
     with pytest.raises(MissingFeatures, match="NOPE"):
         store.read(["AAPL", "NOPE"])
     assert store.read(["NOPE", "AAPL"], missing="skip")["symbol"].tolist() == ["AAPL"]
+    chosen = store.read("AAPL", features=["volatility_20", "log_return_1"])
+    assert list(chosen.columns) == ["timestamp", "symbol", "volatility_20", "log_return_1", "feature_version"]
+    with pytest.raises(DataError, match="macd"):
+        store.read("AAPL", features=["macd"])
 
     time.sleep(2.1)
     with pytest.raises(MissingFeatures, match="AAPL"):

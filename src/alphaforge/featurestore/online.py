@@ -243,13 +243,25 @@ class OnlineStore:
         )
 
     def read(self, symbols: str | Sequence[str], *, feature_version: str | None = None,
-             missing: Literal["raise", "skip"] = "raise") -> pd.DataFrame:
+             features: Sequence[str] | None = None, missing: Literal["raise", "skip"] = "raise") -> pd.DataFrame:
         """The latest stored features of ``symbols``, one row per symbol in the order asked.
 
-        Columns: ``timestamp`` (UTC, the bar the features are as of), ``symbol``, the features,
-        ``feature_version``; ``frame.attrs["feature_version"]`` too. Errors as :meth:`read_vectors`.
+        Columns: ``timestamp`` (UTC, the bar the features are as of), ``symbol``, the features (only
+        ``features``, in that order, when given: a model's ``spec["features"]``), ``feature_version``;
+        ``frame.attrs["feature_version"]`` too. A requested feature the store does not hold raises
+        :class:`~alphaforge.schema.DataError` naming it; other errors as :meth:`read_vectors`.
         """
-        return self.read_vectors(symbols, feature_version=feature_version, missing=missing).frame()
+        vectors = self.read_vectors(symbols, feature_version=feature_version, missing=missing)
+        if features is not None and vectors.symbols:
+            absent = [f for f in features if f not in vectors.names]
+            if absent:
+                raise DataError(f"feature store: the stored vectors lack feature(s) {absent}; the streamer's plan "
+                                "(feature_store.bar_columns, multi_symbol, intraday, features.*) must cover the "
+                                "model's features")
+            position = {name: i for i, name in enumerate(vectors.names)}
+            vectors = FeatureVectors(vectors.timestamps_ns, vectors.symbols, list(features),
+                                     vectors.values[:, [position[f] for f in features]], vectors.feature_versions)
+        return vectors.frame()
 
     def symbols(self) -> list[str]:
         """Every symbol with a stored vector (a SCAN: for tools and tests, not the request path)."""
