@@ -111,11 +111,30 @@ class IncrementalEngine:
         self._close_length = max(max(p.return_horizons) + 1, *p.ma_windows, p.bollinger_window, 2)
         self._return_length = max(p.volatility_windows)
         self._spans = sorted({*p.ma_windows, p.macd_fast, p.macd_slow})
+        spans = np.asarray(self._spans, dtype=np.float64)[:, None]
+        self._alpha = 2.0 / (spans + 1.0)
+        self._decay = -(self._alpha - 1.0)  # what scipy's lfilter multiplies the previous average by
+        self._span_starts = spans - 1.0
+        self._lag_rows = -1 - np.asarray(p.return_horizons)
+        self._ma_rows = np.asarray(p.ma_windows) - 1
+        self._ma_windows = np.asarray(p.ma_windows, dtype=np.float64)[:, None]
+        self._ma_span_rows = np.asarray([self._spans.index(w) for w in p.ma_windows])
+        self._blocks = {
+            group: self._block_rows([f"{group}_{w}" for w in windows])
+            for group, windows in (("log_return", p.return_horizons), ("sma_ratio", p.ma_windows),
+                                   ("ema_ratio", p.ma_windows))
+        }
         self.symbols: list[str] = []
         self._slot: dict[str, int] = {}
         self._last_symbols: list[str] = []
         self._last_slots: np.ndarray | None = None
         self._allocate(capacity)
+
+    def _block_rows(self, names: list[str]) -> tuple[np.ndarray | None, np.ndarray]:
+        """(rows of a block to keep, or None for all; their output rows) for a family of feature names."""
+        kept = [i for i, name in enumerate(names) if name in self._column]
+        out_rows = np.asarray([self._column[names[i]] for i in kept], dtype=np.int64)
+        return (None if len(kept) == len(names) else np.asarray(kept, dtype=np.int64)), out_rows
 
     # ---------------------------------------------------------------------------------------- state
 
@@ -243,29 +262,30 @@ class IncrementalEngine:
             if name in column:
                 out[column[name]] = values
 
+        def put_block(group: str, block: np.ndarray) -> None:
+            """Rows of ``block`` (one per window of a family of features) into their output rows."""
+            block_rows, out_rows = self._blocks[group]
+            if out_rows.size:
+                out[out_rows] = block if block_rows is None else block[block_rows]
+
+        # Families of features that differ only by their window are computed as one (windows, symbols) block.
         previous_close = self.close_hist[-1, index].copy()
         closes = _push(self.close_hist, slots, n_known, close)
         log_close = np.log(close)
-        for horizon in p.return_horizons:
-            put(f"log_return_{horizon}", log_close - np.log(closes[-1 - horizon]))
+        put_block("log_return", log_close - np.log(closes[self._lag_rows]))
         returns = log_close - np.log(previous_close)
-        for window in p.ma_windows:
-            put(f"sma_ratio_{window}", close / (closes[-window:].sum(axis=0) / window) - 1.0)
+        window_sums = np.cumsum(closes[::-1], axis=0)  # row k: the sum of the last k + 1 closes
+        put_block("sma_ratio", close / (window_sums[self._ma_rows] / self._ma_windows) - 1.0)
 
         first = np.flatnonzero(position == 0)
-        ema = self.ema[:, index]
-        for j, span in enumerate(self._spans):
-            alpha = 2.0 / (span + 1.0)
-            ema[j] = alpha * close + (-(alpha - 1.0)) * ema[j]
+        ema = self._alpha * close + self._decay * self.ema[:, index]
         if first.size:
             ema[:, first] = close[first]
-        if slots is not None:
-            self.ema[:, slots] = ema
-        warm = bool((position >= max(self._spans) - 1).all())
-        masked = {span: ema[j] if warm else np.where(position >= span - 1, ema[j], np.nan)
-                  for j, span in enumerate(self._spans)}
-        for window in p.ma_windows:
-            put(f"ema_ratio_{window}", close / masked[window] - 1.0)
+        self.ema[:, index] = ema
+        if not (position >= self._spans[-1] - 1).all():
+            ema = np.where(position >= self._span_starts, ema, np.nan)
+        put_block("ema_ratio", close / ema[self._ma_span_rows] - 1.0)
+        masked = {span: ema[j] for j, span in enumerate(self._spans)}
 
         change = close - previous_close
         gain = self._wilder(self.gain, index, np.maximum(change, 0.0), position, p.rsi_window)
