@@ -209,3 +209,42 @@ def test_bad_lines_name_line_and_rule_and_stop_or_are_skipped(prefix: str, tmp_p
         assert pd.Series([message]).str.contains(rule).all(), (rule, message)
     stored = OnlineStore.from_params(_store_params(prefix, tmp_path)).read(["AAA", "BBB"])
     assert stored["timestamp"].tolist() == [pd.Timestamp("2024-01-04", tz="UTC"), pd.Timestamp("2024-01-03", tz="UTC")]
+
+
+def test_a_live_stdin_stream_writes_a_timestamp_once_its_input_goes_idle(prefix: str, tmp_path: Path) -> None:
+    """The features of the latest timestamp reach the store without waiting for the next timestamp's bars."""
+    import threading
+
+    read_end, write_end = os.pipe()
+    store_params = _store_params(prefix, tmp_path)
+    outcome: dict[str, object] = {}
+
+    def stream() -> None:
+        with os.fdopen(read_end) as lines:
+            outcome["summary"] = run_stream(FeatureParams(), store_params, "-", stdin=lines, on_bad_bar="skip",
+                                            flush_idle_seconds=0.2)
+
+    thread = threading.Thread(target=stream)
+    thread.start()
+    writer = os.fdopen(write_end, "w")
+    try:
+        writer.write('{"timestamp": "2024-01-02T21:00:00Z", "symbol": "AAA", "open": 10, "high": 11, "low": 9, '
+                     '"close": 10.5, "volume": 100}\n'
+                     '{"timestamp": "2024-01-02T21:00:00Z", "symbol": "BBB", "open": 20, "high": 21, "low": 19, '
+                     '"close": 20.5, "volume": 100}\n')
+        writer.flush()
+        store = OnlineStore.from_params(store_params)
+        deadline = time.monotonic() + 20
+        while not store.read(["AAA", "BBB"], missing="skip").shape[0] == 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert store.read(["AAA", "BBB"])["timestamp"].eq(pd.Timestamp("2024-01-02 21:00", tz="UTC")).all()
+        writer.write('{"timestamp": "2024-01-02T21:00:00Z", "symbol": "CCC", "open": 5, "high": 6, "low": 4, '
+                     '"close": 5.5, "volume": 100}\n'  # too late: that timestamp was written
+                     '{"timestamp": "2024-01-03T21:00:00Z", "symbol": "AAA", "open": 10, "high": 12, "low": 9, '
+                     '"close": 11.5, "volume": 100}\n')
+    finally:
+        writer.close()
+        thread.join(timeout=30)
+    summary = outcome["summary"]
+    assert summary.bad_bars == 1 and "time_order" in summary.errors[0] and summary.steps == 2  # type: ignore[attr-defined]
+    assert store.read("AAA")["timestamp"].item() == pd.Timestamp("2024-01-03 21:00", tz="UTC")

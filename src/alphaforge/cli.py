@@ -311,13 +311,16 @@ def stream(
     on_bad_bar: str = typer.Option("stop", "--on-bad-bar", help="stop (default) or skip a bar that breaks a rule"),
     pace: float = typer.Option(0.0, "--pace", min=0.0, help="seconds to wait between timestamps (replay speed)"),
     redis_url: str = typer.Option(None, "--redis-url", help="override feature_store.redis_url"),
+    flush_idle: float = typer.Option(1.0, "--flush-idle", min=0.0,
+                                     help="stdin: write a timestamp's bars after this many idle seconds (0: never)"),
 ) -> None:
     """Bars in, features out: validate each bar, update the features incrementally, write them to the store.
 
     The latest feature vector of each symbol goes to Redis (feature_store.redis_url, key_prefix, ttl_seconds)
     or, without a URL, to this process's memory. Every processed bar is logged to feature_store.bar_log with the
     engine's state, so a restarted stream (after a crash, even kill -9) resumes where the log ends and skips
-    the bars it already stored. Bars must come in time order, grouped by timestamp.
+    the bars it already stored. Bars must come in time order, grouped by timestamp; on stdin a timestamp is
+    written when the next one begins or after --flush-idle seconds without input.
     """
     from alphaforge.config import ConfigError, load_params
     from alphaforge.featurestore.online import StoreUnavailable
@@ -336,7 +339,7 @@ def stream(
             store_params = store_params.model_copy(update={"redis_url": redis_url})
         summary = run_stream(loaded.features, store_params, source, fmt=fmt,  # type: ignore[arg-type]
                              on_bad_bar=on_bad_bar, pace_seconds=pace,  # type: ignore[arg-type]
-                             naive_timezone=loaded.ingest.naive_timezone)
+                             naive_timezone=loaded.ingest.naive_timezone, flush_idle_seconds=flush_idle)
     except (DataError, ConfigError, StoreUnavailable) as err:
         typer.secho(f"alphaforge stream: failed\n{err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from err

@@ -24,7 +24,9 @@ import io
 import json
 import logging
 import math
+import queue
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -328,13 +330,32 @@ class Streamer:
 
     def feed(self, records: Iterable[tuple[int, object]], *, pace_seconds: float = 0.0,
              progress_every_seconds: float = 10.0) -> StreamSummary:
-        """Validate, group by timestamp and process ``records`` ((line, column dict or error message) pairs)."""
+        """Validate, group by timestamp and process ``records``: (line, column dict or error message) pairs,
+        and ``(0, None)`` when the input has been idle (the pending timestamp is then written)."""
         last_per_symbol = {s: int(t) for s, t in zip(self.engine.symbols, self.engine.last_ns, strict=False)}
-        current: int | None = None
+        pending: int | None = None  # the timestamp of the bars in `step`
+        written: int | None = None  # the last timestamp written
         step: list[Bar] = []
-        in_step: set[str] = set()
         next_progress = time.monotonic() + progress_every_seconds
+
+        def flush() -> None:
+            nonlocal step, written, next_progress
+            self._flush(pending, step)  # type: ignore[arg-type]
+            for done in step:
+                last_per_symbol[done.symbol] = pending  # type: ignore[assignment]
+            step, written = [], pending
+            if pace_seconds:
+                time.sleep(pace_seconds)
+            if time.monotonic() >= next_progress:
+                log.info("stream: %d steps, %d bars, last %s", self.summary.steps, self.summary.bars,
+                         self.summary.last_timestamp)
+                next_progress = time.monotonic() + progress_every_seconds
+
         for line, record in records:
+            if record is None:
+                if step:
+                    flush()
+                continue
             if isinstance(record, str):
                 self._bad(record)
                 continue
@@ -346,45 +367,69 @@ class Streamer:
             if self.resume_after is not None and bar.timestamp_ns <= self.resume_after:
                 self.summary.already_stored += 1
                 continue
-            if current is not None and bar.timestamp_ns < current:
-                stamp = pd.Timestamp(bar.timestamp_ns, tz="UTC")
-                self._bad(f"line {line}: column 'timestamp': rule time_order: {stamp} is before the bars of "
-                          f"{pd.Timestamp(current, tz='UTC')} already received (bars must come in time order, "
-                          "grouped by timestamp)")
+            stamp = pd.Timestamp(bar.timestamp_ns, tz="UTC")
+            if (written is not None and bar.timestamp_ns <= written) or (step and bar.timestamp_ns < pending):
+                self._bad(f"line {line}: column 'timestamp': rule time_order: {stamp} is not after the timestamp "
+                          f"{pd.Timestamp(pending, tz='UTC')} already received{' and written' if not step else ''} "
+                          "(bars must come in time order, grouped by timestamp)")
                 continue
             previous = last_per_symbol.get(bar.symbol)
-            if (previous is not None and bar.timestamp_ns <= previous) or (bar.timestamp_ns == current
-                                                                             and bar.symbol in in_step):
-                self._bad(f"line {line}: symbol {bar.symbol!r}: rule time_increases_per_symbol: a bar at "
-                          f"{pd.Timestamp(bar.timestamp_ns, tz='UTC')} is not after the symbol's previous bar")
+            if (previous is not None and bar.timestamp_ns <= previous) or (
+                    step and bar.timestamp_ns == pending and any(b.symbol == bar.symbol for b in step)):
+                self._bad(f"line {line}: symbol {bar.symbol!r}: rule time_increases_per_symbol: a bar at {stamp} is "
+                          "not after the symbol's previous bar")
                 continue
-            if current is not None and bar.timestamp_ns > current:
-                self._flush(current, step)
-                for done in step:
-                    last_per_symbol[done.symbol] = current
-                step, in_step = [], set()
-                if pace_seconds:
-                    time.sleep(pace_seconds)
-                if time.monotonic() >= next_progress:
-                    log.info("stream: %d steps, %d bars, last %s", self.summary.steps, self.summary.bars,
-                             self.summary.last_timestamp)
-                    next_progress = time.monotonic() + progress_every_seconds
-            current = bar.timestamp_ns
+            if step and bar.timestamp_ns > pending:
+                flush()
+            pending = bar.timestamp_ns
             step.append(bar)
-            in_step.add(bar.symbol)
         if step:
-            self._flush(current, step)  # type: ignore[arg-type]
+            flush()
         # the state at the end, so a restart replays nothing
-        if self._steps_since_checkpoint and current is not None:
-            self.bar_log.append(current, [], (self.engine.fingerprint(), self.engine.state_bytes()))
+        if self._steps_since_checkpoint and written is not None:
+            self.bar_log.append(written, [], (self.engine.fingerprint(), self.engine.state_bytes()))
             self._steps_since_checkpoint = 0
         return self.summary
 
 
+def with_idle_markers(records: Iterator[tuple[int, object]], idle_seconds: float) -> Iterator[tuple[int, object]]:
+    """``records`` read in a background thread, with ``(0, None)`` after every ``idle_seconds`` without one,
+    so that a live stream writes a timestamp's features without waiting for the next timestamp's bars."""
+    items: queue.Queue[tuple[int, object] | BaseException | None] = queue.Queue(maxsize=100_000)
+
+    def pump() -> None:
+        try:
+            for item in records:
+                items.put(item)
+        except BaseException as err:  # handed to the consumer, which raises it
+            items.put(err)
+        finally:
+            items.put(None)
+
+    threading.Thread(target=pump, name="alphaforge-stream-reader", daemon=True).start()
+    while True:
+        try:
+            item = items.get(timeout=idle_seconds)
+        except queue.Empty:
+            yield 0, None
+            continue
+        if item is None:
+            return
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
 def run_stream(features: FeatureParams, store_params: FeatureStoreParams, source: str, *,
                fmt: Literal["auto", "jsonl", "csv"] = "auto", on_bad_bar: OnBadBar = "stop", pace_seconds: float = 0.0,
-               naive_timezone: str = "UTC", stdin: TextIO | None = None) -> StreamSummary:
-    """Stream ``source`` (a CSV/Parquet path, or ``-`` for stdin lines) into the store of ``store_params``."""
+               naive_timezone: str = "UTC", stdin: TextIO | None = None, flush_idle_seconds: float = 1.0
+               ) -> StreamSummary:
+    """Stream ``source`` (a CSV/Parquet path, or ``-`` for stdin lines) into the store of ``store_params``.
+
+    On stdin, a timestamp's bars are written when the next timestamp begins, at the end of the input,
+    or after ``flush_idle_seconds`` without a new line (0: never on idleness); a bar for a timestamp
+    already written is then refused (rule time_order).
+    """
     import sys
 
     store = OnlineStore.from_params(store_params)
@@ -397,7 +442,12 @@ def run_stream(features: FeatureParams, store_params: FeatureStoreParams, source
         if not store.url:
             log.warning("stream: feature_store.redis_url is not set: the features live in this process only")
         streamer.resume()
-        records = lines_to_records(stdin or sys.stdin, fmt) if source == "-" else file_records(Path(source))
+        if source == "-":
+            records = lines_to_records(stdin or sys.stdin, fmt)
+            if flush_idle_seconds > 0:
+                records = with_idle_markers(records, flush_idle_seconds)
+        else:
+            records = file_records(Path(source))
         summary = streamer.feed(records, pace_seconds=pace_seconds)
     finally:
         bar_log.close()
