@@ -73,10 +73,31 @@ def _two_pass_std(window: np.ndarray, ddof: int) -> tuple[np.ndarray, np.ndarray
 
 
 def _safe_divide(numerator: np.ndarray, denominator: np.ndarray, where_zero: float) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = numerator / denominator
-    out[denominator == 0] = where_zero
+    """numerator / denominator, ``where_zero`` where the denominator is 0 (call under ``np.errstate``)."""
+    out = numerator / denominator
+    zero = denominator == 0
+    if zero.any():
+        out[zero] = where_zero
     return out
+
+
+def _pct_ranks(block: np.ndarray) -> np.ndarray:
+    """Percentile rank of each value within its row, as the batch library ranks (ties averaged, NaN stays NaN).
+
+    Rows without NaN or ties (the usual case) are ranked by one argsort; any other row goes through
+    the batch routine itself.
+    """
+    order = np.argsort(block, axis=1)
+    rows = np.arange(block.shape[0])[:, None]
+    ordered = block[rows, order]
+    if np.isnan(ordered[:, -1]).any() or (ordered[:, 1:] == ordered[:, :-1]).any():
+        return _pct_rank_rows(block)
+    width = block.shape[1]
+    pct = np.arange(1.0, width + 1.0)
+    pct /= width
+    ranks = np.empty(block.shape)
+    ranks[rows, order] = pct
+    return ranks
 
 
 class IncrementalEngine:
@@ -104,6 +125,7 @@ class IncrementalEngine:
         self.calendar = [n for n in ("day_of_week", "month", "hour") if n in self._column]
         self.ranked = [n for n in self.names if n.endswith("_cs_rank")]
         self._exogenous = load_exogenous(params.exogenous) if params.exogenous.enabled else None
+        self._calendar_cache: tuple[int | None, dict[str, np.ndarray]] = (None, {})
         self._sentiment = SentimentState(load_headlines(params.sentiment)) if params.sentiment.enabled else None
         self._needs_high_low = "atr_ratio" in self._column or "stochastic_k" in self._column
         self._needs_volume = "volume_ratio" in self._column
@@ -116,7 +138,7 @@ class IncrementalEngine:
         self._decay = -(self._alpha - 1.0)  # what scipy's lfilter multiplies the previous average by
         self._span_starts = spans - 1.0
         self._lag_rows = -1 - np.asarray(p.return_horizons)
-        self._ma_rows = np.asarray(p.ma_windows) - 1
+        self._ma_by_length = sorted(enumerate(p.ma_windows), key=lambda item: item[1])
         self._ma_windows = np.asarray(p.ma_windows, dtype=np.float64)[:, None]
         self._ma_span_rows = np.asarray([self._spans.index(w) for w in p.ma_windows])
         self._blocks = {
@@ -253,6 +275,16 @@ class IncrementalEngine:
             bad = int(np.flatnonzero(~((close > 0) & np.isfinite(close)))[0])
             raise DataError(f"IncrementalEngine: symbol {symbols[bad]!r}: column 'close' value {close[bad]!r} "
                             "must be finite and > 0")
+        with np.errstate(divide="ignore", invalid="ignore"):
+            out = self._compute(timestamp_ns, symbols, slots, n_known, index, close, columns)
+        self.count[index] += 1
+        self.last_ns[index] = timestamp_ns
+        return out.T
+
+    def _compute(self, timestamp_ns: int, symbols: list[str], slots: np.ndarray | None, n_known: int,
+                 index: slice | np.ndarray, close: np.ndarray, columns: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The features of one update, as (features, symbols); updates every state but the bar counts."""
+        n = len(symbols)
         p = self.params
         position = self.count[index].copy()
         out = np.empty((len(self.names), n))
@@ -274,8 +306,12 @@ class IncrementalEngine:
         log_close = np.log(close)
         put_block("log_return", log_close - np.log(closes[self._lag_rows]))
         returns = log_close - np.log(previous_close)
-        window_sums = np.cumsum(closes[::-1], axis=0)  # row k: the sum of the last k + 1 closes
-        put_block("sma_ratio", close / (window_sums[self._ma_rows] / self._ma_windows) - 1.0)
+        sums = np.empty((len(self._ma_windows), n))
+        total, covered = np.zeros(n), 0
+        for row, window in self._ma_by_length:  # nested windows: each sum extends the shorter one
+            total = total + closes[-window: len(closes) - covered].sum(axis=0)
+            sums[row], covered = total, window
+        put_block("sma_ratio", close / (sums / self._ma_windows) - 1.0)
 
         first = np.flatnonzero(position == 0)
         ema = self._alpha * close + self._decay * self.ema[:, index]
@@ -340,7 +376,10 @@ class IncrementalEngine:
             bid_size, ask_size = (np.asarray(columns[c], dtype=np.float64) for c in ("bid_size", "ask_size"))
             put("order_imbalance", _safe_divide(bid_size - ask_size, bid_size + ask_size, where_zero=0.0))
         if self.calendar:
-            values = calendar_values(np.asarray([timestamp_ns], dtype=np.int64), self.intraday)
+            if self._calendar_cache[0] != timestamp_ns:
+                self._calendar_cache = (timestamp_ns, calendar_values(np.asarray([timestamp_ns], dtype=np.int64),
+                                                                      self.intraday))
+            values = self._calendar_cache[1]
             for name in self.calendar:
                 out[column[name]] = values[name][0]
         if self._exogenous is not None:
@@ -353,13 +392,11 @@ class IncrementalEngine:
             out[column["sentiment_headline_count"]] = count
         if self.ranked:
             sources = np.stack([out[column[name.removesuffix("_cs_rank")]] for name in self.ranked])
-            ranked = _pct_rank_rows(sources)
+            ranked = _pct_ranks(sources)
             for i, name in enumerate(self.ranked):
                 out[column[name]] = ranked[i]
 
-        self.count[index] += 1
-        self.last_ns[index] = timestamp_ns
-        return out.T
+        return out
 
     @staticmethod
     def _wilder(state: np.ndarray, index: slice | np.ndarray, x: np.ndarray, position: np.ndarray,
