@@ -261,7 +261,6 @@ class IncrementalEngine:
         them), and the timestamp must be later than each symbol's previous bar.
         """
         symbols = symbols if isinstance(symbols, list) else list(symbols)
-        n = len(symbols)
         slots = self._slots(symbols)
         n_known = len(self.symbols)
         index = slice(0, n_known) if slots is None else slots
