@@ -4,7 +4,10 @@ Generates seeded random OHLCV bars (default 500 symbols x 2,500 bars) with NumPy
 computes the features with :func:`alphaforge.features.compute_features` and with
 ``benchmarks/feature_reference.py`` (pandas groupby-rolling/ewm per symbol) in the
 same process, checks that both give the same columns and values, and writes the
-timings as JSON.
+timings as JSON. It also times the online path (issue 8): the incremental engine updating
+every symbol one timestamp at a time (cost per symbol-bar, feature updates per second,
+checked against the batch values) and the Redis online store (pipelined write and read
+latency per symbol, single-symbol read latency) at ``--redis-url``.
 
     PYTHONPATH=src python benchmarks/features.py --out benchmarks/results/features.json
 """
@@ -30,6 +33,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from feature_reference import reference_features  # noqa: E402
 
 from alphaforge.features import FEATURE_VERSION, FeatureParams, compute_features, feature_columns  # noqa: E402
+from alphaforge.featurestore.config import FeatureStoreParams  # noqa: E402
+from alphaforge.featurestore.incremental import IncrementalEngine  # noqa: E402
+from alphaforge.featurestore.online import OnlineStore  # noqa: E402
 
 
 def random_ohlcv(n_symbols: int, n_bars: int, seed: int) -> pd.DataFrame:
@@ -72,6 +78,89 @@ def _timed(function: Callable[[], pd.DataFrame], repeats: int) -> tuple[float, f
     return statistics.median(wall), statistics.median(cpu), result
 
 
+def incremental_benchmark(bars: pd.DataFrame, features: pd.DataFrame, n_symbols: int, n_bars: int,
+                          timed_bars: int, params: FeatureParams) -> dict[str, object]:
+    """The engine fed ``timed_bars`` timestamps of every symbol (after a warm-up of the longest window, so the
+    steady state is timed), one vectorised update per timestamp; checked against the batch ``features``."""
+    names = feature_columns(features)
+    engine = IncrementalEngine(params, names)
+    columns = {c: bars[c].to_numpy().reshape(n_symbols, n_bars) for c in engine.input_columns}
+    symbols = bars["symbol"].to_numpy()[::n_bars].tolist()
+    stamps = bars["timestamp"].iloc[:n_bars].astype("int64").to_numpy()
+    warm_up = min(60, n_bars - timed_bars)
+    got = np.empty((n_symbols, warm_up + timed_bars, len(names)))
+
+    def run(lo: int, hi: int) -> None:
+        for t in range(lo, hi):
+            got[:, t] = engine.update(int(stamps[t]), symbols, {c: v[:, t] for c, v in columns.items()})
+
+    run(0, warm_up)
+    wall_start, cpu_start = time.perf_counter(), time.process_time()
+    run(warm_up, warm_up + timed_bars)
+    cpu, wall = time.process_time() - cpu_start, time.perf_counter() - wall_start
+    expected = features[names].to_numpy().reshape(n_symbols, n_bars, len(names))[:, : warm_up + timed_bars]
+    both = ~np.isnan(expected)
+    if not np.array_equal(both, ~np.isnan(got)):
+        raise SystemExit("incremental and batch disagree on which values are NaN")
+    symbol_bars = n_symbols * timed_bars
+    return {
+        "n_symbols": n_symbols,
+        "timed_timestamps": timed_bars,
+        "n_features": len(names),
+        "microseconds_per_symbol_bar": round(wall / symbol_bars * 1e6, 3),
+        "cpu_microseconds_per_symbol_bar": round(cpu / symbol_bars * 1e6, 3),
+        "microseconds_per_timestamp_update": round(wall / timed_bars * 1e6, 1),
+        "feature_updates_per_s": round(symbol_bars * len(names) / wall),
+        "max_abs_diff_vs_batch": float(np.max(np.abs(got[both] - expected[both]))),
+        "targets": {"microseconds_per_symbol_bar": 5.0, "feature_updates_per_s": 10_000_000},
+    }
+
+
+def store_benchmark(url: str, n_symbols: int, n_features: int, repeats: int) -> dict[str, object]:
+    """Redis write and read latency per symbol (pipelined: all symbols in one round trip), and the latency of
+    reading one symbol (arrays, and as the DataFrame serving gets), under a key prefix deleted afterwards."""
+    prefix = f"alphaforge-bench:{os.getpid()}:"
+    store = OnlineStore.from_params(FeatureStoreParams(redis_url=url, key_prefix=prefix))
+    symbols = [f"SYM{i:04d}" for i in range(n_symbols)]
+    names = [f"feature_{i}" for i in range(n_features)]
+    values = np.random.default_rng(0).standard_normal((n_symbols, n_features))
+    try:
+        store.write(0, symbols, names, values, FEATURE_VERSION)  # warm-up: connection, schema
+        writes, reads, singles, frames = [], [], [], []
+        for i in range(repeats):
+            start = time.perf_counter()
+            store.write(i, symbols, names, values, FEATURE_VERSION)
+            writes.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            store.read_vectors(symbols)
+            reads.append(time.perf_counter() - start)
+        round_trips = []
+        for i in range(repeats * 20):
+            start = time.perf_counter()
+            store.client.get(f"{prefix}{symbols[i % n_symbols]}")  # the floor: one bare redis-py GET
+            round_trips.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            store.read_vectors(symbols[i % n_symbols])
+            singles.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            store.read(symbols[i % n_symbols])
+            frames.append(time.perf_counter() - start)
+    finally:
+        store.clear()
+    return {
+        "backend": "redis",
+        "n_symbols": n_symbols,
+        "n_features": n_features,
+        "write_microseconds_per_symbol_pipelined": round(statistics.median(writes) / n_symbols * 1e6, 2),
+        "read_microseconds_per_symbol_pipelined": round(statistics.median(reads) / n_symbols * 1e6, 2),
+        "read_one_symbol_microseconds": round(statistics.median(singles) * 1e6, 1),
+        "read_one_symbol_as_dataframe_microseconds": round(statistics.median(frames) * 1e6, 1),
+        "bare_redis_get_microseconds": round(statistics.median(round_trips) * 1e6, 1),
+        "repeats": repeats,
+        "targets": {"read_one_symbol_microseconds": 100.0},
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=(
@@ -90,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reference-repeats", type=int, default=1, help="reference runs; the median is reported (default 1)"
     )
+    parser.add_argument("--timed-bars", type=int, default=250,
+                        help="timestamps of every symbol timed through the incremental engine (default 250)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
+                        help="the Redis server for the store latencies; 'none' leaves them out")
+    parser.add_argument("--store-repeats", type=int, default=20, help="write/read rounds timed (default 20)")
     args = parser.parse_args(argv)
 
     bars = random_ohlcv(args.symbols, args.bars, args.seed)
@@ -130,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         "library_repeats": args.repeats,
         "reference_repeats": args.reference_repeats,
         "seed": args.seed,
+        "incremental": incremental_benchmark(bars, features, args.symbols, args.bars,
+                                             min(args.timed_bars, args.bars - 1), params),
+        "online_store": (store_benchmark(args.redis_url, args.symbols, len(columns), args.store_repeats)
+                         if args.redis_url != "none" else None),
         "machine": {
             "platform": platform.platform(),
             "processor": platform.processor() or platform.machine(),

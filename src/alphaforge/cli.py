@@ -75,10 +75,19 @@ def validate(params: Path = ParamsOption) -> None:
     run_stage_or_exit("validate", params)
 
 
-@app.command()
-def features(params: Path = ParamsOption) -> None:
+features_app = typer.Typer(
+    help="Compute indicators (past data only) and forward labels into data/features/dataset.parquet "
+    "(no subcommand: the stage); `alphaforge features list` lists the feature definitions.",
+    invoke_without_command=True,
+)
+app.add_typer(features_app, name="features")
+
+
+@features_app.callback()
+def features(ctx: typer.Context, params: Path = ParamsOption) -> None:
     """Compute indicators (past data only) and forward labels into data/features/dataset.parquet."""
-    run_stage_or_exit("features", params)
+    if ctx.invoked_subcommand is None:
+        run_stage_or_exit("features", params)
 
 
 @app.command()
@@ -338,6 +347,85 @@ def show_params(params: Path = ParamsOption) -> None:
         typer.secho(str(err), fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from err
     typer.echo(json.dumps(loaded.model_dump(by_alias=True, mode="json"), indent=2))
+
+
+# ---- feature store (issue 8): `features list`, `stream` ----------------------------------------------------
+
+
+@features_app.command("list")
+def features_list(
+    params: Path = ParamsOption,
+    columns: str = typer.Option(None, "--columns", help="comma-separated bar columns (default: feature_store)"),
+    single_symbol: bool = typer.Option(False, "--single-symbol", help="one symbol: no cross-sectional ranks"),
+    intraday: bool = typer.Option(None, "--intraday/--daily", help="sub-daily bars: `hour` (default: feature_store)"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+) -> None:
+    """List the feature definitions (name, group, window in bars, inputs, version, description) for such bars."""
+    from alphaforge.config import ConfigError, load_params
+    from alphaforge.featurestore.definitions import feature_definitions
+
+    try:
+        loaded = load_params(params)
+    except ConfigError as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from err
+    store = loaded.feature_store
+    bar_columns = {c.strip() for c in columns.split(",") if c.strip()} if columns else set(store.bar_columns)
+    definitions = feature_definitions(loaded.features, columns=bar_columns, multi_symbol=not single_symbol,
+                                      intraday=store.intraday if intraday is None else intraday)
+    if as_json:
+        typer.echo(json.dumps([d.as_dict() for d in definitions], indent=2))
+        return
+    typer.echo(f"{'name':24s} {'group':15s} {'window':>6s} {'rec':3s} {'inputs':22s} version  description")
+    for d in definitions:
+        typer.echo(f"{d.name:24s} {d.group:15s} {d.window:6d} {'yes' if d.recursive else '':3s} "
+                   f"{','.join(d.inputs):22s} {d.version:8s} {d.description}")
+
+
+
+@app.command()
+def stream(
+    source: str = typer.Argument("-", help="a CSV/Parquet file of bars to replay, or - for stdin lines"),
+    params: Path = ParamsOption,
+    fmt: str = typer.Option("auto", "--format", help="stdin lines: auto, jsonl or csv (a header line first)"),
+    on_bad_bar: str = typer.Option("stop", "--on-bad-bar", help="stop (default) or skip a bar that breaks a rule"),
+    pace: float = typer.Option(0.0, "--pace", min=0.0, help="seconds to wait between timestamps (replay speed)"),
+    redis_url: str = typer.Option(None, "--redis-url", help="override feature_store.redis_url"),
+    flush_idle: float = typer.Option(1.0, "--flush-idle", min=0.0,
+                                     help="stdin: write a timestamp's bars after this many idle seconds (0: never)"),
+) -> None:
+    """Bars in, features out: validate each bar, update the features incrementally, write them to the store.
+
+    The latest feature vector of each symbol goes to Redis (feature_store.redis_url, key_prefix, ttl_seconds)
+    or, without a URL, to this process's memory. Every processed bar is logged to feature_store.bar_log with the
+    engine's state, so a restarted stream (after a crash, even kill -9) resumes where the log ends and skips
+    the bars it already stored. Bars must come in time order, grouped by timestamp; on stdin a timestamp is
+    written when the next one begins or after --flush-idle seconds without input.
+    """
+    from alphaforge.config import ConfigError, load_params
+    from alphaforge.featurestore.online import StoreUnavailable
+    from alphaforge.featurestore.stream import run_stream
+    from alphaforge.schema import DataError
+
+    setup_logging()
+    if fmt not in ("auto", "jsonl", "csv") or on_bad_bar not in ("stop", "skip"):
+        typer.secho("alphaforge stream: --format is auto, jsonl or csv; --on-bad-bar is stop or skip",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    try:
+        loaded = load_params(params)
+        store_params = loaded.feature_store
+        if redis_url:
+            store_params = store_params.model_copy(update={"redis_url": redis_url})
+        summary = run_stream(loaded.features, store_params, source, fmt=fmt,  # type: ignore[arg-type]
+                             on_bad_bar=on_bad_bar, pace_seconds=pace,  # type: ignore[arg-type]
+                             naive_timezone=loaded.ingest.naive_timezone, flush_idle_seconds=flush_idle)
+    except (DataError, ConfigError, StoreUnavailable) as err:
+        typer.secho(f"alphaforge stream: failed\n{err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from err
+    typer.echo(json.dumps({"steps": summary.steps, "bars": summary.bars, "already_stored": summary.already_stored,
+                           "bad_bars": summary.bad_bars, "replayed_steps": summary.replayed_steps,
+                           "last_timestamp": summary.last_timestamp}))
 
 
 def main() -> None:

@@ -17,6 +17,7 @@ from alphaforge.drift import DriftParams
 from alphaforge.ensemble import EnsembleParams
 from alphaforge.evaluate import EvaluationParams
 from alphaforge.features import FeatureParams
+from alphaforge.featurestore.config import FeatureStoreParams
 from alphaforge.monitor import MonitorParams
 from alphaforge.promotion import PromotionParams
 from alphaforge.regimes import RegimeParams
@@ -106,6 +107,7 @@ class Params(BaseModel):
     rl: RLParams = RLParams()
     serving: ServingParams = ServingParams()
     tracking: TrackingParams = TrackingParams()
+    feature_store: FeatureStoreParams = FeatureStoreParams()
 
 
 class ConfigError(ValueError):

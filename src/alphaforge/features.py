@@ -67,6 +67,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 from scipy.signal import lfilter
 
+from alphaforge.featurestore.exogenous import ExogenousParams, load_exogenous
+from alphaforge.featurestore.sentiment import SentimentParams, load_headlines
 from alphaforge.schema import KEY_COLUMNS, NUMERIC_COLUMNS, DataError
 
 log = logging.getLogger(__name__)
@@ -102,6 +104,9 @@ class FeatureParams(BaseModel):
     volume_window: int = Field(20, ge=1)
     calendar: bool = True
     cross_sectional_ranks: tuple[str, ...] = ("log_return_5", "log_return_20", "volatility_20")
+    # Optional groups (off by default: the default feature set, and what FEATURE_VERSION means, stay as they were).
+    exogenous: ExogenousParams = ExogenousParams()
+    sentiment: SentimentParams = SentimentParams()
 
     @model_validator(mode="after")
     def _check(self) -> FeatureParams:
@@ -177,7 +182,18 @@ def _plan(
                 names.append(f"{name}_cs_rank")
             else:
                 skipped.append(f"features: skipping {name}_cs_rank: {name} is not computed for these bars")
+    names += params.exogenous.feature_names()  # optional groups last: the default columns stay a prefix
+    names += params.sentiment.feature_names()
     return names, skipped
+
+
+def feature_plan(
+    params: FeatureParams, *, columns: set[str] | frozenset[str], multi_symbol: bool, intraday: bool
+) -> list[str]:
+    """The feature names :func:`compute_features` produces, in its column order, for bars with ``columns``
+    (more than one symbol: ``multi_symbol``; mostly sub-daily gaps: ``intraday``). The one plan that the
+    incremental engine and the feature registry (``alphaforge.featurestore``) are derived from."""
+    return _plan(params, columns=set(columns), multi_symbol=multi_symbol, intraday=intraday)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -624,7 +640,12 @@ def _is_intraday(groups: _Groups) -> bool:
 
 def _calendar(timestamps: _TimestampGrid, intraday: bool) -> dict[str, np.ndarray]:
     """Day of week (Monday 0), month (1..12) and, for intraday data, hour, all in UTC."""
-    unique_ns = timestamps.uniques_ns
+    per_timestamp = calendar_values(timestamps.uniques_ns, intraday)
+    return {name: values[timestamps.codes] for name, values in per_timestamp.items()}
+
+
+def calendar_values(unique_ns: np.ndarray, intraday: bool) -> dict[str, np.ndarray]:
+    """The calendar features of UTC timestamps given in nanoseconds (shared with the incremental engine)."""
     days = unique_ns // _NANOS_PER_DAY
     months = unique_ns.view("datetime64[ns]").astype("datetime64[M]").astype(np.int64)
     per_timestamp = {
@@ -633,7 +654,7 @@ def _calendar(timestamps: _TimestampGrid, intraday: bool) -> dict[str, np.ndarra
     }
     if intraday:
         per_timestamp["hour"] = ((unique_ns // _NANOS_PER_HOUR) % 24).astype(np.float64)
-    return {name: values[timestamps.codes] for name, values in per_timestamp.items()}
+    return per_timestamp
 
 
 @dataclass(frozen=True)
@@ -776,6 +797,17 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams) -> pd.DataFrame:
     if "order_imbalance" in slot:
         bid_size, ask_size = (bars[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in ("bid_size", "ask_size"))
         values[slot["order_imbalance"]] = _safe_divide(bid_size - ask_size, bid_size + ask_size, where_zero=0.0)
+    if params.exogenous.enabled:
+        joined = load_exogenous(params.exogenous).asof(groups.timestamps_ns)
+        for j, name in enumerate(params.exogenous.feature_names()):
+            values[slot[name]] = joined[:, j]
+    if params.sentiment.enabled:
+        headlines = load_headlines(params.sentiment)
+        symbols = bars["symbol"].to_numpy(dtype=object)
+        polarity, count = values[slot["sentiment_lm_polarity"]], values[slot["sentiment_headline_count"]]
+        for start, length in zip(groups.starts.tolist(), groups.lengths.tolist(), strict=True):  # per symbol: optional
+            rows = slice(start, start + length)
+            polarity[rows], count[rows] = headlines.per_bar(str(symbols[start]), groups.timestamps_ns[rows])
     ranked = [name for name in names if name.endswith("_cs_rank")]
     if params.calendar or ranked:
         timestamps = _TimestampGrid.build(groups)
