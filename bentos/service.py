@@ -59,6 +59,24 @@ def _unavailable(err: NoModel) -> BentoMLException:
     return ServiceUnavailable(str(err))
 
 
+def _online_store(params_path: str) -> Any:
+    """The online feature store of params.yaml's ``feature_store`` (``ALPHAFORGE_REDIS_URL`` and
+    ``ALPHAFORGE_FEATURE_PREFIX`` override), or None when no Redis URL is configured: the service runs in
+    several processes' worth of isolation from a streamer, so an in-process dictionary would never be filled."""
+    from alphaforge.config import load_params
+    from alphaforge.featurestore.config import FeatureStoreParams
+    from alphaforge.featurestore.online import OnlineStore
+
+    settings = load_params(params_path).feature_store if os.path.isfile(params_path) else FeatureStoreParams()
+    url = os.environ.get("ALPHAFORGE_REDIS_URL", settings.redis_url or "")
+    if not url:
+        return None
+    prefix = os.environ.get("ALPHAFORGE_FEATURE_PREFIX")
+    if prefix:
+        settings = settings.model_copy(update={"key_prefix": prefix})
+    return OnlineStore.from_params(settings, redis_url=url)
+
+
 # ------------------------------------------------------------------------------------- mounted fast routes
 
 
@@ -107,7 +125,7 @@ async def fast_predict_arrow(request: Request) -> Response:
 fast_app = Starlette(routes=[Route("/predict", fast_predict, methods=["POST"]),
                              Route("/predict_arrow", fast_predict_arrow, methods=["POST"])])
 
-_HOT_PATHS = ["/predict", "/predict_bars", "/v1/predict", "/v1/predict_arrow", "/metrics", "/healthz", "/livez",
+_HOT_PATHS = ["/predict", "/predict_bars", "/predict_symbols", "/v1/predict", "/v1/predict_arrow", "/metrics", "/healthz", "/livez",
               "/readyz"]
 _QUIET_URLS = ",".join(path.lstrip("/") for path in _HOT_PATHS)
 
@@ -138,6 +156,7 @@ class AlphaforgeService:
         params_path = os.environ.get("ALPHAFORGE_PARAMS", "params.yaml")
         self.params = serving_params(params_path)
         self.feature_params = load_params(params_path).features if os.path.isfile(params_path) else FeatureParams()
+        self.store = _online_store(params_path)
         self.host = ModelHost(self.params)
         self.ready = False
         try:
@@ -197,6 +216,23 @@ class AlphaforgeService:
         try:
             request = api.PredictBarsRequest(bars=bars, model=model, request_id=request_id, last_only=last_only)
             answer = api.predict_bars(self.host, request, self.feature_params)
+            return Response(api.to_json(answer), media_type="application/json")  # type: ignore[return-value]
+        except BadRequest as err:
+            raise _refuse(self.host, err) from None
+        except NoModel as err:
+            raise _unavailable(err) from None
+
+    @bentoml.api(route="/predict_symbols")
+    def predict_symbols(
+        self,
+        symbols: list[str],
+        model: str | None = None,
+        request_id: str | None = None,
+    ) -> api.PredictResponse:
+        """Predict each symbol's latest bar from the online feature store (written by `alphaforge stream`)."""
+        try:
+            request = api.SymbolsRequest(symbols=symbols, model=model, request_id=request_id)
+            answer = api.predict_symbols(self.host, request, self.store)
             return Response(api.to_json(answer), media_type="application/json")  # type: ignore[return-value]
         except BadRequest as err:
             raise _refuse(self.host, err) from None

@@ -35,6 +35,8 @@ from alphaforge.serving.launcher import start_service
 pytestmark = [pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
+REDIS_URL = "redis://127.0.0.1:6379/0"
+FEATURE_PREFIX = f"alphaforge-test:{uuid.uuid4().hex[:8]}:"
 
 
 def _rows(dataset: pd.DataFrame, features: list[str], n_per_symbol: int = 1) -> pd.DataFrame:
@@ -98,6 +100,7 @@ def _register_broken(trained: dict, work: Path, name: str, good: dict) -> str:
 def service(registry, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("service")
     env = {"MLFLOW_TRACKING_URI": registry["mlflow_uri"], "ALPHAFORGE_MODEL_NAME": registry["name"],
+           "ALPHAFORGE_REDIS_URL": REDIS_URL, "ALPHAFORGE_FEATURE_PREFIX": FEATURE_PREFIX,
            "ALPHAFORGE_SERVING_CACHE": str(work / "cache"), "ALPHAFORGE_REQUEST_LOG_DIR": str(work / "requests"),
            "ALPHAFORGE_POLL_SECONDS": "1", "ALPHAFORGE_HOME": str(work / "state")}
     process = start_service(cwd=REPO, env=env, log_path=work / "service.log")
@@ -361,3 +364,35 @@ def test_bentoml_build_makes_a_bento_of_the_service(tmp_path) -> None:
     assert config["workers"] == 1 and config["logging"]["access"]["enabled"] is False  # the lean settings travel
     assert (bento / "src" / "src" / "alphaforge" / "serving" / "host.py").is_file()
     assert (bento / "src" / "src" / "alphaforge" / "serving" / "proto" / "alphaforge_serving.proto").is_file()
+
+
+def test_by_symbol_endpoint_predicts_the_streamed_bar_as_the_batch_pipeline_does(registry, service, tmp_path) -> None:
+    """Bars streamed into Redis (`alphaforge stream`), then /predict_symbols: the batch pipeline's prediction."""
+    from alphaforge.featurestore.config import FeatureStoreParams
+    from alphaforge.featurestore.online import OnlineStore
+    from alphaforge.featurestore.stream import run_stream
+    from alphaforge.features import FeatureParams, compute_features
+
+    bars = registry["bars"]
+    recent = bars[bars["timestamp"] >= bars["timestamp"].unique()[-300]].reset_index(drop=True)
+    source = tmp_path / "bars.csv"
+    recent.to_csv(source, index=False)
+    store_params = FeatureStoreParams(redis_url=REDIS_URL, key_prefix=FEATURE_PREFIX,
+                                      bar_log=tmp_path / "bars.sqlite")
+    try:
+        run_stream(FeatureParams(), store_params, str(source))
+        symbols = sorted(recent["symbol"].unique())[:4]
+        answer = service["client"].post("/predict_symbols", json={"symbols": symbols})
+        assert answer.status_code == 200, answer.text
+        features = _features(service)
+        batch = compute_features(recent, FeatureParams()).groupby("symbol").tail(1)
+        batch = batch[batch["symbol"].isin(symbols)]
+        direct = service["client"].post("/predict", json=_request(batch, features)).json()
+        got = {p["symbol"]: (p["timestamp"], p["prediction"]) for p in answer.json()["predictions"]}
+        for p in direct["predictions"]:
+            assert got[p["symbol"]][0] == p["timestamp"]
+            assert got[p["symbol"]][1] == pytest.approx(p["prediction"], rel=1e-9, abs=1e-12)
+        missing = service["client"].post("/predict_symbols", json={"symbols": ["NEVER-STREAMED"]})
+        assert missing.status_code == 404 and "stream" in missing.text
+    finally:
+        OnlineStore.from_params(store_params).clear()

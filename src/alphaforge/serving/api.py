@@ -18,8 +18,8 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
 from alphaforge.schema import DataError
-from alphaforge.serving.host import ModelHost, new_request_id
-from alphaforge.serving.model import BadRequest, Prediction, ServedModel, check_keys, check_row_count
+from alphaforge.serving.host import ModelHost, NoModel, new_request_id
+from alphaforge.serving.model import BadRequest, Prediction, ServedModel, check_finite, check_keys, check_row_count
 
 Variant = Literal["champion", "challenger"]
 
@@ -224,6 +224,48 @@ def predict_bars(host: ModelHost, request: PredictBarsRequest, default_feature_p
                                 prediction.lower[keep], None if prediction.upper is None else prediction.upper[keep],
                                 prediction.model_name, prediction.model_version, prediction.variant)
     return _answer(prediction, served, request_id, symbols, timestamps)
+
+
+def predict_symbols(host: ModelHost, request: SymbolsRequest, store: Any) -> dict[str, Any]:
+    """Each symbol's latest features from the online store (what ``alphaforge stream`` wrote), then the model.
+
+    A symbol never streamed (or expired) is a 404; features of another feature version a 400 (the store
+    stamps every vector with its version, the model its own).
+    """
+    from alphaforge.featurestore.online import FeatureVersionMismatch, MissingFeatures, StoreUnavailable
+
+    if store is None:
+        raise BadRequest("no online feature store is configured (feature_store.redis_url); use /predict or "
+                         "/predict_bars", status=404)
+    request_id = request.request_id or new_request_id()
+    model = host.model(request.model)
+    symbols = list(dict.fromkeys(request.symbols))
+    if len(symbols) != len(request.symbols):
+        raise BadRequest("symbols repeat; ask for each symbol once")
+    check_row_count(len(symbols), host.params.max_batch_rows)
+    try:
+        vectors = store.read(symbols, feature_version=model.feature_version, features=model.features)
+    except MissingFeatures as err:
+        raise BadRequest(f"no stored features for {err.args[0] if err.args else symbols}; stream their bars first "
+                         "(alphaforge stream)", status=404) from None
+    except FeatureVersionMismatch as err:
+        raise BadRequest(str(err)) from None
+    except StoreUnavailable as err:
+        raise NoModel(str(err)) from err
+    except DataError as err:
+        raise BadRequest(str(err)) from None
+    timestamps = [t.to_pydatetime() for t in pd.DatetimeIndex(vectors["timestamp"])]
+    found = vectors["symbol"].astype(str).tolist()
+
+    def build(served: ServedModel) -> tuple[np.ndarray, list[str], list[Any]]:
+        if list(served.features) != list(model.features):
+            raise BadRequest(f"model {served.name} v{served.version} uses other features than the store's vectors")
+        x = vectors[served.features].to_numpy(dtype=np.float64)
+        check_finite(x, served.features)
+        return x, found, timestamps
+
+    prediction, served = host.predict(name=request.model, build=build, request_id=request_id, variant="champion")
+    return _answer(prediction, served, request_id, found, timestamps)
 
 
 def min_history_bars(model: ServedModel) -> int:
