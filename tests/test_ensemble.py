@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alphaforge.data.synthetic import SyntheticParams, make_synthetic
 from alphaforge.ensemble import (
     EnsembleParams,
     HedgeEnsemble,
@@ -22,47 +21,16 @@ from alphaforge.ensemble import (
     fold_spans_from_metrics,
     walk_forward_meta_evaluation,
 )
-from alphaforge.features import FeatureParams, compute_features, compute_labels
 from alphaforge.io import write_parquet_atomic
 from alphaforge.models.importance import rank_ic
 from alphaforge.schema import DataError
-from alphaforge.splits import WalkForward, WalkForwardParams
-from alphaforge.train import model_factory, walk_forward_train
-
-HORIZON = 5
-FAMILIES = {
-    "ridge": {"alpha": 10.0},
-    "lightgbm": {"n_estimators": 40, "learning_rate": 0.05, "num_leaves": 7, "min_child_samples": 100,
-                 "subsample": 0.8, "subsample_freq": 1, "colsample_bytree": 0.8, "max_bin": 63},
-}
-
+from alphaforge.splits import WalkForwardParams
+from ensemble_fixtures import FAMILIES, HORIZON, train_small_ensemble
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """What the train stage leaves behind, on a small synthetic market: OOF frame, metrics, spec, models."""
-    bars, _ = make_synthetic(SyntheticParams(n_symbols=12, n_bars=700, seed=5))
-    dataset = pd.concat([compute_features(bars, FeatureParams()),
-                         compute_labels(bars, HORIZON).drop(columns=["timestamp", "symbol"])], axis=1)
-    splitter = WalkForward(WalkForwardParams(n_splits=3, min_train_size=250, embargo=2), purge=HORIZON)
-    trained_dir = tmp_path_factory.mktemp("trained")
-    oof, metrics, results = None, {"target": "forward_return", "families": {}}, {}
-    for family, hyperparameters in FAMILIES.items():
-        make = model_factory(family, task="regression", hyperparameters=hyperparameters,
-                             uncertainty_method="conformal", purge=HORIZON)
-        result = walk_forward_train(dataset, splitter, make, fit_final_model=True)
-        result.final_model.save(trained_dir / family / "final")
-        renamed = result.oof.rename(columns={c: f"{c}_{family}" for c in ("prediction", "lower", "upper")})
-        oof = renamed if oof is None else oof.merge(
-            renamed[["timestamp", "symbol", *[c for c in renamed.columns if c.endswith(f"_{family}")]]],
-            on=["timestamp", "symbol"], how="outer")
-        metrics["families"][family] = result.metrics()
-        results[family] = result
-    spec = {"feature_version": "1", "features": results["ridge"].feature_names, "horizon": HORIZON,
-            "target": "forward_return", "task": "regression", "families": list(FAMILIES)}
-    (trained_dir / "spec.json").write_text(json.dumps(spec))
-    oof = oof.sort_values(["fold", "timestamp", "symbol"], kind="stable").reset_index(drop=True)
-    return {"dataset": dataset, "oof": oof, "metrics": metrics, "spec": spec, "results": results,
-            "trained_dir": trained_dir, "splitter": splitter}
+    return train_small_ensemble(tmp_path_factory.mktemp("trained"))
 
 
 def test_stacking_refuses_a_planted_leak(trained: dict) -> None:

@@ -432,15 +432,18 @@ class ModelHost:
         prediction, lower, upper = model.predict(x, symbols, timestamps)
         latency_ms = (time.perf_counter() - started) * 1000.0
         answer = Prediction(prediction, lower, upper, model.name, model.version, served_variant)
-        with self._lock:
-            stats = self.stats[served_variant]
-            stats.requests += 1
-            stats.rows += len(prediction)
-            stats.latency_ms_sum += latency_ms
+        self._count(served_variant, len(prediction), latency_ms)
         self._log(request_id, model, served_variant, x, symbols, timestamps, prediction, latency_ms)
         if self._shadow_pool is not None and served_variant == CHAMPION:
             self._shadow_pool.submit(self._shadow, name, request_id, x, symbols, timestamps)
         return answer, model
+
+    def _count(self, variant: str, rows: int, latency_ms: float) -> None:
+        with self._lock:
+            stats = self.stats[variant]
+            stats.requests += 1
+            stats.rows += rows
+            stats.latency_ms_sum += latency_ms
 
     def _champion_model(self, name: str | None) -> ServedModel | None:
         with self._lock:
@@ -461,11 +464,7 @@ class ModelHost:
                 self.shadow_errors += 1
             return
         latency_ms = (time.perf_counter() - started) * 1000.0
-        with self._lock:
-            stats = self.stats[CHALLENGER]
-            stats.requests += 1
-            stats.rows += len(prediction)
-            stats.latency_ms_sum += latency_ms
+        self._count(CHALLENGER, len(prediction), latency_ms)
         self._log(request_id, model, CHALLENGER, x, symbols, timestamps, prediction, latency_ms)
 
     def _log(self, request_id: str, model: ServedModel, variant: str, x: np.ndarray, symbols: Sequence[str],
