@@ -103,13 +103,53 @@ def _linear_function(pipeline_model: Any, task: str) -> RowFunction | None:
     return linear
 
 
+class _LightGBMRows:
+    """A booster's predictions: one-row calls through LightGBM's single-row fast C API (its config, one thread,
+    prepared once), larger batches through ``Booster.predict(num_threads=1)``. Equal to ``Booster.predict``."""
+
+    def __init__(self, booster: Any) -> None:
+        import ctypes
+        import threading
+        import weakref
+
+        from lightgbm.basic import _LIB, _c_str, _safe_call
+
+        self.booster = booster
+        self.n_features = int(booster.num_feature())
+        self._lock = threading.Lock()
+        self._out = np.empty(1)
+        self._out_len = ctypes.c_int64(0)
+        self._config = ctypes.c_void_p()
+        self._ctypes = ctypes
+        self._predict_fast = _LIB.LGBM_BoosterPredictForMatSingleRowFast
+        self._safe_call = _safe_call
+        try:  # predict type 0 (normal, transformed), all iterations, float64 rows
+            _safe_call(_LIB.LGBM_BoosterPredictForMatSingleRowFastInit(
+                booster._handle, ctypes.c_int(0), ctypes.c_int(0), ctypes.c_int(-1), ctypes.c_int(1),
+                ctypes.c_int32(self.n_features), _c_str("num_threads=1"), ctypes.byref(self._config)))
+        except Exception:  # an older or different LightGBM build: the plain path still works
+            self._config = None
+        else:
+            weakref.finalize(self, _LIB.LGBM_FastConfigFree, self._config)
+        self._out_pointer = self._out.ctypes.data_as(ctypes.POINTER(ctypes.c_double))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        if self._config is None or x.shape[0] != 1:
+            return self.booster.predict(x, num_threads=1)
+        row = np.ascontiguousarray(x[0], dtype=np.float64)
+        with self._lock:  # one fast config, one output buffer
+            self._safe_call(self._predict_fast(self._config, row.ctypes.data_as(self._ctypes.c_void_p),
+                                               self._ctypes.byref(self._out_len), self._out_pointer))
+            return self._out.copy()
+
+
 def _point_function(model: Any) -> RowFunction | None:
     """A row function of a plain tabular forecaster (no interval), or None if it has no row path."""
     from alphaforge.models.tabular import LightGBMForecaster, TabularForecaster, _ScaledForecaster
 
     if isinstance(model, LightGBMForecaster):
-        booster = model.booster_
-        return lambda x: (booster.predict(x, num_threads=1), None, None)
+        rows = _LightGBMRows(model.booster_)
+        return lambda x: (rows(x), None, None)
     if isinstance(model, _ScaledForecaster) and model.family in ("ridge", "elastic_net"):
         linear = _linear_function(model.model_, model.task)
         if linear is not None:
@@ -135,11 +175,11 @@ def row_function(model: Any) -> RowFunction | None:
 
         return conformal
     if isinstance(model, QuantileLightGBM):
-        point, lower, upper = (m.booster_ for m in (model.point_, model.lower_, model.upper_))
+        point, lower, upper = (_LightGBMRows(m.booster_) for m in (model.point_, model.lower_, model.upper_))
 
         def quantile(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-            low, high = lower.predict(x, num_threads=1), upper.predict(x, num_threads=1)
-            return point.predict(x, num_threads=1), np.minimum(low, high), np.maximum(low, high)
+            low, high = lower(x), upper(x)
+            return point(x), np.minimum(low, high), np.maximum(low, high)
 
         return quantile
     if hasattr(model, "predict_with_uncertainty"):  # sequence models
