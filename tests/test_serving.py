@@ -396,3 +396,30 @@ def test_by_symbol_endpoint_predicts_the_streamed_bar_as_the_batch_pipeline_does
         assert missing.status_code == 404 and "stream" in missing.text
     finally:
         OnlineStore.from_params(store_params).clear()
+
+
+def test_several_models_by_name_in_a_bounded_lru_cache(registry, service, tmp_path) -> None:
+    """Other registered models are served by name; the cache keeps at most serving.max_models of them."""
+    v1 = registry["versions"][0]
+    source = tracking.get_model_version(registry["name"], v1).source
+    others = [f"{registry['name']}-{suffix}" for suffix in ("a", "b")]
+    for other in others:
+        version = tracking.register_model_version(other, source).version
+        tracking.set_model_alias(other, "champion", version)
+    features = _features(service)
+    request = _request(_rows(registry["dataset"], features)[:2], features)
+    main = service["client"].post("/predict", json=request).json()
+    for other in others:
+        answer = service["client"].post("/predict", json={**request, "model": other})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model_name"] == other
+        assert [p["prediction"] for p in answer.json()["predictions"]] == [p["prediction"] for p in main["predictions"]]
+
+    host = ModelHost(ServingParams(model_name=registry["name"], max_models=2, cache_dir=str(tmp_path / "cache"),
+                                   request_log=False))
+    host.start()
+    host.model(others[0])
+    host.model(others[1])  # over the budget: the least recently used extra model goes, never the main one
+    loaded = {slot.name for slot in host.loaded()}
+    assert loaded == {registry["name"], others[1]}
+    host.close()
