@@ -18,6 +18,7 @@ from alphaforge.ensemble import EnsembleParams
 from alphaforge.evaluate import EvaluationParams
 from alphaforge.features import FeatureParams
 from alphaforge.monitor import MonitorParams
+from alphaforge.orchestration import AirflowParams
 from alphaforge.promotion import PromotionParams
 from alphaforge.regimes import RegimeParams
 from alphaforge.risk import RiskParams
@@ -104,6 +105,7 @@ class Params(BaseModel):
     risk: RiskParams = RiskParams()
     rl: RLParams = RLParams()
     tracking: TrackingParams = TrackingParams()
+    airflow: AirflowParams = AirflowParams()
 
 
 class ConfigError(ValueError):
