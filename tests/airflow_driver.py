@@ -4,7 +4,9 @@
                                                               tasks in topological order with retries/timeouts
     python airflow_driver.py test DAGS_FOLDER LOGICAL_DATE [CONF_JSON]
                                                           -> dag.test() of nightly_retrain; JSON: run and task states
-    python airflow_driver.py gate DAGS_FOLDER             -> JSON: the task id nightly_retrain's gate picks
+    python airflow_driver.py gate DAGS_FOLDER WORKSPACE... -> JSON: the task id nightly_retrain's gate picks in each
+    python airflow_driver.py package_and_reload DAGS_FOLDER -> runs the packaging and reload tasks' code
+    python airflow_driver.py params DAGS_FOLDER CONF_JSON -> JSON: a manual run's params as validated, or the error
 
 AIRFLOW_HOME and the metadata database come from the environment the test sets.
 """
@@ -57,13 +59,43 @@ def test(dags_folder: str, logical_date: str, conf: str = "{}") -> dict:
     return {"state": str(run.state), "run_id": run.run_id, "tasks": states}
 
 
-def gate(dags_folder: str) -> dict:
-    bag = _bag(dags_folder)
-    task = bag.dags["nightly_retrain"].task_dict["gate"]
-    return {"choice": task.python_callable()}
+def gate(dags_folder: str, *workspaces: str) -> dict:
+    """The gate's choice in each workspace (ALPHAFORGE_WORKSPACE is read when the task runs)."""
+    import os
+
+    tasks = _bag(dags_folder).dags["nightly_retrain"].task_dict
+    choices = {}
+    for workspace in workspaces:
+        os.environ["ALPHAFORGE_WORKSPACE"] = workspace
+        choices[workspace] = tasks["gate"].python_callable()
+    return {"choices": choices}
+
+
+def package_and_reload(dags_folder: str) -> dict:
+    """The packaging task, then the reload task, as the run would call them after a passed gate."""
+    tasks = _bag(dags_folder).dags["nightly_retrain"].task_dict
+    tasks["package_bento"].python_callable()
+    return {"reload": tasks["reload_service"].python_callable()}
+
+
+def params(dags_folder: str, conf: str) -> dict:
+    """What a manual run's conf resolves to under the DAG's Param schemas, or the validation error.
+
+    The same check the API server makes when a run is triggered: on the serialized DAG's params.
+    """
+    from airflow.serialization.serialized_objects import DagSerialization
+
+    dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(_bag(dags_folder).dags["nightly_retrain"]))
+    try:
+        resolved = dag.params.deep_merge(json.loads(conf)).validate()
+    except Exception as err:  # the schema's refusal is the result here
+        return {"error": f"{type(err).__name__}: {err}"}
+    return {"resolved": resolved}
 
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    result = {"dagbag": dagbag, "test": test, "gate": gate}[command](*args)
+    commands = {"dagbag": dagbag, "test": test, "gate": gate, "package_and_reload": package_and_reload,
+                "params": params}
+    result = commands[command](*args)
     print("AIRFLOW_DRIVER_RESULT " + json.dumps(result, default=str))

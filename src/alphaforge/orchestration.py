@@ -54,8 +54,8 @@ class AirflowParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     owner: str = Field("alphaforge", min_length=1)
-    schedule: str = Field("0 2 * * *", description="nightly_retrain, cron in UTC")
-    monitor_schedule: str = Field("0 6 * * *", description="drift_monitor, cron in UTC")
+    schedule: str | None = Field("0 2 * * *", description="nightly_retrain, cron in UTC; null: manual runs only")
+    monitor_schedule: str | None = Field("0 6 * * *", description="drift_monitor, cron in UTC; null: manual only")
     start_date: str = Field("2026-01-01", description="first data interval (ISO date); no catch-up before now")
     retries: int = Field(2, ge=2, description="per task, with exponential back-off")
     retry_delay_seconds: float = Field(60.0, gt=0)
@@ -170,43 +170,86 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _flow(value: Any) -> str:
+    """One value as YAML on one line: null, a number, a plain or quoted string, [a, b]."""
+    import yaml
+
+    return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix("...").strip()
+
+
+def _edit_lines(text: str, document: Any, values: Mapping[str, Any]) -> str | None:
+    """``text`` with each key's one-line value replaced in place (comments and layout untouched); None if a key
+    is missing or its value spans lines."""
+    lines = text.splitlines(keepends=True)
+    for key, value in values.items():
+        *parents, leaf = key.split(".")
+        node = document
+        for part in parents:
+            node = node.get(part) if isinstance(node, Mapping) else None
+        if not isinstance(node, Mapping) or leaf not in node or not hasattr(node, "lc"):
+            return None
+        row, column = node.lc.value(leaf)
+        line = lines[row]
+        body, newline = line.rstrip("\r\n"), line[len(line.rstrip("\r\n")):]
+        comment = body.find(" #", column)
+        old = body[column:] if comment < 0 else body[column:comment]
+        new = _flow(value)
+        if isinstance(node[leaf], (list, dict)) and not old.strip().startswith(("[", "{")):
+            return None  # a block-style list or mapping: not a one-line value
+        padded = new if comment < 0 else new.ljust(len(old))  # a trailing comment stays where it was
+        lines[row] = body[:column] + padded + ("" if comment < 0 else body[comment:]) + newline
+    return "".join(lines)
+
+
 def apply_overrides(overrides: Mapping[str, Any], params_path: Path = Path("params.yaml"),
                     state_path: Path = OVERRIDES_STATE_PATH) -> dict[str, Any]:
     """Write one run's ``overrides`` into params.yaml (comments kept); return what changed, key -> [old, new].
 
     First undoes the previous run's overrides whose value is still the one that run wrote (a key someone edited
-    since is theirs and stays); then sets the new ones. The result is checked with the stages' loader before it
-    replaces params.yaml, and the file is only rewritten when a value differs.
+    since is theirs and stays); then sets the new ones. Values are replaced on their own lines, so the rest of the
+    file stays byte for byte (a key params.yaml lacks is added by a comment-keeping YAML round trip). The result
+    is checked with the stages' loader before it replaces params.yaml, and the file is only rewritten when a value
+    differs.
     """
     from io import StringIO
 
+    import yaml as pyyaml
     from ruamel.yaml import YAML
 
     from alphaforge.config import ConfigError, load_params
 
     yaml = YAML()  # round-trip: comments, order and flow style survive
     yaml.preserve_quotes = True
-    yaml.width = 4096
+    yaml.width = 120
+    yaml.representer.add_representer(  # `null`, as params.yaml writes it, not an empty value
+        type(None), lambda representer, _: representer.represent_scalar("tag:yaml.org,2002:null", "null"))
     text = params_path.read_text()
     document = yaml.load(text) or {}
     previous = json.loads(state_path.read_text()) if state_path.exists() else {}
     before = {key: _plain(_get(document, key)) for key in {*previous, *overrides}}
 
+    wanted = dict(before)
     originals: dict[str, Any] = {}
     for key, record in previous.items():
-        if _plain(_get(document, key)) == record["written"]:
-            _set(document, key, record["original"])
+        if before[key] == record["written"]:
+            wanted[key] = record["original"]
     for key, value in overrides.items():
-        originals[key] = _plain(_get(document, key))
-        _set(document, key, value)
+        originals[key] = wanted[key]
+        wanted[key] = _plain(value)
+    changed = {key: [before[key], wanted[key]] for key in sorted(before) if before[key] != wanted[key]}
 
-    after = {key: _plain(_get(document, key)) for key in before}
-    changed = {key: [before[key], after[key]] for key in sorted(before) if before[key] != after[key]}
     if changed:
-        buffer = StringIO()
-        yaml.dump(document, buffer)
+        values = {key: new for key, (_, new) in changed.items()}
+        edited = _edit_lines(text, document, values)
+        parsed = pyyaml.safe_load(edited) if edited is not None else None
+        if edited is None or any(_get(parsed, key) != value for key, value in values.items()):
+            for key, value in values.items():
+                _set(document, key, value)
+            buffer = StringIO()
+            yaml.dump(document, buffer)
+            edited = buffer.getvalue()
         candidate = params_path.with_name(f".{params_path.name}.candidate")
-        candidate.write_text(buffer.getvalue())
+        candidate.write_text(edited)
         try:
             load_params(candidate)
         except ConfigError as err:
@@ -214,7 +257,7 @@ def apply_overrides(overrides: Mapping[str, Any], params_path: Path = Path("para
                               f"{str(err).replace(str(candidate), str(params_path))}") from err
         finally:
             candidate.unlink(missing_ok=True)
-        write_text_atomic(buffer.getvalue(), params_path)
+        write_text_atomic(edited, params_path)
     state = {key: {"original": originals[key], "written": _plain(value)} for key, value in overrides.items()}
     write_json_atomic(state, state_path, sort_keys=True)
     for key, (old, new) in changed.items():
