@@ -56,7 +56,7 @@ clean-state:  ## remove local MLflow runs and pipeline outputs (keeps .venv)
 
 # --- Airflow (issue 6): its own virtualenv (.venv-airflow, pinned by requirements-airflow.lock), AIRFLOW_HOME under
 # .alphaforge/airflow/home, DAGs from dags/; every setting is an environment variable (tools/airflow.sh env).
-.PHONY: airflow-venv airflow-setup airflow airflow-stop
+.PHONY: airflow-venv airflow-setup airflow airflow-stop compose-config
 
 airflow-venv:  ## the Airflow virtualenv only (.venv-airflow, from requirements-airflow.lock)
 	@tools/airflow.sh venv
@@ -69,3 +69,6 @@ airflow: airflow-setup  ## start `airflow standalone` on 127.0.0.1:8080 (prints 
 
 airflow-stop:  ## stop the Airflow started by `make airflow`, and every process it started
 	@tools/airflow.sh stop
+
+compose-config:  ## validate docker/compose.yaml with `docker compose config` (no engine needed; validated, not run)
+	@tools/compose-config.sh
