@@ -34,6 +34,8 @@ export AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT="${AIRFLOW__LOGGING__TRIGGER_LO
 export AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL="${AIRFLOW__SCHEDULER__DAG_DIR_LIST_INTERVAL:-30}"
 export AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL="${AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL:-30}"
 
+export PATH="$AIRFLOW_VENV/bin:$PATH"   # standalone starts its components as `airflow ...` from PATH
+
 PIDFILE="$AIRFLOW_HOME/standalone.pid"
 LOGFILE="$AIRFLOW_HOME/standalone.log"
 AIRFLOW="$AIRFLOW_VENV/bin/airflow"
@@ -76,18 +78,19 @@ stop() {
   local leader; leader="$(cat "$PIDFILE")"
   local pids; pids="$(members "$leader" | tr '\n' ' ')"
   if [[ -z "${pids// /}" ]]; then rm -f "$PIDFILE"; echo "Airflow (pid $leader) was not running"; return 0; fi
-  echo "stopping Airflow standalone (pid $leader and ${pids// /, })"
-  kill -INT "$leader" 2>/dev/null || true                      # standalone stops its components on Ctrl-C
-  for _ in $(seq 1 60); do
-    local alive=""; for p in $pids; do [[ -e "/proc/$p" ]] && alive+="$p "; done
-    [[ -z "$alive" ]] && break
-    sleep 0.5
-  done
-  for sig in TERM KILL; do                                     # anything left: the same processes, and only those
+  echo "stopping Airflow standalone (pid $leader) and the processes it started: $pids"
+  # SIGTERM to each at once: every component shuts down cleanly on it (a background job ignores SIGINT), then
+  # SIGKILL for whatever is left after 30 s; only these processes, never by name.
+  for sig in TERM KILL; do
+    pids="$(echo $pids $(members "$leader") | tr ' ' '\n' | sort -u | tr '\n' ' ')"   # and any started since
     local alive=""; for p in $pids; do [[ -e "/proc/$p" ]] && alive+="$p "; done
     [[ -z "$alive" ]] && break
     kill "-$sig" $alive 2>/dev/null || true
-    sleep 3
+    for _ in $(seq 1 60); do
+      alive=""; for p in $pids; do [[ -e "/proc/$p" ]] && alive+="$p "; done
+      [[ -z "$alive" ]] && break
+      sleep 0.5
+    done
   done
   rm -f "$PIDFILE"
   echo "Airflow stopped"
