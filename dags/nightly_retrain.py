@@ -87,7 +87,7 @@ with DAG(
             bash_command=in_project_env(f"dvc repro --single-item {stage}"),
             cwd=str(workspace()),
             env={"ALPHAFORGE_DATA_INTERVAL_START": "{{ dag_run.data_interval_start or '' }}",
-                 "ALPHAFORGE_DATA_INTERVAL_END": "{{ dag_run.data_interval_end or '' }}"},  # none on a manual run,
+                 "ALPHAFORGE_DATA_INTERVAL_END": "{{ dag_run.data_interval_end or '' }}"},  # empty on a manual run
             append_env=True,
             skip_on_exit_code=None,
             execution_timeout=timedelta(minutes=float(timeout)),
