@@ -6,7 +6,7 @@
                                                           -> dag.test() of nightly_retrain; JSON: run and task states
     python airflow_driver.py gate DAGS_FOLDER WORKSPACE... -> JSON: the task id nightly_retrain's gate picks in each
     python airflow_driver.py package_and_reload DAGS_FOLDER -> runs the packaging and reload tasks' code
-    python airflow_driver.py params DAGS_FOLDER CONF_JSON -> JSON: a manual run's params as validated, or the error
+    python airflow_driver.py params DAGS_FOLDER CONF_JSON... -> JSON: each manual run's params as validated, or the error
 
 AIRFLOW_HOME and the metadata database come from the environment the test sets.
 """
@@ -78,19 +78,21 @@ def package_and_reload(dags_folder: str) -> dict:
     return {"reload": tasks["reload_service"].python_callable()}
 
 
-def params(dags_folder: str, conf: str) -> dict:
-    """What a manual run's conf resolves to under the DAG's Param schemas, or the validation error.
+def params(dags_folder: str, *confs: str) -> dict:
+    """What each manual run's conf resolves to under the DAG's Param schemas, or the validation error.
 
     The same check the API server makes when a run is triggered: on the serialized DAG's params.
     """
     from airflow.serialization.serialized_objects import DagSerialization
 
     dag = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(_bag(dags_folder).dags["nightly_retrain"]))
-    try:
-        resolved = dag.params.deep_merge(json.loads(conf)).validate()
-    except Exception as err:  # the schema's refusal is the result here
-        return {"error": f"{type(err).__name__}: {err}"}
-    return {"resolved": resolved}
+    results = []
+    for conf in confs:
+        try:
+            results.append({"resolved": dag.params.deep_merge(json.loads(conf)).validate()})
+        except Exception as err:  # the schema's refusal is the result here
+            results.append({"error": f"{type(err).__name__}: {err}"})
+    return {"results": results}
 
 
 if __name__ == "__main__":

@@ -136,12 +136,14 @@ def test_nightly_stage_tasks_follow_dvc_yaml(airflow_python: Path, exported: Pat
 def test_run_params_are_validated_by_their_schema(airflow_python: Path, exported: Path, tmp_path: Path) -> None:
     env = airflow_env(tmp_path / "home", exported, AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"))
     good = {"source": "bokeh_stocks", "start": "2010-01-01", "families": ["ridge"], "n_trials": 2}
-    resolved = drive(airflow_python, "params", str(REPO_ROOT / "dags"), json.dumps(good), env=env)["resolved"]
+    bad = [{"source": "nasdaq_live"}, {"families": ["not_a_family"]}, {"n_trials": 0}, {"families": []},
+           {"start": "yesterday"}]
+    results = drive(airflow_python, "params", str(REPO_ROOT / "dags"), *(json.dumps(c) for c in [good, *bad]),
+                    env=env)["results"]
+    resolved = results[0]["resolved"]
     assert {k: resolved[k] for k in good} == good and resolved["end"] is None
-    for bad in ({"source": "nasdaq_live"}, {"families": ["not_a_family"]}, {"n_trials": 0}, {"families": []},
-                {"start": "yesterday"}):
-        refused = drive(airflow_python, "params", str(REPO_ROOT / "dags"), json.dumps(bad), env=env)
-        assert "error" in refused, bad
+    for conf, refused in zip(bad, results[1:]):
+        assert "error" in refused and "Invalid input for param" in refused["error"], conf
 
 
 def test_prepare_writes_run_settings_keeping_comments_and_takes_them_back(tmp_path: Path) -> None:
