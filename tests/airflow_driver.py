@@ -5,6 +5,7 @@
     python airflow_driver.py test DAGS_FOLDER LOGICAL_DATE [CONF_JSON]
                                                           -> dag.test() of nightly_retrain; JSON: run and task states
     python airflow_driver.py gate DAGS_FOLDER WORKSPACE... -> JSON: the task id nightly_retrain's gate picks in each
+    python airflow_driver.py monitor_checks DAGS_FOLDER WORKSPACE... -> drift_monitor's short-circuit decisions
     python airflow_driver.py package_and_reload DAGS_FOLDER -> runs the packaging and reload tasks' code
     python airflow_driver.py params DAGS_FOLDER CONF_JSON... -> JSON: each manual run's params as validated, or the error
 
@@ -71,6 +72,20 @@ def gate(dags_folder: str, *workspaces: str) -> dict:
     return {"choices": choices}
 
 
+def monitor_checks(dags_folder: str, *workspaces: str) -> dict:
+    """drift_monitor's two short-circuits (traffic logged? blocking alert?) in each workspace."""
+    import os
+
+    tasks = _bag(dags_folder).dags["drift_monitor"].task_dict
+    checks = {}
+    for workspace in workspaces:
+        os.environ["ALPHAFORGE_WORKSPACE"] = workspace
+        traffic = tasks["has_traffic"].python_callable()
+        checks[workspace] = {"has_traffic": traffic,
+                             "blocking_alert": tasks["blocking_alert"].python_callable() if traffic else None}
+    return {"checks": checks}
+
+
 def package_and_reload(dags_folder: str) -> dict:
     """The packaging task, then the reload task, as the run would call them after a passed gate."""
     tasks = _bag(dags_folder).dags["nightly_retrain"].task_dict
@@ -98,6 +113,6 @@ def params(dags_folder: str, *confs: str) -> dict:
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
     commands = {"dagbag": dagbag, "test": test, "gate": gate, "package_and_reload": package_and_reload,
-                "params": params}
+                "params": params, "monitor_checks": monitor_checks}
     result = commands[command](*args)
     print("AIRFLOW_DRIVER_RESULT " + json.dumps(result, default=str))

@@ -4,7 +4,7 @@
   alert on every task; ``nightly_retrain``'s stage tasks are dvc.yaml's stages in its order, one chain;
 * the run parameters: the Param schemas refuse bad values; ``prepare`` writes good ones into params.yaml keeping
   its comments, and takes back a previous run's values;
-* the gate, the packaging and the reload against a real HTTP endpoint;
+* the gate, the packaging and the reload against a real HTTP endpoint; drift_monitor's retrain decision;
 * ``dag.test()`` of ``nightly_retrain`` in a temporary copy of the repository on a small real slice (the same
   slice as the DVC end-to-end test), against the session's real MLflow server: every stage runs, the decision is
   recorded, a second run of the same interval changes nothing, and corrupted data stops at validate;
@@ -237,6 +237,26 @@ def test_gate_packages_only_a_new_champion_then_the_service_reloads(
     assert _ReloadHandler.calls == ["/admin/reload"] and result["reload"]["reloaded"] is True
     again = drive(airflow_python, "gate", str(REPO_ROOT / "dags"), str(promoted), env=env)["choices"]
     assert again == {str(promoted): "skip_packaging"}  # packaged once per promoted version
+
+
+def test_drift_monitor_retrains_only_on_served_traffic_with_a_blocking_alert(
+        airflow_python: Path, exported: Path, tmp_path: Path) -> None:
+    quiet, calm, drifted = (tmp_path / name for name in ("quiet", "calm", "drifted"))
+    for folder, blocking in ((quiet, None), (calm, False), (drifted, True)):
+        shutil.copytree(exported, folder)
+        if blocking is None:
+            continue  # the service has logged nothing yet
+        (folder / "logs/requests").mkdir(parents=True)
+        (folder / "logs/requests/2026-11-23.sqlite").write_bytes(b"")
+        (folder / "reports/monitor").mkdir(parents=True)
+        (folder / "reports/monitor/alert.json").write_text(json.dumps(
+            {"blocking": blocking, "detail": "data_drift" if blocking else "no alert"}))
+    env = airflow_env(tmp_path / "home", exported, AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"))
+    checks = drive(airflow_python, "monitor_checks", str(REPO_ROOT / "dags"), str(quiet), str(calm), str(drifted),
+                   env=env)["checks"]
+    assert checks[str(quiet)] == {"has_traffic": False, "blocking_alert": None}
+    assert checks[str(calm)] == {"has_traffic": True, "blocking_alert": False}
+    assert checks[str(drifted)] == {"has_traffic": True, "blocking_alert": True}  # -> trigger_retrain runs
 
 
 # --------------------------------------------------------------------------------------------- dag.test()
