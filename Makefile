@@ -35,7 +35,7 @@ system-deps:  ## Debian packages the tests use (headless Chromium for the report
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
 	  else echo "run: sudo apt-get install chromium" >&2; exit 1; fi; }
 
-test: venv system-deps  ## run the whole test suite (unit, data, model and end-to-end)
+test: venv airflow-venv system-deps  ## run the whole test suite (unit, data, model and end-to-end)
 	$(BIN)/python -m pytest -q
 
 test-fast: venv  ## the suite without the slow end-to-end tests
@@ -57,3 +57,22 @@ rl: venv  ## the optional reinforcement-learning stage (PPO and SAC vs buy-and-h
 
 clean-state:  ## remove local MLflow runs and pipeline outputs (keeps .venv)
 	rm -rf .alphaforge data/raw data/validated data/features data/predictions models/lightgbm models/run.json reports dvc.lock
+
+# --- Airflow (issue 6): its own virtualenv (.venv-airflow, pinned by requirements-airflow.lock), AIRFLOW_HOME under
+# .alphaforge/airflow/home, DAGs from dags/; every setting is an environment variable (tools/airflow.sh env).
+.PHONY: airflow-venv airflow-setup airflow airflow-stop compose-config
+
+airflow-venv:  ## the Airflow virtualenv only (.venv-airflow, from requirements-airflow.lock)
+	@tools/airflow.sh venv
+
+airflow-setup: venv  ## Airflow venv, DAG settings exported from params.yaml, metadata DB migrated
+	@PROJECT_BIN=$(CURDIR)/$(BIN) tools/airflow.sh setup
+
+airflow: airflow-setup  ## start `airflow standalone` on 127.0.0.1:8080 (prints the login); Ctrl-C stops everything
+	@PROJECT_BIN=$(CURDIR)/$(BIN) tools/airflow.sh start
+
+airflow-stop:  ## stop the Airflow started by `make airflow`, and every process it started
+	@tools/airflow.sh stop
+
+compose-config:  ## validate docker/compose.yaml with `docker compose config` (no engine needed; validated, not run)
+	@tools/compose-config.sh

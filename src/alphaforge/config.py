@@ -19,6 +19,7 @@ from alphaforge.evaluate import EvaluationParams
 from alphaforge.features import FeatureParams
 from alphaforge.featurestore.config import FeatureStoreParams
 from alphaforge.monitor import MonitorParams
+from alphaforge.orchestration import AirflowParams
 from alphaforge.promotion import PromotionParams
 from alphaforge.regimes import RegimeParams
 from alphaforge.risk import RiskParams
@@ -108,6 +109,7 @@ class Params(BaseModel):
     serving: ServingParams = ServingParams()
     tracking: TrackingParams = TrackingParams()
     feature_store: FeatureStoreParams = FeatureStoreParams()
+    airflow: AirflowParams = AirflowParams()
 
 
 class ConfigError(ValueError):

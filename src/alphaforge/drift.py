@@ -568,7 +568,7 @@ class Alert(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     created_at: str
-    source: Literal["pipeline", "monitor"]
+    source: Literal["pipeline", "monitor", "airflow"]  # airflow: a DAG task failed for good (dags/)
     rule: str
     blocking: bool
     detail: str
