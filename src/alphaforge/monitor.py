@@ -13,7 +13,8 @@ rows), in SQLite files under one folder, one file per UTC day of ``received_at``
 ``model_name``     registered model name; ``model_version`` its version
 ``variant``        ``champion`` or ``challenger``
 ``symbol``         the instrument; ``timestamp`` the bar the prediction is for (UTC)
-``features``       the model's input row, a JSON object name -> number (null for NaN)
+``features``       the model's input row, a JSON object name -> number (null for NaN; 12 significant digits
+                   when the service writes it)
 ``prediction``     the model's output (null when it produced none)
 ``latency_ms``     service time of the request
 =================  =========================================================================================
@@ -43,6 +44,7 @@ import logging
 import math
 import re
 import sqlite3
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -96,6 +98,12 @@ _SELECT = ("SELECT request_id, received_at_us, logged_at_us, model_name, model_v
            "WHERE received_at_us >= ? AND received_at_us < ? ORDER BY received_at_us")
 
 
+def _stored_bytes(path: Path) -> int:
+    """The database file's size plus its write-ahead log's (rows sit there until a checkpoint)."""
+    wal = path.with_name(path.name + "-wal")
+    return path.stat().st_size + (wal.stat().st_size if wal.exists() else 0)
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -124,6 +132,8 @@ class RequestLog:
         self.directory = Path(directory)
         self.max_file_bytes = max_file_bytes
         self.busy_timeout_seconds = busy_timeout_seconds
+        self._writer: tuple[Path, sqlite3.Connection] | None = None
+        self._write_lock = threading.Lock()
 
     # ----------------------------------------------------------------------------------- files
 
@@ -141,13 +151,13 @@ class RequestLog:
     def _file_for(self, day: str) -> Path:
         """The day's newest file while it is under ``max_file_bytes``, else the next one in the sequence."""
         existing = self.files(day)
-        if existing and existing[-1].stat().st_size < self.max_file_bytes:
+        if existing and _stored_bytes(existing[-1]) < self.max_file_bytes:
             return existing[-1]
         sequence = 0 if not existing else int(_FILE.match(existing[-1].name).group(2) or 0) + 1  # type: ignore[union-attr]
         return self.directory / (f"requests-{day}.sqlite" if sequence == 0 else f"requests-{day}.{sequence}.sqlite")
 
     def _connect(self, path: Path) -> sqlite3.Connection:
-        connection = sqlite3.connect(path, timeout=self.busy_timeout_seconds)
+        connection = sqlite3.connect(path, timeout=self.busy_timeout_seconds, check_same_thread=False)
         connection.execute("PRAGMA journal_mode=WAL")
         connection.execute("PRAGMA synchronous=NORMAL")  # WAL + NORMAL: no corruption, no fsync per commit
         connection.executescript(_SCHEMA)
@@ -208,7 +218,9 @@ class RequestLog:
         logged_us = _micros(logged_at or _now(), "logged_at", 0)
         names = [str(name) for name in feature_names]
         if np.isfinite(features).all():
-            encoded = [json.dumps(dict(zip(names, row))) for row in features.tolist()]
+            # one format string per block: 12 significant digits, three times faster than json.dumps per row
+            template = "{" + ",".join(json.dumps(name).replace("%", "%%") + ":%.12g" for name in names) + "}"
+            encoded = [template % tuple(row) for row in features.tolist()]
         else:
             encoded = [json.dumps({k: (v if math.isfinite(v) else None) for k, v in zip(names, row)})
                        for row in features.tolist()]
@@ -223,17 +235,27 @@ class RequestLog:
     def _insert(self, by_day: Mapping[str, list[tuple[Any, ...]]]) -> None:
         """Each day's records into that day's current file, one transaction per file."""
         self.directory.mkdir(parents=True, exist_ok=True)
-        for day, day_records in sorted(by_day.items()):
-            path = self._file_for(day)
-            connection = self._connect(path)
-            try:
-                with connection:
-                    connection.executemany("INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", day_records)
-            except sqlite3.IntegrityError as err:
-                raise DataError(f"request log {path}: {err}; rule: (request_id, symbol, timestamp) is unique; "
-                                f"none of these {len(day_records)} rows were written") from err
-            finally:
-                connection.close()
+        with self._write_lock:
+            for day, day_records in sorted(by_day.items()):
+                path = self._file_for(day)
+                if self._writer is None or self._writer[0] != path:
+                    self.close()
+                    self._writer = (path, self._connect(path))
+                connection = self._writer[1]
+                try:
+                    with connection:
+                        connection.executemany("INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                               day_records)
+                except sqlite3.IntegrityError as err:
+                    raise DataError(f"request log {path}: {err}; rule: (request_id, symbol, timestamp) is unique; "
+                                    f"none of these {len(day_records)} rows were written") from err
+
+    def close(self) -> None:
+        """Close the writing connection (kept open between appends: closing one checkpoints the WAL, which cost
+        more than the insert itself)."""
+        if self._writer is not None:
+            self._writer[1].close()
+            self._writer = None
 
     def _records(self, rows: pd.DataFrame | Iterable[Mapping[str, Any]],
                  logged_at: datetime) -> list[tuple[str, tuple[Any, ...]]]:

@@ -102,7 +102,7 @@ class SymbolsRequest(BaseModel):
 def _answer(prediction: Prediction, model: ServedModel, request_id: str, symbols: Sequence[str],
             timestamps: Sequence[Any]) -> dict[str, Any]:
     """The answer as plain data in the shape of :class:`PredictResponse` (built without re-validating it)."""
-    rows = [{"symbol": s, "timestamp": t.isoformat(), **values}
+    rows = [{"symbol": s, "timestamp": t if isinstance(t, str) else t.isoformat(), **values}
             for s, t, values in zip(symbols, timestamps, prediction.rows(), strict=True)]
     return {"model_name": prediction.model_name, "model_version": prediction.model_version,
             "variant": prediction.variant, "feature_version": model.feature_version,
@@ -130,7 +130,7 @@ def predict_rows(host: ModelHost, request: PredictRequest) -> dict[str, Any]:
         return x, symbols, timestamps
 
     prediction, model = host.predict(name=request.model, build=build, request_id=request_id, variant=request.variant)
-    return _answer(prediction, model, request_id, symbols, timestamps)
+    return _answer(prediction, model, request_id, symbols, [row.timestamp for row in rows])  # as sent
 
 
 def predict_columns(host: ModelHost, columns: Mapping[str, np.ndarray], symbols: Sequence[str],
