@@ -263,7 +263,7 @@ def test_drift_monitor_retrains_only_on_served_traffic_with_a_blocking_alert(
 
 AIRFLOW_TEST_SETTINGS = {
     "airflow": {"start_date": "2022-01-01", "retry_delay_seconds": 1, "max_retry_delay_seconds": 2, "schedule": None, "monitor_schedule": None,
-                "bento_build_command": "echo bento > .alphaforge/bento-built.txt"},
+                "bento_build_command": "alphaforge serve build"},
 }
 
 
@@ -330,7 +330,6 @@ def test_dag_test_runs_every_stage_and_records_the_decision(airflow_workspace: d
     if decision["status"] == "promoted":
         assert aliases.get("champion") == decision["version"]
         assert first_run["tasks"]["package_bento"] == "success"
-        assert (workspace / ".alphaforge/bento-built.txt").exists()
         assert first_run["tasks"]["reload_service"] == "skipped"  # no service URL set
     else:  # bundled data: buy-and-hold usually wins, the gate refuses, nothing is packaged
         assert decision["status"] == "refused" and "champion" not in aliases
@@ -357,6 +356,68 @@ def test_second_run_of_the_same_interval_changes_nothing(airflow_python: Path, a
     assert _registry(airflow_workspace["mlflow"], airflow_workspace["model_name"]) == registry_before
     assert _alert_lines(workspace) == alerts_before
     assert second["tasks"]["package_bento"] == "skipped"  # nothing newly promoted to package
+
+
+# A market with a planted, learnable signal and no regime switches: the trained ensemble beats every naive baseline
+# out of sample, so the gate promotes it (on the bundled real slice above, buy-and-hold wins and it refuses).
+PLANTED = {"ingest": {"source": "synthetic", "start": None, "symbols": None,
+                      "synthetic": {"n_symbols": 8, "n_bars": 900, "signal_strength": 0.3, "regime_switch_prob": 0.0,
+                                    "turbulent_drift": 0.0, "seed": 3}}}
+
+
+@pytest.mark.slow
+@pytest.mark.e2e
+def test_a_model_that_beats_the_baselines_is_promoted_packaged_and_the_service_told(
+        airflow_python: Path, airflow_workspace: dict, first_run: dict, tmp_path: Path) -> None:
+    """The gate's other branch for real: promote -> champion alias -> `alphaforge serve build` -> reload."""
+    workspace = airflow_workspace["workspace"]
+    planted = tmp_path / "planted"
+    keep_out = {".alphaforge", "data", "models", "reports", "logs"}
+    shutil.copytree(workspace, planted, ignore=lambda folder, names: keep_out & set(names)
+                    if Path(folder) == workspace else [])
+    (planted / "data/external").mkdir(parents=True)  # a dvc dependency of ingest (tracked as an empty folder)
+    model_name = f"alphaforge-airflow-planted-{uuid.uuid4().hex[:8]}"
+    params = yaml.safe_load((planted / "params.yaml").read_text())
+    params = _merge(params, {**PLANTED, "promote": {"model_name": model_name}})
+    params["ingest"]["start"] = params["ingest"]["symbols"] = None
+    (planted / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    export_settings(planted)
+    home = planted / ".alphaforge/airflow/home"
+    home.mkdir(parents=True)
+    shutil.copy(airflow_workspace["home"] / "airflow.db", home / "airflow.db")  # the migrated metadata DB
+    reloads: list[str] = []
+
+    class Reload(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's name)
+            reloads.append(self.path)
+            body = b'{"changes": {}}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Reload)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    bentoml_home = planted / ".alphaforge/bentoml"
+    env = airflow_env(home, planted, MLFLOW_TRACKING_URI=airflow_workspace["mlflow"], BENTOML_HOME=str(bentoml_home),
+                      BENTOML_DO_NOT_TRACK="true",
+                      ALPHAFORGE_SERVICE_URL=f"http://127.0.0.1:{server.server_address[1]}")
+    try:
+        run = drive(airflow_python, "test", str(planted / "dags"), LOGICAL_DATE, env=env, timeout=900)
+    finally:
+        server.shutdown()
+    assert run["state"] == "success", run
+    decision = json.loads((planted / "reports/promotion/decision.json").read_text())
+    assert decision["status"] == "promoted", decision["decision"]["reasons"]
+    versions, aliases = _registry(airflow_workspace["mlflow"], model_name)
+    assert aliases.get("champion") == decision["version"] == versions[-1]
+    assert run["tasks"]["package_bento"] == "success" and run["tasks"]["skip_packaging"] == "skipped"
+    assert (bentoml_home / "bentos" / "alphaforge").is_dir()  # a real `alphaforge serve build`
+    assert run["tasks"]["reload_service"] == "success" and reloads == ["/admin/reload"]
 
 
 @pytest.mark.slow
