@@ -35,6 +35,7 @@ import pytest
 import yaml
 
 from alphaforge.orchestration import apply_overrides, overrides_from_run, settings_document
+from mlflow_server import _postgres_admin as _postgres
 from test_pipeline_e2e import SMALL, _merge, copy_repo
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -494,18 +495,6 @@ def _api(base: str, method: str, path: str, token: str | None = None, body: dict
                                               **({"Authorization": f"Bearer {token}"} if token else {})})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read() or b"{}")
-
-
-def _postgres(statement: str) -> None:
-    import psycopg2
-
-    connection = psycopg2.connect("postgresql://postgres@127.0.0.1:5432/postgres", connect_timeout=5)
-    try:
-        connection.autocommit = True
-        with connection.cursor() as cursor:
-            cursor.execute(statement)
-    finally:
-        connection.close()
 
 
 @pytest.mark.slow
