@@ -580,6 +580,8 @@ def test_standalone_on_postgres_answers_runs_a_triggered_dag_and_stops_everythin
 def test_compose_stack_validates_with_docker_compose_config() -> None:
     """`docker compose config` accepts docker/compose.yaml with .env.example (the stack is validated, not run)."""
     if shutil.which("docker") is None:
+        if os.environ.get("CI"):
+            pytest.fail("no docker CLI on this machine: CI validates docker/compose.yaml with it")
         pytest.skip("no docker CLI on this machine")
     done = subprocess.run([str(REPO_ROOT / "tools/compose-config.sh")], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]

@@ -64,6 +64,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from alphaforge.io import atomic_write, write_json_atomic
 from alphaforge.schema import DataError
+from alphaforge.schema import finite_or_none as _finite
+from alphaforge.schema import format_metric as _fmt
 
 log = logging.getLogger(__name__)
 
@@ -791,15 +793,5 @@ def champion_reference_end(model_name: str, *, http_max_retries: int = 1,
     return _utc(tags[WINDOW_END_TAG])
 
 
-def _finite(value: Any) -> float | None:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _fmt(value: float | None) -> str:
-    return "undefined" if value is None else f"{value:.4f}"
 
 

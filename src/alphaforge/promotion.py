@@ -58,6 +58,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alphaforge import tracking
 from alphaforge.io import write_json_atomic
+from alphaforge.schema import finite_or_none as _finite
+from alphaforge.schema import format_metric as _fmt
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -235,20 +237,6 @@ class RegistryError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------- decide
-
-
-def _finite(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _fmt(value: float | None) -> str:
-    return "undefined" if value is None else f"{value:.4f}"
 
 
 def decide(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 import html
-import math
 import os
 import re
 import tempfile
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from alphaforge.io import write_text_atomic
+from alphaforge.schema import finite_or_none as _number
 
 __all__ = [
     "CARD_METRICS",
@@ -60,14 +60,6 @@ class TrustedHtml(str):
 # -------------------------------------------------------------------------------------------- model card
 
 
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
 
 
 def _format(value: Any, kind: str) -> str:

@@ -7,6 +7,9 @@ column (skfolio ships closes only) leaves it out rather than inventing it.
 
 from __future__ import annotations
 
+import math
+from typing import Any
+
 KEY_COLUMNS: tuple[str, ...] = ("timestamp", "symbol")
 REQUIRED_COLUMNS: tuple[str, ...] = ("timestamp", "symbol", "close")
 PRICE_COLUMNS: tuple[str, ...] = ("open", "high", "low", "close")
@@ -24,3 +27,19 @@ class DataError(ValueError):
 def canonical_columns(present: list[str] | tuple[str, ...]) -> list[str]:
     """The canonical columns among ``present``, in canonical order."""
     return [c for c in CANONICAL_ORDER if c in present]
+
+
+def finite_or_none(value: Any) -> float | None:
+    """``value`` as a finite float, or None (missing, boolean, not a number, NaN or infinite): for metrics in reports."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def format_metric(value: float | None) -> str:
+    """A metric for a human-readable reason: four decimals, or ``undefined``."""
+    return "undefined" if value is None else f"{value:.4f}"
