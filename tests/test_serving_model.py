@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import mlflow
@@ -38,6 +39,82 @@ def test_row_path_equals_the_pyfunc_one_row_at_a_time_and_in_batches(packaged: d
     for k, column in enumerate(("prediction", "lower", "upper")):
         np.testing.assert_allclose(batch[k], expected[column].to_numpy(), rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose([s[k][0] for s in singles], expected[column].to_numpy(), rtol=1e-9, atol=1e-12)
+
+
+def test_tree_members_are_compiled_when_packaged_and_used_only_where_they_match(packaged: dict, tmp_path: Path,
+                                                                               caplog: pytest.LogCaptureFixture
+                                                                               ) -> None:
+    import json
+    import shutil
+
+    from alphaforge.models.compiled import MANIFEST
+
+    model = load_served_model(packaged["model_dir"], name="m", version="1")
+    assert model.info()["compiled_trees"] == ["lightgbm.base"]  # the conformal LightGBM's booster, compiled
+    booster = model.ensemble.base_models["lightgbm"].model_.booster_
+    code = model.compiled[("lightgbm", "base")]
+    rows = np.random.default_rng(3).normal(size=(257, booster.num_feature()))
+    rows[::7, 2] = np.nan  # missing values take each tree's default branch
+    np.testing.assert_allclose(code(rows), booster.predict(rows, num_threads=1), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(code(rows[:1]), booster.predict(rows[:1], num_threads=1), rtol=1e-12, atol=1e-12)
+
+    # Another machine's build (other triple) and a compiled file that is not this booster's are refused
+    # with a log line; the model still loads and answers through LightGBM's own predictor.
+    for damage in ("triple", "swapped"):
+        copy = tmp_path / damage
+        shutil.copytree(packaged["model_dir"], copy)
+        folder = next(copy.rglob(MANIFEST)).parent
+        manifest = json.loads((folder / MANIFEST).read_text())
+        if damage == "triple":
+            manifest["triple"] = "aarch64-unknown-linux-gnu"
+            (folder / MANIFEST).write_text(json.dumps(manifest))
+        else:  # a different forest's code under this booster's name
+            import lleaves
+
+            other = model.ensemble.base_models["lightgbm"].model_.booster_.model_to_string(num_iteration=3)
+            (folder / "lightgbm.base.txt").write_text(other)
+            (folder / "lightgbm.base.o").unlink()
+            lleaves.Model(model_file=str(folder / "lightgbm.base.txt")).compile(
+                cache=str(folder / "lightgbm.base.o"), finline=False)
+        caplog.clear()
+        fallback = load_served_model(copy, name="m", version="1")
+        assert fallback.info()["compiled_trees"] == []
+        assert "compiled trees" in caplog.text and ("aarch64" in caplog.text or "differ" in caplog.text)
+        x = np.random.default_rng(4).normal(size=(5, len(model.features)))
+        for got, want in zip(fallback.predict_matrix(x), model.predict_matrix(x), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_request_log_writer_process_keeps_good_blocks_and_survives_its_death(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from alphaforge.monitor import RequestLog
+    from alphaforge.serving.request_log_writer import RequestLogWriter
+
+    def block(request_id: str, variant: str = "champion") -> dict:
+        return {"request_id": request_id, "received_at": datetime.now(UTC), "model_name": "m", "model_version": "1",
+                "variant": variant, "symbols": ["A", "B"], "timestamps_us": np.array([1_700_000_000_000_000] * 2)
+                + np.arange(2), "feature_names": ["f1", "f2"], "features": np.array([[1.0, 2.0], [3.0, np.nan]]),
+                "predictions": np.array([0.1, 0.2]), "latency_ms": 0.5}
+
+    writer = RequestLogWriter(tmp_path, flush_seconds=0.2)
+    first_child = writer._child
+    for i in range(20):
+        writer.put(block(f"r{i}"))
+    writer.put(block("bad", variant="canary"))  # refused by the log's rules: only this block is lost
+    deadline = time.monotonic() + 30
+    while writer.written + writer.failed < 42 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (writer.written, writer.failed) == (40, 2)
+    first_child.kill()
+    first_child.wait()
+    writer.put(block("after-death"))
+    writer.close()
+    assert (writer.written, writer.failed, writer.restarts) == (42, 2, 1)
+    assert first_child.poll() is not None and writer._child is None  # no writer process left behind
+    frame = RequestLog(tmp_path).read(datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    assert sorted(set(frame["request_id"])) == sorted([f"r{i}" for i in range(20)] + ["after-death"])
+    assert len(frame) == 42 and frame["f2"].isna().sum() == 21  # NaN features stay null
 
 
 def test_input_rules_name_row_feature_and_rule(packaged: dict) -> None:

@@ -54,6 +54,7 @@ MODEL_NAME = "ensemble"
 SPEC_ARTIFACT = "spec"
 COMBINER_ARTIFACT = "combiner"
 HEDGE_ARTIFACT = "hedge_seed"
+COMPILED_ARTIFACT = "compiled_trees"  # native code of the LightGBM members (serving only; see models/compiled.py)
 BASE_PREFIX = "base_"
 # Import names of what the loaded model may import (alphaforge itself travels as code).
 REQUIRED_IMPORTS = ("mlflow", "pandas", "numpy", "scipy", "pyarrow", "pydantic", "sklearn", "lightgbm")
@@ -147,10 +148,16 @@ def build_ensemble_artifacts(
     *,
     hedge_seed: Mapping[str, Any] | None = None,
     extra_spec: Mapping[str, Any] | None = None,
+    compile_trees: bool = False,
 ) -> dict[str, str]:
     """Write ``meta.json`` (the combiner), ``spec.json`` (the train stage's spec + ensemble settings) and
     ``hedge_seed.json`` into ``out_dir``; return the pyfunc artifact mapping, pointing at the families'
-    final models under ``trained_dir/<family>/final``."""
+    final models under ``trained_dir/<family>/final``.
+
+    With ``compile_trees`` the LightGBM members are also compiled to native code into
+    ``out_dir/compiled_trees`` (artifact ``compiled_trees``, used by the service's row path; see
+    :mod:`alphaforge.models.compiled`). A compiler failure is logged and recorded in ``spec.json``
+    (``compiled_trees.error``); the model then serves through LightGBM's own predictor."""
     trained, out = Path(trained_dir), Path(out_dir)
     spec_path = trained / "spec.json"
     if not spec_path.is_file():
@@ -167,6 +174,11 @@ def build_ensemble_artifacts(
         artifacts[f"{BASE_PREFIX}{family}"] = str(final.resolve())
     out.mkdir(parents=True, exist_ok=True)
     ensemble_spec = {**spec, "ensemble_families": list(meta.families), "combiner": meta.kind, **dict(extra_spec or {})}
+    if compile_trees:
+        compiled = _compile_trees({f: artifacts[f"{BASE_PREFIX}{f}"] for f in meta.families}, out / "compiled_trees")
+        ensemble_spec["compiled_trees"] = compiled
+        if compiled.get("boosters"):
+            artifacts[COMPILED_ARTIFACT] = str((out / "compiled_trees").resolve())
     write_json_atomic(ensemble_spec, out / "spec.json")
     write_json_atomic(meta.to_dict(), out / "meta.json")
     artifacts[SPEC_ARTIFACT] = str((out / "spec.json").resolve())
@@ -175,6 +187,27 @@ def build_ensemble_artifacts(
         write_json_atomic(dict(hedge_seed), out / "hedge_seed.json")
         artifacts[HEDGE_ARTIFACT] = str((out / "hedge_seed.json").resolve())
     return artifacts
+
+
+def _compile_trees(member_dirs: Mapping[str, str], folder: Path) -> dict[str, Any]:
+    """Compile the LightGBM members (saved under ``member_dirs``) into ``folder``; a summary for ``spec.json``."""
+    import shutil
+
+    from alphaforge.models.compiled import compile_members
+    from alphaforge.models.registry import load_forecaster
+
+    shutil.rmtree(folder, ignore_errors=True)  # a stale object file would be loaded unchecked by the compiler
+    try:
+        manifest = compile_members({f: load_forecaster(d) for f, d in member_dirs.items()}, folder)
+    except Exception as err:  # serving still works through LightGBM's predictor; say so where it is read
+        log.warning("ensemble: compiling the tree members failed (%s: %s); the service will use LightGBM's "
+                    "own predictor", type(err).__name__, err)
+        shutil.rmtree(folder, ignore_errors=True)
+        return {"error": f"{type(err).__name__}: {err}"}
+    if manifest is None:
+        return {"boosters": {}}
+    return {"boosters": sorted(manifest["boosters"]), "triple": manifest["triple"],
+            "target_cpu": manifest["target_cpu"], "compiler": manifest["compiler"]}
 
 
 def model_input_example(dataset: pd.DataFrame, spec: Mapping[str, Any], *, n_symbols: int = 2,
@@ -293,7 +326,7 @@ def run_stack(
         metrics["trading"] = _trading_metrics(result, spec, evaluation)
     artifacts = build_ensemble_artifacts(paths.trained_dir, result.combiner, paths.ensemble_dir,
                                          hedge_seed=result.hedge.to_dict(),
-                                         extra_spec={"method": params.method})
+                                         extra_spec={"method": params.method}, compile_trees=params.compile_trees)
     package = package_ensemble(artifacts, dataset)
     save_ensemble_model(package, paths.model_dir)
     write_parquet_atomic(result.evaluation.oof, paths.stack_oof)

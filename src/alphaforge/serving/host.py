@@ -18,8 +18,9 @@
   retried request lands on the same side) are answered by the ``challenger`` alias; with
   ``serving.shadow`` the challenger also predicts every champion request off the hot path. Every answer
   names its variant; per-variant counts and latencies are kept for ``/metrics`` and ``model_info``.
-* **Request log.** Predicted rows are queued and written by a background thread in batches to
-  :class:`alphaforge.monitor.RequestLog` (what ``alphaforge monitor`` reads); a request of more than
+* **Request log.** Predicted rows are queued and shipped in batches to a writer *process*
+  (:mod:`alphaforge.serving.request_log_writer`) that appends them to :class:`alphaforge.monitor.RequestLog`
+  (what ``alphaforge monitor`` reads), so logging never holds this process's GIL; a request of more than
   ``serving.request_log_max_rows`` rows logs an evenly spaced sample of that many (logging costs ~30 µs a row).
 """
 
@@ -29,7 +30,6 @@ import hashlib
 import itertools
 import logging
 import os
-import queue
 import shutil
 import tempfile
 import threading
@@ -47,6 +47,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
 from alphaforge.serving.model import BadRequest, Prediction, ServedModel, load_served_model
+from alphaforge.serving.request_log_writer import RequestLogWriter
 
 log = logging.getLogger(__name__)
 
@@ -146,54 +147,6 @@ class Registry:
 
         with tracking.fail_fast_http(1, 30):
             return tracking.download_model_version(name, version, destination)
-
-
-class RequestLogWriter:
-    """Queues served blocks and appends them to the request log from one background thread (off the hot path)."""
-
-    def __init__(self, directory: str | Path, flush_seconds: float) -> None:
-        from alphaforge.monitor import RequestLog
-
-        self.log = RequestLog(directory)
-        self.flush_seconds = flush_seconds
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
-        self.written = 0
-        self.failed = 0
-        self._thread = threading.Thread(target=self._run, name="request-log", daemon=True)
-        self._thread.start()
-
-    def put(self, block: dict[str, Any]) -> None:
-        """One request's rows: the keyword arguments of :meth:`RequestLog.append_block`."""
-        self._queue.put(block)
-
-    def _run(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()
-            if first is None:
-                return
-            blocks = [first]
-            time.sleep(self.flush_seconds / 10)  # let a burst gather: one transaction for many requests
-            while len(blocks) < 1000:
-                try:
-                    block = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if block is None:
-                    stopping = True
-                    break
-                blocks.append(block)
-            try:
-                self.written += self.log.append_blocks(blocks)
-            except Exception:  # a log write must never take the service down; count it and say so
-                self.failed += sum(len(block.get("symbols", ())) for block in blocks)
-                log.exception("serving: could not write %d requests to the request log %s", len(blocks),
-                              self.log.directory)
-
-    def close(self, timeout: float = 10.0) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout)
-        self.log.close()
 
 
 class ModelHost:
@@ -515,8 +468,8 @@ class ModelHost:
             "models": slots, "variants": {k: v.as_dict() for k, v in self.stats.items()},
             "bad_requests": self.bad_requests, "shadow_errors": self.shadow_errors,
             "request_log": None if self.request_log is None else {
-                "directory": str(self.request_log.log.directory), "written_rows": self.request_log.written,
-                "failed_rows": self.request_log.failed},
+                "directory": str(self.request_log.directory), "written_rows": self.request_log.written,
+                "failed_rows": self.request_log.failed, "writer_restarts": self.request_log.restarts},
             "uptime_seconds": round(self.clock() - self.started_at, 1),
         }
 
