@@ -331,3 +331,15 @@ def test_bad_inputs_fail_loudly_and_specifically(panel):
     infinite.loc[7, "x2"] = np.inf
     with pytest.raises(ValueError, match="'x2' is infinite at row 7"):
         CNNForecaster(**SMALL).fit(infinite, target)
+
+
+def test_labels_and_raw_bar_columns_in_the_frame_are_never_features(panel, masks):
+    """The walk-forward trainer hands the whole dataset (labels included) to ``fit``: a sequence model must take
+    only the feature columns, or it would learn from its own target (a look-ahead leak)."""
+    frame, target = panel
+    fit_mask, _ = masks
+    leaky = frame.assign(forward_return=target.to_numpy(), forward_direction=(target > 0).astype(float).to_numpy(),
+                         forward_volatility=target.abs().to_numpy(), forward_return_1=target.to_numpy(),
+                         close=100.0 + np.arange(len(frame)), volume=1.0)
+    model = SequenceForecaster(family="lstm", **{**SMALL, "max_epochs": 1}).fit(leaky, target, fit_mask=fit_mask)
+    assert model.feature_names_ == ["x0", "x1", "x2", "x3"]

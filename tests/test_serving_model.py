@@ -144,3 +144,40 @@ def test_ab_routing_is_stable_per_request_and_near_the_configured_share() -> Non
     assert [host.choose_variant(f"request-{i}", None) for i in range(50)] == variants[:50]
     assert ModelHost(ServingParams(request_log=False)).choose_variant("x", None) == CHAMPION
     host.close()
+
+
+def test_an_ensemble_with_a_sequence_member_serves_through_the_panel_path(tmp_path: Path) -> None:
+    """An LSTM member needs each symbol's history: the service's panel path answers the last bar of a window of
+    rows like the pyfunc does on the whole history, and a window too short for the lookback is a clear 400."""
+    import pandas as pd
+
+    from alphaforge.serving import api
+
+    (tmp_path / "trained").mkdir()
+    lookback = 6
+    trained = train_small_ensemble(tmp_path / "trained", seed=13, n_symbols=6, n_bars=420, families={
+        "ridge": {"alpha": 10.0},
+        "lstm": {"lookback": lookback, "hidden_size": 8, "num_layers": 1, "batch_size": 128, "max_epochs": 1}})
+    built = stack_and_register(trained, tmp_path / "stack", model_name=None)
+    model = load_served_model(built["model_dir"], name="m", version="1")
+    assert not model.row_wise and model.lookback == lookback and model.info()["compiled_trees"] == []
+
+    dataset = trained["dataset"]
+    complete = dataset.dropna(subset=model.features).sort_values(["symbol", "timestamp"])
+    history = complete.groupby("symbol").tail(40)[["timestamp", "symbol", *model.features]].reset_index(drop=True)
+    expected = mlflow.pyfunc.load_model(str(built["model_dir"])).predict(to_model_input(history, "1"))
+    expected = expected.assign(timestamp=pd.to_datetime(expected["timestamp"], utc=True))
+    window = history.groupby("symbol").tail(lookback)  # exactly one lookback per symbol: the last bar answers
+    rows = [{"symbol": r["symbol"], "timestamp": r["timestamp"].isoformat(),
+             "features": {f: float(r[f]) for f in model.features}} for r in window.to_dict("records")]
+
+    host = ModelHost(ServingParams(request_log=False, grpc_port=0))
+    host.model = lambda name=None: model  # type: ignore[method-assign]  # the registry is tested in test_serving
+    answer = api.predict_rows(host, api.PredictRequest(rows=rows))
+    got = pd.DataFrame(answer["predictions"])
+    got["timestamp"] = pd.to_datetime(got["timestamp"], utc=True)
+    last = got.dropna(subset=["prediction"])
+    assert len(last) == window["symbol"].nunique()  # one prediction per symbol: its window's last bar
+    merged = last.merge(expected, on=["symbol", "timestamp"], suffixes=("", "_pyfunc"))
+    assert len(merged) == len(last)
+    np.testing.assert_allclose(merged["prediction"], merged["prediction_pyfunc"], rtol=1e-5, atol=1e-7)

@@ -54,6 +54,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 
+from alphaforge.features import feature_columns
 from alphaforge.models.base import KEY_COLUMNS, Task
 
 log = logging.getLogger(__name__)
@@ -485,9 +486,11 @@ class SequenceForecaster:
             raise ValueError("target must be aligned with frame (same index, same order)")
         fit_rows = _row_mask(fit_mask, len(frame), "fit_mask")
         codes = _symbol_codes(frame)
-        self.feature_names_ = [column for column in frame.columns if column not in KEY_COLUMNS]
+        # the features stage's rule: never the keys, the raw bar columns or a label (the walk-forward trainer hands
+        # the whole dataset, labels included: taking every column would feed the model its own target)
+        self.feature_names_ = feature_columns(frame)
         if not self.feature_names_:
-            raise ValueError("frame has no feature columns besides 'timestamp' and 'symbol'")
+            raise ValueError("frame has no feature columns besides the keys, raw bar columns and labels")
         raw = _feature_matrix(frame, self.feature_names_)
         if not fit_rows.any():
             raise ValueError("fit_mask selects no rows")
