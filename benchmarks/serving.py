@@ -17,7 +17,10 @@ In one run:
 * gRPC single-row p50 / p99;
 * the HTTP floor: a bare Starlette endpoint on uvicorn (one worker, same host) answering a one-row POST;
 * in process: the same model's :meth:`ServedModel.predict_matrix` on one row, and the cold load of the
-  model folder (ms).
+  model folder (ms);
+* an ensemble with a torch sequence member (ridge + LSTM, lookback 20), registered beside it and served by name
+  through the same service: sequential one-window requests (each symbol's last 20 rows, one prediction),
+  mean / p95 ms and predictions per second (temporary registry only; ``--no-sequence`` leaves it out).
 
 Timings are wall clock on a shared machine: run it on an idle one for figures to quote.
 """
@@ -159,6 +162,64 @@ def _model(work: Path) -> tuple[dict[str, str], str, str, object]:
             "registered in a temporary local registry", trained["dataset"])
 
 
+SEQUENCE_MODEL = "alphaforge-serving-benchmark-lstm"
+
+
+def _sequence_model(work: Path) -> tuple[object, int]:
+    """A ridge + LSTM (lookback 20, 32 hidden units, default settings, 2 epochs) stack registered as
+    ``SEQUENCE_MODEL`` in the benchmark's temporary registry; (dataset, lookback)."""
+    from alphaforge import tracking
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from ensemble_fixtures import stack_and_register, train_small_ensemble
+
+    (work / "trained-lstm").mkdir(parents=True)
+    trained = train_small_ensemble(work / "trained-lstm", seed=7, n_symbols=10, n_bars=800, families={
+        "ridge": {"alpha": 10.0}, "lstm": {"lookback": 20, "hidden_size": 32, "max_epochs": 2}})
+    registered = stack_and_register(trained, work / "stack-lstm", model_name=SEQUENCE_MODEL,
+                                    experiment="serving-benchmark")
+    tracking.set_model_alias(SEQUENCE_MODEL, "champion", registered["version"])
+    return trained["dataset"], 20
+
+
+def _sequence_requests(host: str, port: int, dataset: object, lookback: int, n: int) -> dict[str, float]:
+    """Sequential requests, each one symbol's last ``lookback`` rows (one prediction: its last bar), to the
+    sequence ensemble by name: mean / p95 ms and predictions per second (the originating design's system test)."""
+    from alphaforge.features import feature_columns
+
+    frame = dataset  # type: ignore[assignment]
+    features = feature_columns(frame)
+    complete = frame.dropna(subset=features).sort_values(["symbol", "timestamp"])
+    bodies = []
+    for _, rows in complete.groupby("symbol"):
+        window = rows.tail(lookback)
+        bodies.append(json.dumps({"model": SEQUENCE_MODEL, "rows": [
+            {"symbol": r["symbol"], "timestamp": r["timestamp"].isoformat(),
+             "features": {f: float(r[f]) for f in features}} for r in window.to_dict("records")]}).encode())
+    connection = http.client.HTTPConnection(host, port, timeout=60)
+    samples = []
+    for i in range(n + 20):
+        body = bodies[i % len(bodies)]
+        started = time.perf_counter()
+        connection.request("POST", "/v1/predict", body=body, headers={"Content-Type": "application/json"})
+        response = connection.getresponse()
+        payload = response.read()
+        elapsed = (time.perf_counter() - started) * 1000.0
+        if response.status != 200:
+            raise RuntimeError(f"sequence model: {response.status} {payload[:300]!r}")
+        answered = [p for p in json.loads(payload)["predictions"] if p["prediction"] is not None]
+        if len(answered) != 1:
+            raise RuntimeError(f"sequence model: {len(answered)} predictions for one window (expected 1)")
+        if i >= 20:
+            samples.append(elapsed)
+    connection.close()
+    values = np.asarray(samples)
+    return {"mean_ms": float(values.mean()), "p95_ms": float(np.percentile(values, 95)),
+            "p50_ms": float(np.percentile(values, 50)), "preds_per_s": float(1000.0 / values.mean()),
+            "n": len(samples), "lookback": lookback,
+            "targets": {"mean_ms": 10.0, "p95_ms": 20.0, "preds_per_s": 100.0}}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="where to write the JSON results")
@@ -167,6 +228,9 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2, help="client processes for the throughput run")
     parser.add_argument("--batch-rows", type=int, default=2000, help="rows per Arrow request in the throughput run")
     parser.add_argument("--seconds", type=float, default=10.0, help="length of the throughput run")
+    parser.add_argument("--sequence-requests", type=int, default=500,
+                        help="sequential one-window requests to the ridge + LSTM ensemble")
+    parser.add_argument("--no-sequence", action="store_true", help="leave out the sequence-ensemble measurement")
     args = parser.parse_args()
 
     import pandas as pd
@@ -236,6 +300,9 @@ def main() -> None:
             results["throughput"] = {"predictions": predictions, "seconds": elapsed,
                                      "failures": sum(f for _, f in outcomes), "clients": args.clients,
                                      "rows_per_request": len(big)}
+            if env.get("ALPHAFORGE_MODEL_NAME") == name and not args.no_sequence:  # the temporary registry only
+                sequence_data, lookback = _sequence_model(work)
+                results["sequence"] = _sequence_requests(host, port, sequence_data, lookback, args.sequence_requests)
             final_info = json.loads(_post_json(host, port, "/model_info", b"{}"))
         finally:
             service.stop()
@@ -270,6 +337,8 @@ def main() -> None:
         "inprocess_single_p50_ms": float(np.percentile(inprocess, 50)),
         "cold_load_ms": float(np.median(cold)),
         "service_start_seconds": start_seconds,
+        **({f"sequence_{k}": v for k, v in results["sequence"].items() if k in ("mean_ms", "p95_ms", "preds_per_s")}
+           if "sequence" in results else {}),
     }
     report = {
         **summary,

@@ -776,6 +776,11 @@ class SequenceForecaster:
         samples = np.full((n_samples, int(mask.sum())), np.nan)
 
         def sample(x: torch.Tensor) -> torch.Tensor:
+            if len(x) * n_samples <= self._predict_batch_size:
+                # small batches (serving): every sample in one forward pass of the batch repeated n_samples
+                # times; each copy draws its own dropout masks, so the samples are as independent as in a loop,
+                # and a recurrent network pays its per-step cost once instead of n_samples times
+                return self.network_(x.repeat(n_samples, *([1] * (x.dim() - 1)))).reshape(n_samples, len(x))
             return torch.stack([self.network_(x) for _ in range(n_samples)])
 
         _monte_carlo_mode(self.network_)

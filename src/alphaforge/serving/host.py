@@ -86,6 +86,7 @@ class ServingParams(BaseModel):
     request_log_dir: str = "logs/requests"
     request_log_flush_seconds: float = Field(0.5, gt=0)
     request_log_max_rows: int = Field(500, ge=1)  # per request; a bigger batch logs an evenly spaced sample
+    torch_threads: int = Field(1, ge=0)  # intra-op threads for torch members; 0: torch's default (all cores)
     grpc_port: int = Field(50051, ge=0, le=65535)  # 0: no gRPC server
     http_port: int = Field(3000, ge=1, le=65535)
 
@@ -190,7 +191,8 @@ class ModelHost:
         return folder
 
     def _load_version(self, name: str, version: str) -> ServedModel:
-        return load_served_model(self._local_folder(name, version), name=name, version=version)
+        return load_served_model(self._local_folder(name, version), name=name, version=version,
+                                 torch_threads=self.params.torch_threads)
 
     def _refresh(self, slot: Slot) -> None:
         """Bring ``slot`` to the version its alias points at, loading beside the current model, then swapping."""

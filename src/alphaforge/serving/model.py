@@ -441,8 +441,13 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def load_served_model(model_dir: str | Path, *, name: str, version: str) -> ServedModel:
-    """A :class:`ServedModel` from a local MLflow model folder (downloaded from the registry), warmed up."""
+def load_served_model(model_dir: str | Path, *, name: str, version: str, torch_threads: int = 0) -> ServedModel:
+    """A :class:`ServedModel` from a local MLflow model folder (downloaded from the registry), warmed up.
+
+    ``torch_threads`` > 0 sets torch's intra-op threads when the ensemble has a torch member: one request's
+    windows are too small to gain from a thread pool, whose spinning threads took the CPU from the
+    service's other work (a 2-core machine: mean 110 ms per one-window request with torch's default, see
+    benchmarks/serving.py)."""
     from alphaforge.models.compiled import load_compiled
     from alphaforge.pyfunc import COMPILED_ARTIFACT, load_panel_ensemble
 
@@ -453,6 +458,10 @@ def load_served_model(model_dir: str | Path, *, name: str, version: str) -> Serv
     compiled = load_compiled(artifacts.get(COMPILED_ARTIFACT), ensemble.base_models)
     model = ServedModel(name=name, version=str(version), ensemble=ensemble, source_dir=folder,
                         size_bytes=folder_bytes(folder), compiled=compiled)
+    if torch_threads > 0 and not model.row_wise:
+        import torch
+
+        torch.set_num_threads(torch_threads)
     model.warm_up()
     model.load_seconds = time.perf_counter() - started
     log.info("serving: loaded %s v%s (%s, %d features, %s path, %d compiled boosters) in %.1f ms", name, version,
