@@ -1,6 +1,6 @@
 """nightly_retrain: the whole DVC pipeline, one task per stage in dvc.yaml's order, then packaging and reload.
 
-prepare -> ingest -> validate -> ... -> promote -> regimes -> risk -> gate -> package_bento -> reload_service
+prepare -> ingest -> validate -> regimes -> features -> ... -> promote -> risk -> gate -> package_bento -> reload_service
                                                                         \\-> skip_packaging
 
 * ``prepare`` writes the run's settings into params.yaml (``python -m alphaforge.orchestration prepare``): the
