@@ -1,15 +1,21 @@
-"""The served model in process: the row path equals the pyfunc, row by row and in batches; input rules; A/B routing."""
+"""The served model in process: the row path equals the pyfunc, row by row and in batches; input rules; A/B routing;
+the regime a model with regime features computes from bars and reports."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 
+from alphaforge.features import FeatureParams, compute_features
 from alphaforge.pyfunc import to_model_input
-from alphaforge.serving.host import CHALLENGER, CHAMPION, ModelHost, ServingParams
+from alphaforge.regimes import current_regime, market_returns
+from alphaforge.serving import api
+from alphaforge.serving.host import CHALLENGER, CHAMPION, ModelHost, Registry, ServingParams
 from alphaforge.serving.model import BadRequest, check_keys, load_served_model
 from ensemble_fixtures import stack_and_register, train_small_ensemble
 
@@ -67,3 +73,81 @@ def test_ab_routing_is_stable_per_request_and_near_the_configured_share() -> Non
     assert [host.choose_variant(f"request-{i}", None) for i in range(50)] == variants[:50]
     assert ModelHost(ServingParams(request_log=False)).choose_variant("x", None) == CHAMPION
     host.close()
+
+
+# ------------------------------------------------------------------------------------------ regimes
+
+
+class LocalRegistry(Registry):
+    """One registered version, ``champion``, served from a local model folder (no MLflow)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+
+    def aliases(self, name: str) -> dict[str, str]:
+        return {CHAMPION: "1"}
+
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        return {}
+
+    def download(self, name: str, version: str, destination: Path) -> Path:
+        return Path(shutil.copytree(self.model_dir, destination / "model"))
+
+
+@pytest.fixture(scope="module")
+def regime_host(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    work = tmp_path_factory.mktemp("served-regimes")
+    (work / "trained").mkdir()
+    trained = train_small_ensemble(work / "trained", seed=13, regimes=True)
+    built = stack_and_register(trained, work / "stack", model_name=None)
+    host = ModelHost(ServingParams(model_name="m", request_log=False, cache_dir=str(work / "cache")),
+                     registry=LocalRegistry(Path(built["model_dir"])))
+    yield {"trained": trained, "host": host}
+    host.close()
+
+
+def bar_records(bars: pd.DataFrame) -> list[api.Bar]:
+    frame = bars.assign(timestamp=bars["timestamp"].map(lambda t: t.isoformat()))
+    return [api.Bar(**record) for record in frame.to_dict(orient="records")]
+
+
+def test_served_model_computes_and_reports_the_regime_from_its_own_regime_model(regime_host: dict) -> None:
+    trained, host = regime_host["trained"], regime_host["host"]
+    bars, regime_model = trained["bars"], trained["regime_model"]
+    model = host.model()
+    assert model.regime_columns == ["regime_prob_0", "regime_prob_1"]
+    assert model.features[-2:] == model.regime_columns  # the probabilities are model inputs
+    assert model.regime_model.to_json() == regime_model.to_json()  # from the spec, not the repository
+    info = model.info()["regimes"]
+    assert info["n_regimes"] == 2 and info["method"] == "hmm" and info["last"] is None
+    assert info["fit_end"] == str(regime_model.train_end_)
+
+    recent = bars[bars["timestamp"] >= sorted(bars["timestamp"].unique())[-150]]
+    answer = api.predict_bars(host, api.PredictBarsRequest(bars=bar_records(recent)), FeatureParams())
+    expected = current_regime(regime_model, market_returns(recent))  # the filter starts at the first bar sent
+    assert answer["regime"]["regime"] == expected["regime"]
+    np.testing.assert_allclose(answer["regime"]["probabilities"], expected["probabilities"], rtol=0, atol=1e-12)
+    assert pd.Timestamp(answer["regime"]["timestamp"]) == pd.Timestamp(expected["timestamp"])
+    api.PredictResponse.model_validate(answer)  # the documented schema
+    assert model.info()["regimes"]["last"] == {**answer["regime"], "route": "predict_bars"}
+    # the predictions used those probabilities: the same rows through /predict give the same predictions
+    features = compute_features(recent.reset_index(drop=True), FeatureParams(), regime_model=regime_model)
+    last = features.groupby("symbol").tail(1)
+    rows = [api.FeatureRow(symbol=r["symbol"], timestamp=r["timestamp"].isoformat(),
+                           features={f: float(r[f]) for f in model.features}) for r in last.to_dict("records")]
+    by_rows = api.predict_rows(host, api.PredictRequest(rows=rows))
+    assert [p["prediction"] for p in by_rows["predictions"]] == pytest.approx(
+        [p["prediction"] for p in answer["predictions"]], rel=1e-12)
+    assert by_rows["regime"] == answer["regime"]  # /predict reads the regime from its inputs
+
+    one = api.predict_rows(host, api.PredictRequest(rows=rows[:1]))
+    assert one["regime"]["regime"] == int(np.argmax([rows[0].features[c] for c in model.regime_columns]))
+
+
+def test_regime_features_cannot_come_from_too_short_a_history(regime_host: dict) -> None:
+    trained, host = regime_host["trained"], regime_host["host"]
+    bars = trained["bars"]
+    short = bars[bars["timestamp"] >= sorted(bars["timestamp"].unique())[-15]]  # < the volatility window
+    with pytest.raises(BadRequest, match="no bar has every feature yet"):
+        api.predict_bars(host, api.PredictBarsRequest(bars=bar_records(short)), FeatureParams())
+    assert api.min_history_bars(host.model()) >= 22
