@@ -151,3 +151,47 @@ def test_regime_features_cannot_come_from_too_short_a_history(regime_host: dict)
     with pytest.raises(BadRequest, match="no bar has every feature yet"):
         api.predict_bars(host, api.PredictBarsRequest(bars=bar_records(short)), FeatureParams())
     assert api.min_history_bars(host.model()) >= 22
+
+
+def test_predict_symbols_reads_regime_features_the_streamer_computed_incrementally(
+    regime_host: dict, tmp_path: Path,
+) -> None:
+    """`alphaforge stream` with the model's regime model stores what batch computes; the answer reports the regime."""
+    import uuid
+
+    from alphaforge.featurestore.config import FeatureStoreParams
+    from alphaforge.featurestore.online import OnlineStore
+    from alphaforge.featurestore.stream import run_stream
+
+    trained, host = regime_host["trained"], regime_host["host"]
+    bars, dataset = trained["bars"], trained["dataset"]
+    model = host.model()
+    source = tmp_path / "bars.csv"
+    bars.assign(timestamp=bars["timestamp"].map(lambda t: t.isoformat())).to_csv(source, index=False)
+    store_params = FeatureStoreParams(redis_url="redis://127.0.0.1:6379/0", bar_log=tmp_path / "log.sqlite",
+                                      key_prefix=f"alphaforge-test:{uuid.uuid4().hex[:12]}:")
+    store = OnlineStore.from_params(store_params)
+    symbols = sorted(bars["symbol"].unique())
+    try:
+        without = run_stream(FeatureParams(), store_params.model_copy(update={"bar_log": tmp_path / "plain.sqlite"}),
+                             str(source))
+        assert without.bars == len(bars)
+        with pytest.raises(BadRequest, match=r"lack feature\(s\) \['regime_prob_0', 'regime_prob_1'\].*regime model"):
+            api.predict_symbols(host, api.SymbolsRequest(symbols=symbols), store)
+        store.clear()
+        run_stream(FeatureParams(), store_params, str(source), regime_model=trained["regime_model"])
+        answer = api.predict_symbols(host, api.SymbolsRequest(symbols=symbols), store)
+    finally:
+        store.clear()
+    last = dataset.groupby("symbol").tail(1).set_index("symbol").loc[symbols]
+    expected = regime_report_of(last, model.regime_columns)
+    assert answer["regime"]["regime"] == expected["regime"]
+    np.testing.assert_allclose(answer["regime"]["probabilities"], expected["probabilities"], rtol=1e-9, atol=1e-9)
+    predicted = model.predict_matrix(last[model.features].to_numpy())[0]
+    np.testing.assert_allclose([p["prediction"] for p in answer["predictions"]], predicted, rtol=1e-9, atol=1e-9)
+    assert model.info()["regimes"]["last"] == {**answer["regime"], "route": "predict_symbols"}
+
+
+def regime_report_of(rows: pd.DataFrame, columns: list[str]) -> dict:
+    probabilities = rows[columns].iloc[-1].to_numpy()
+    return {"regime": int(np.argmax(probabilities)), "probabilities": probabilities.tolist()}

@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -393,6 +394,9 @@ def stream(
     redis_url: str = typer.Option(None, "--redis-url", help="override feature_store.redis_url"),
     flush_idle: float = typer.Option(1.0, "--flush-idle", min=0.0,
                                      help="stdin: write a timestamp's bars after this many idle seconds (0: never)"),
+    regime_model: Path = typer.Option(None, "--regime-model",
+                                      help="the fitted regime model whose probabilities to store (features.regimes); "
+                                           "default models/regimes/model.json when it exists"),
 ) -> None:
     """Bars in, features out: validate each bar, update the features incrementally, write them to the store.
 
@@ -419,13 +423,33 @@ def stream(
             store_params = store_params.model_copy(update={"redis_url": redis_url})
         summary = run_stream(loaded.features, store_params, source, fmt=fmt,  # type: ignore[arg-type]
                              on_bad_bar=on_bad_bar, pace_seconds=pace,  # type: ignore[arg-type]
-                             naive_timezone=loaded.ingest.naive_timezone, flush_idle_seconds=flush_idle)
-    except (DataError, ConfigError, StoreUnavailable) as err:
+                             naive_timezone=loaded.ingest.naive_timezone, flush_idle_seconds=flush_idle,
+                             regime_model=_stream_regime_model(loaded.features.regimes, regime_model))
+    except (DataError, ConfigError, StoreUnavailable, FileNotFoundError) as err:
         typer.secho(f"alphaforge stream: failed\n{err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from err
     typer.echo(json.dumps({"steps": summary.steps, "bars": summary.bars, "already_stored": summary.already_stored,
                            "bad_bars": summary.bad_bars, "replayed_steps": summary.replayed_steps,
                            "last_timestamp": summary.last_timestamp}))
+
+
+def _stream_regime_model(enabled: bool, path: Path | None) -> Any:
+    """The regime model the streamer filters with: ``path``, else the regimes stage's file when it exists."""
+    from alphaforge.regimes import RegimeModel
+
+    if not enabled:
+        return None
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"--regime-model {path}: no such file")
+        return RegimeModel.load(path)
+    default = Path("models/regimes/model.json")
+    if default.is_file():
+        return RegimeModel.load(default)
+    logging.getLogger("alphaforge.stream").warning(
+        "stream: features.regimes is on but %s does not exist (run `dvc repro regimes`): storing no regime_prob_* "
+        "features, so /predict_symbols refuses models that use them", default)
+    return None
 
 
 def main() -> None:

@@ -302,7 +302,9 @@ def predict_symbols(host: ModelHost, request: SymbolsRequest, store: Any) -> dic
     except StoreUnavailable as err:
         raise NoModel(str(err)) from err
     except DataError as err:
-        raise BadRequest(str(err)) from None
+        hint = ("; the model uses regime features: stream with its regime model (features.regimes on, "
+                "alphaforge stream --regime-model), or use /predict_bars" if model.regime_columns else "")
+        raise BadRequest(f"{err}{hint}") from None
     timestamps = [t.to_pydatetime() for t in pd.DatetimeIndex(vectors["timestamp"])]
     found = vectors["symbol"].astype(str).tolist()
 
@@ -314,7 +316,10 @@ def predict_symbols(host: ModelHost, request: SymbolsRequest, store: Any) -> dic
         return x, found, timestamps
 
     prediction, served = host.predict(name=request.model, build=build, request_id=request_id, variant="champion")
-    return _answer(prediction, served, request_id, found, timestamps, _regime_of_frame(served, vectors))
+    regime = _regime_of_frame(served, vectors)
+    if regime is not None:
+        served.last_regime = {**regime, "route": "predict_symbols"}
+    return _answer(prediction, served, request_id, found, timestamps, regime)
 
 
 def min_history_bars(model: ServedModel) -> int:

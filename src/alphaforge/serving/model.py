@@ -246,7 +246,8 @@ class ServedModel:
         # positions of the regime probabilities among the features (empty when the model does not use them)
         self.regime_positions: list[int] = ([self.feature_index[c] for c in self.regime_columns]
                                             if all(c in self.feature_index for c in self.regime_columns) else [])
-        self.last_regime: dict[str, Any] | None = None  # the last regime the service computed (predict_bars)
+        # the last regime the service reported from bars (predict_bars) or the online store (predict_symbols)
+        self.last_regime: dict[str, Any] | None = None
 
     def regime_info(self) -> dict[str, Any] | None:
         """The regime model (size, kind, fit window) and the last regime computed, for ``/model_info``."""
