@@ -337,3 +337,25 @@ def test_a_restored_state_continues_the_regime_filter_bit_for_bit(skfolio_bars: 
         IncrementalEngine.from_state_bytes(params, names, engine.state_bytes(), regime_model=other)
     with pytest.raises(ValueError, match=r"\['regime_prob_0', 'regime_prob_1'\].*need a fitted regime model"):
         IncrementalEngine(params, names)
+
+
+def test_regime_definitions_follow_the_plan_and_their_window_counts_market_timestamps(
+    bokeh_bars: pd.DataFrame, tmp_path: Path, repo_root: Path,
+) -> None:
+    model = _regime_model(bokeh_bars, n_regimes=3)
+    definitions = feature_definitions(FeatureParams(), columns=set(bokeh_bars.columns), regime_model=model)
+    names = plan_for(FeatureParams(), columns=set(bokeh_bars.columns), multi_symbol=True, intraday=False,
+                     n_regimes=3)
+    assert [d.name for d in definitions] == names
+    regimes = [d for d in definitions if d.group == "regime"]
+    assert [d.name for d in regimes] == ["regime_prob_0", "regime_prob_1", "regime_prob_2"]
+    assert all(d.window == 21 and d.recursive and d.inputs == ("close",) for d in regimes)
+    computed = compute_features(bokeh_bars, FeatureParams(), regime_model=model)
+    per_timestamp = computed.groupby("timestamp")["regime_prob_0"].first().to_numpy()
+    assert np.isnan(per_timestamp[: regimes[0].window - 1]).all() and np.isfinite(per_timestamp[regimes[0].window - 1])
+    path = model.save(tmp_path / "regimes.json")
+    runner = CliRunner()
+    result = runner.invoke(app, ["features", "list", "--json", "--params", str(repo_root / "params.yaml"),
+                                 "--regime-model", str(path)])
+    assert result.exit_code == 0, result.output
+    assert [d["name"] for d in json.loads(result.output)][-3:] == ["regime_prob_0", "regime_prob_1", "regime_prob_2"]

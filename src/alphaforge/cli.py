@@ -360,6 +360,8 @@ def features_list(
     single_symbol: bool = typer.Option(False, "--single-symbol", help="one symbol: no cross-sectional ranks"),
     intraday: bool = typer.Option(None, "--intraday/--daily", help="sub-daily bars: `hour` (default: feature_store)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    regime_model: Path = typer.Option(None, "--regime-model",
+                                      help="a fitted regime model (models/regimes/model.json): list its regime_prob_*"),
 ) -> None:
     """List the feature definitions (name, group, window in bars, inputs, version, description) for such bars."""
     from alphaforge.config import ConfigError, load_params
@@ -372,8 +374,13 @@ def features_list(
         raise typer.Exit(code=2) from err
     store = loaded.feature_store
     bar_columns = {c.strip() for c in columns.split(",") if c.strip()} if columns else set(store.bar_columns)
+    if regime_model is not None and not regime_model.is_file():
+        typer.secho(f"--regime-model {regime_model}: no such file", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    regimes = _stream_regime_model(loaded.features.regimes, regime_model) if regime_model is not None else None
     definitions = feature_definitions(loaded.features, columns=bar_columns, multi_symbol=not single_symbol,
-                                      intraday=store.intraday if intraday is None else intraday)
+                                      intraday=store.intraday if intraday is None else intraday,
+                                      regime_model=regimes)
     if as_json:
         typer.echo(json.dumps([d.as_dict() for d in definitions], indent=2))
         return

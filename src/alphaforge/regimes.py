@@ -6,9 +6,11 @@ Gaussian state density fits far better). For a panel the series is the equal-wei
 mean of the symbols' one-bar log returns at each timestamp (:func:`market_returns`), because a regime is a
 property of the market, not of one stock. Inputs are standardised with the training rows' mean and std.
 
-**Fitting** uses training rows only (``fit`` is handed the training span; the features stage should fit on
-the first walk-forward fold's training window, so that no fold's test window is ever seen, see
-:func:`regime_features`).
+**Fitting** uses training rows only (``fit`` is handed the training span; the regimes stage fits on the
+first walk-forward fold's training window, so that no fold's test window is ever seen, see
+:func:`regime_features`). The features stage then merges the probabilities as model features
+(``alphaforge.features.compute_features(..., regime_model=...)``), the trained model's spec carries
+:meth:`RegimeModel.to_json`, and the online store filters one timestamp at a time (:class:`RegimeFilter`).
 
 **Probabilities are causal.** For the HMM, ``predict_proba`` returns the *forward-filtered* probabilities
 P(state_t | inputs_1..t), computed with the fitted parameters by the forward recursion, not hmmlearn's

@@ -137,9 +137,9 @@ class IncrementalEngine:
         self.regime_rows = np.asarray([self._column[n] for n in regime_probability_columns(n_regimes)
                                        if n in self._column], dtype=np.int64)
         self._regimes = RegimeFilter(self.regime_model) if self.regime_rows.size else None
-        definitions = {d.name: d for d in feature_definitions(params)}
+        definitions = {d.name: d for d in feature_definitions(params, regime_model=self.regime_model)}
         definitions.update({d.name: d for d in feature_definitions(params, intraday=True)})
-        inputs = {c for n in self.names if n in definitions for c in definitions[n].inputs} - {"timestamp", "headlines"}
+        inputs = {c for n in self.names for c in definitions[n].inputs} - {"timestamp", "headlines"}
         self.input_columns = tuple(sorted(inputs | {"close"}))
         self.intraday = "hour" in self._column
         self.calendar = [n for n in ("day_of_week", "month", "hour") if n in self._column]
