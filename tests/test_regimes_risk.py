@@ -365,3 +365,24 @@ def test_features_stage_merges_the_regimes_stage_model_and_train_records_it(
     # switched off: the stage neither needs nor merges the model
     off = stages.features(Params.model_validate({"features": {"regimes": False}}))
     assert not [name for name in off["features"] if name.startswith("regime")] and off["regimes"] is None
+
+
+def test_the_streamer_takes_a_regime_model_file_or_a_served_models_spec(
+    fitted_regimes: tuple[pd.DataFrame, RegimeModel], tmp_path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from alphaforge.cli import _stream_regime_model
+
+    _, model = fitted_regimes
+    path = model.save(tmp_path / "model.json")
+    assert _stream_regime_model(True, path).to_json() == model.to_json()
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"features": ["rsi"], "regime_model": model.to_json()}))
+    assert _stream_regime_model(True, spec).to_json() == model.to_json()
+    spec.write_text(json.dumps({"features": ["rsi"], "regime_model": None}))
+    with pytest.raises(FileNotFoundError, match="records no regime model"):
+        _stream_regime_model(True, spec)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        _stream_regime_model(True, tmp_path / "absent.json")
+    assert _stream_regime_model(False, path) is None
+    monkeypatch.chdir(tmp_path)  # no models/regimes/model.json here: stream without regime features
+    assert _stream_regime_model(True, None) is None

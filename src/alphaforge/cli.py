@@ -402,7 +402,8 @@ def stream(
     flush_idle: float = typer.Option(1.0, "--flush-idle", min=0.0,
                                      help="stdin: write a timestamp's bars after this many idle seconds (0: never)"),
     regime_model: Path = typer.Option(None, "--regime-model",
-                                      help="the fitted regime model whose probabilities to store (features.regimes); "
+                                      help="the fitted regime model whose probabilities to store (features.regimes): "
+                                           "a model.json, or a served model's spec.json (its regime_model); "
                                            "default models/regimes/model.json when it exists"),
 ) -> None:
     """Bars in, features out: validate each bar, update the features incrementally, write them to the store.
@@ -449,7 +450,12 @@ def _stream_regime_model(enabled: bool, path: Path | None) -> Any:
     if path is not None:
         if not path.is_file():
             raise FileNotFoundError(f"--regime-model {path}: no such file")
-        return RegimeModel.load(path)
+        payload = json.loads(path.read_text())
+        if "regime_model" in payload:  # a trained model's spec.json: the regime model it was trained with
+            if not payload["regime_model"]:
+                raise FileNotFoundError(f"--regime-model {path}: this model's spec records no regime model")
+            payload = payload["regime_model"]
+        return RegimeModel.from_json(payload)
     default = Path("models/regimes/model.json")
     if default.is_file():
         return RegimeModel.load(default)
