@@ -357,11 +357,12 @@ def test_features_stage_merges_the_regimes_stage_model_and_train_records_it(
     assert model.train_end_ == first_train_end and regimes_summary["fit_end"] == str(first_train_end)
     assert summary["regimes"] == {"n_regimes": 2, "method": "hmm", "volatility_window": 20,
                                   "fit_start": str(model.train_start_), "fit_end": str(first_train_end)}
+    assert summary["regimes"] == model.describe()
     # the train stage's spec carries the model, so the service filters regimes without the repository
-    assert stages.regime_model_of(params, summary["features"]) == model.to_json()
-    assert stages.regime_model_of(params, summary["features"][:-2]) is None
+    assert stages.regime_model_of(summary["features"]) == model.to_json()
+    assert stages.regime_model_of(summary["features"][:-2]) is None
     with pytest.raises(ValueError, match=r"regime columns \['regime_prob_0'\] do not match"):
-        stages.regime_model_of(params, summary["features"][:-1])
+        stages.regime_model_of(summary["features"][:-1])
     # switched off: the stage neither needs nor merges the model
     off = stages.features(Params.model_validate({"features": {"regimes": False}}))
     assert not [name for name in off["features"] if name.startswith("regime")] and off["regimes"] is None

@@ -257,6 +257,13 @@ class RegimeModel:
         """The most probable regime per bar (causal), as float with NaN where undefined."""
         return pd.Series(_most_probable(self.predict_proba(returns).to_numpy()), index=returns.index, name="regime")
 
+    def describe(self) -> dict[str, Any]:
+        """What reports and the service say about the model: size, kind, input window and the span it was fitted on."""
+        self._check_fitted()
+        return {"n_regimes": self.params.n_regimes, "method": self.params.method,
+                "volatility_window": self.params.volatility_window, "fit_start": str(self.train_start_),
+                "fit_end": str(self.train_end_)}
+
     # -- persistence
 
     def to_json(self) -> dict[str, Any]:

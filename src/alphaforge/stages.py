@@ -11,12 +11,15 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from alphaforge.config import Params
 from alphaforge.io import write_json_atomic, write_parquet_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from alphaforge.regimes import RegimeModel
 
 log = logging.getLogger(__name__)
 
@@ -128,14 +131,14 @@ def features(params: Params) -> dict[str, Any]:
         "rows": int(len(dataset)),
         "rows_with_label": int(dataset["forward_return"].notna().sum()),
         "horizon": params.labels.horizon,
-        "regimes": None if regime_model is None else regime_model_summary(regime_model),
+        "regimes": None if regime_model is None else regime_model.describe(),
     }
     write_json_atomic(summary, Paths.features_summary)
     log.info("features: %d features x %d rows -> %s", len(names), len(dataset), Paths.dataset)
     return summary
 
 
-def load_regime_model() -> Any:
+def load_regime_model() -> RegimeModel:
     """The regimes stage's fitted model (``features.regimes`` on); a clear error when that stage has not run."""
     from alphaforge.regimes import RegimeModel
 
@@ -143,13 +146,6 @@ def load_regime_model() -> Any:
         raise FileNotFoundError(f"{Paths.regime_model} is missing and features.regimes is on: run the regimes stage "
                                 "first (dvc repro regimes), or set features.regimes: false")
     return RegimeModel.load(Paths.regime_model)
-
-
-def regime_model_summary(model: Any) -> dict[str, Any]:
-    """What a report says about a regime model: size, kind, input window and the span it was fitted on."""
-    return {"n_regimes": model.params.n_regimes, "method": model.params.method,
-            "volatility_window": model.params.volatility_window,
-            "fit_start": str(model.train_start_), "fit_end": str(model.train_end_)}
 
 
 def tune(params: Params, workers: int = 1) -> dict[str, Any]:
@@ -252,7 +248,7 @@ def train(params: Params) -> dict[str, Any]:
         {"feature_version": FEATURE_VERSION, "features": result.feature_names, "horizon": params.labels.horizon,
          "target": target, "task": task, "families": list(params.train.families),
          "feature_params": params.features.model_dump(mode="json"),
-         "regime_model": regime_model_of(params, result.feature_names)},
+         "regime_model": regime_model_of(result.feature_names)},
         Paths.trained_dir / "spec.json",
     )
     run_id = None
@@ -277,7 +273,7 @@ def train(params: Params) -> dict[str, Any]:
     return metrics
 
 
-def regime_model_of(params: Params, feature_names: list[str]) -> dict[str, Any] | None:
+def regime_model_of(feature_names: list[str]) -> dict[str, Any] | None:
     """The regime model's JSON for the trained model's spec when its features include regime probabilities,
     so a served model computes them from raw bars without the repository's files (None otherwise)."""
     if not any(name.startswith("regime_prob_") for name in feature_names):

@@ -253,10 +253,7 @@ class ServedModel:
         """The regime model (size, kind, fit window) and the last regime computed, for ``/model_info``."""
         if self.regime_model is None:
             return None
-        regimes = self.regime_model
-        return {"n_regimes": regimes.params.n_regimes, "method": regimes.params.method,
-                "volatility_window": regimes.params.volatility_window, "fit_start": str(regimes.train_start_),
-                "fit_end": str(regimes.train_end_), "features": self.regime_columns, "last": self.last_regime}
+        return {**self.regime_model.describe(), "features": self.regime_columns, "last": self.last_regime}
 
     @property
     def feature_version(self) -> str:
