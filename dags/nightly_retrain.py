@@ -1,7 +1,7 @@
 """nightly_retrain: the whole DVC pipeline, one task per stage in dvc.yaml's order, then packaging and reload.
 
-prepare -> ingest -> validate -> ... -> promote -> regimes -> risk -> gate -> package_bento -> reload_service
-                                                                        \\-> skip_packaging
+prepare -> ingest -> validate -> regimes -> features -> ... -> risk -> gate -> package_bento -> reload_service
+                                                                          \\-> skip_packaging
 
 * ``prepare`` writes the run's settings into params.yaml (``python -m alphaforge.orchestration prepare``): the
   data interval's end as ``ingest.end``, and the run parameters chosen in the UI. Same interval, same params,

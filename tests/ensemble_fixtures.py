@@ -15,6 +15,7 @@ import pandas as pd
 from alphaforge.data.synthetic import SyntheticParams, make_synthetic
 from alphaforge.features import FEATURE_VERSION, FeatureParams, compute_features, compute_labels
 from alphaforge.io import write_parquet_atomic
+from alphaforge.regimes import RegimeParams, regime_features
 from alphaforge.splits import WalkForward, WalkForwardParams
 from alphaforge.train import model_factory, walk_forward_train
 
@@ -27,13 +28,22 @@ FAMILIES: dict[str, dict[str, Any]] = {
 
 
 def train_small_ensemble(trained_dir: Path, *, seed: int = 5, n_symbols: int = 12, n_bars: int = 700,
-                         families: Mapping[str, Mapping[str, Any]] = FAMILIES) -> dict[str, Any]:
-    """Walk-forward train ``families`` (conformal intervals) on a synthetic market; OOF, metrics, spec, models."""
+                         families: Mapping[str, Mapping[str, Any]] = FAMILIES, regimes: bool = False
+                         ) -> dict[str, Any]:
+    """Walk-forward train ``families`` (conformal intervals) on a synthetic market; OOF, metrics, spec, models.
+
+    ``regimes``: as the pipeline does with ``features.regimes``, fit a regime model on the first training
+    window, add its probabilities to the features and record it in the spec (``regime_model``).
+    """
     bars, _ = make_synthetic(SyntheticParams(n_symbols=n_symbols, n_bars=n_bars, seed=seed))
     feature_params = FeatureParams()
-    dataset = pd.concat([compute_features(bars, feature_params),
-                         compute_labels(bars, HORIZON).drop(columns=["timestamp", "symbol"])], axis=1)
     splitter = WalkForward(WalkForwardParams(n_splits=3, min_train_size=250, embargo=2), purge=HORIZON)
+    regime_model = None
+    if regimes:
+        fit_end = splitter.split(bars["timestamp"])[0].train_end
+        regime_model, _ = regime_features(bars, RegimeParams(n_init=1, n_iter=100), fit_end)
+    dataset = pd.concat([compute_features(bars, feature_params, regime_model=regime_model),
+                         compute_labels(bars, HORIZON).drop(columns=["timestamp", "symbol"])], axis=1)
     oof, metrics, results = None, {"target": "forward_return", "families": {}}, {}
     for family, hyperparameters in families.items():
         make = model_factory(family, task="regression", hyperparameters=dict(hyperparameters),
@@ -49,11 +59,12 @@ def train_small_ensemble(trained_dir: Path, *, seed: int = 5, n_symbols: int = 1
     first = next(iter(results.values()))
     spec = {"feature_version": FEATURE_VERSION, "features": first.feature_names, "horizon": HORIZON,
             "target": "forward_return", "task": "regression", "families": list(families),
-            "feature_params": feature_params.model_dump(mode="json")}
+            "feature_params": feature_params.model_dump(mode="json"),
+            "regime_model": None if regime_model is None else regime_model.to_json()}
     (trained_dir / "spec.json").write_text(json.dumps(spec))
     oof = oof.sort_values(["fold", "timestamp", "symbol"], kind="stable").reset_index(drop=True)
     return {"bars": bars, "dataset": dataset, "oof": oof, "metrics": metrics, "spec": spec, "results": results,
-            "trained_dir": trained_dir, "splitter": splitter}
+            "trained_dir": trained_dir, "splitter": splitter, "regime_model": regime_model}
 
 
 def stack_and_register(trained: Mapping[str, Any], work: Path, *, model_name: str | None,

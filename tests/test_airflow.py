@@ -312,7 +312,7 @@ def first_run(airflow_python: Path, airflow_workspace: dict) -> dict:
                  env=airflow_workspace["env"], timeout=900)
 
 
-STAGES = ["ingest", "validate", "features", "tune", "train", "stack", "evaluate", "drift", "promote", "regimes", "risk"]
+STAGES = ["ingest", "validate", "regimes", "features", "tune", "train", "stack", "evaluate", "drift", "promote", "risk"]
 
 
 @pytest.mark.slow

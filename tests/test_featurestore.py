@@ -19,6 +19,7 @@ from alphaforge.data.ingest import IngestParams, load_source
 from alphaforge.features import FEATURE_VERSION, FeatureParams, compute_features, feature_columns
 from alphaforge.featurestore.definitions import ALL_BAR_COLUMNS, feature_definitions
 from alphaforge.featurestore.incremental import IncrementalEngine, plan_for
+from alphaforge.regimes import RegimeModel, RegimeParams, market_returns
 from alphaforge.schema import DataError
 
 TOLERANCE = {"rtol": 1e-9, "atol": 1e-9}
@@ -287,3 +288,74 @@ def test_incremental_equals_batch_with_sentiment(bokeh_bars: pd.DataFrame, headl
     assert batch["sentiment_headline_count"].gt(0).sum() > 100
     with pytest.raises(ValueError, match="headlines_path"):
         FeatureParams(sentiment={"enabled": True})
+
+
+# --------------------------------------------------------------------------------------------
+# Regime probabilities (a fitted regime model): one filter step per update
+# --------------------------------------------------------------------------------------------
+
+
+def _regime_model(bars: pd.DataFrame, method: str = "hmm", n_regimes: int = 2) -> RegimeModel:
+    """Fitted on the first third of the market's timestamps, as the regimes stage fits on a training window."""
+    returns = market_returns(bars)
+    return RegimeModel(RegimeParams(method=method, n_regimes=n_regimes, n_init=1)).fit(
+        returns.iloc[: len(returns) // 3])
+
+
+@pytest.mark.parametrize(("method", "n_regimes"), [("hmm", 2), ("hmm", 3), ("gmm", 2)])
+def test_incremental_regime_probabilities_equal_batch_on_the_whole_real_dataset(
+    bokeh_bars: pd.DataFrame, method: str, n_regimes: int,
+) -> None:
+    """Real OHLCV 2000-2013 with FB starting in 2012 (a symbol's first bar has no return for the market mean)."""
+    model = _regime_model(bokeh_bars, method, n_regimes)
+    params = FeatureParams()
+    batch = compute_features(bokeh_bars, params, regime_model=model)
+    names = feature_columns(batch)
+    columns = [f"regime_prob_{k}" for k in range(n_regimes)]
+    assert names[-n_regimes:] == columns
+    assert names == plan_for(params, columns=set(bokeh_bars.columns), multi_symbol=True, intraday=False,
+                             n_regimes=n_regimes)
+    incremental = IncrementalEngine(params, names, regime_model=model).replay(bokeh_bars)
+    assert batch[columns].notna().all(axis=1).mean() > 0.99
+    _assert_same(incremental, batch, names)
+
+
+def test_a_restored_state_continues_the_regime_filter_bit_for_bit(skfolio_bars: pd.DataFrame) -> None:
+    model = _regime_model(skfolio_bars)
+    params = FeatureParams()
+    names = plan_for(params, columns=set(skfolio_bars.columns), multi_symbol=True, intraday=False, n_regimes=2)
+    cut = pd.Timestamp("2019-06-01", tz="UTC")
+    early, late = skfolio_bars[skfolio_bars["timestamp"] < cut], skfolio_bars[skfolio_bars["timestamp"] >= cut]
+    engine = IncrementalEngine(params, names, regime_model=model)
+    engine.replay(early)
+    restored = IncrementalEngine.from_state_bytes(params, names, engine.state_bytes(), regime_model=model)
+    continued = restored.replay(late)
+    uninterrupted = IncrementalEngine(params, names, regime_model=model).replay(skfolio_bars).loc[late.index]
+    np.testing.assert_array_equal(continued[names].to_numpy(), uninterrupted[names].to_numpy())
+    other = RegimeModel(RegimeParams(n_init=1, seed=5)).fit(market_returns(skfolio_bars).iloc[:500])
+    with pytest.raises(ValueError, match="other feature parameters, plan or version"):
+        IncrementalEngine.from_state_bytes(params, names, engine.state_bytes(), regime_model=other)
+    with pytest.raises(ValueError, match=r"\['regime_prob_0', 'regime_prob_1'\].*need a fitted regime model"):
+        IncrementalEngine(params, names)
+
+
+def test_regime_definitions_follow_the_plan_and_their_window_counts_market_timestamps(
+    bokeh_bars: pd.DataFrame, tmp_path: Path, repo_root: Path,
+) -> None:
+    model = _regime_model(bokeh_bars, n_regimes=3)
+    definitions = feature_definitions(FeatureParams(), columns=set(bokeh_bars.columns), regime_model=model)
+    names = plan_for(FeatureParams(), columns=set(bokeh_bars.columns), multi_symbol=True, intraday=False,
+                     n_regimes=3)
+    assert [d.name for d in definitions] == names
+    regimes = [d for d in definitions if d.group == "regime"]
+    assert [d.name for d in regimes] == ["regime_prob_0", "regime_prob_1", "regime_prob_2"]
+    assert all(d.window == 21 and d.recursive and d.inputs == ("close",) for d in regimes)
+    computed = compute_features(bokeh_bars, FeatureParams(), regime_model=model)
+    per_timestamp = computed.groupby("timestamp")["regime_prob_0"].first().to_numpy()
+    assert np.isnan(per_timestamp[: regimes[0].window - 1]).all() and np.isfinite(per_timestamp[regimes[0].window - 1])
+    path = model.save(tmp_path / "regimes.json")
+    runner = CliRunner()
+    result = runner.invoke(app, ["features", "list", "--json", "--params", str(repo_root / "params.yaml"),
+                                 "--regime-model", str(path)])
+    assert result.exit_code == 0, result.output
+    assert [d["name"] for d in json.loads(result.output)][-3:] == ["regime_prob_0", "regime_prob_1", "regime_prob_2"]

@@ -96,6 +96,25 @@ def test_dvc_repro_runs_every_stage(workspace: Path, first_repro: subprocess.Com
     assert "tune lightgbm" in first_repro.stderr.lower() or "trial" in first_repro.stderr  # progress per trial
 
 
+def test_regimes_run_before_features_and_the_served_model_carries_the_regime_model(
+    workspace: Path, first_repro: subprocess.CompletedProcess,
+) -> None:
+    import pandas as pd
+
+    stdout = first_repro.stdout
+    assert stdout.index("Running stage 'regimes'") < stdout.index("Running stage 'features'")
+    regime_model = json.loads((workspace / "models/regimes/model.json").read_text())
+    columns = [f"regime_prob_{k}" for k in range(regime_model["params"]["n_regimes"])]
+    summary = json.loads((workspace / "reports/features/summary.json").read_text())
+    assert summary["features"][-len(columns):] == columns
+    assert summary["regimes"]["fit_end"] == regime_model["train_end"]
+    dataset = pd.read_parquet(workspace / "data/features/dataset.parquet", columns=columns)
+    assert dataset.notna().all(axis=1).mean() > 0.95
+    for spec_path in ("models/trained/spec.json", "models/ensemble/spec.json"):
+        spec = json.loads((workspace / spec_path).read_text())
+        assert spec["features"][-len(columns):] == columns and spec["regime_model"] == regime_model, spec_path
+
+
 def test_metrics_compare_model_with_baselines(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
     metrics = json.loads((workspace / "reports/evaluate/metrics.json").read_text())
     assert set(metrics["baselines"]) == {"buy_and_hold", "momentum_20", "last_return"}

@@ -276,3 +276,114 @@ def test_compare_risk_panel_scores_every_symbol(bokeh_bars: pd.DataFrame) -> Non
     json.dumps(metrics, allow_nan=False)
     assert list(forecasts.columns[:2]) == ["timestamp", "symbol"]
     assert forecasts.groupby("symbol").size().to_dict() == bars.groupby("symbol").size().sub(1).to_dict()
+
+
+# ------------------------------------------------------------------------------- regimes as model features
+
+
+@pytest.fixture(scope="module")
+def fitted_regimes(planted: tuple[pd.DataFrame, pd.Series]) -> tuple[pd.DataFrame, RegimeModel]:
+    """The planted market (first 1,200 bars) and a regime model fitted on its first 600 timestamps."""
+    bars, _ = planted
+    stamps = sorted(bars["timestamp"].unique())
+    bars = bars[bars["timestamp"] <= stamps[1199]].reset_index(drop=True)
+    model, _ = regime_features(bars, RegimeParams(**FAST_REGIMES), pd.Timestamp(stamps[599]))
+    return bars, model
+
+
+def test_regime_probabilities_become_the_last_feature_columns(
+    fitted_regimes: tuple[pd.DataFrame, RegimeModel],
+) -> None:
+    from alphaforge.features import FeatureParams, compute_features, feature_columns, feature_plan
+
+    bars, model = fitted_regimes
+    columns = [f"regime_prob_{k}" for k in range(model.params.n_regimes)]
+    features = compute_features(bars, FeatureParams(), regime_model=model)
+    assert feature_columns(features)[-len(columns):] == columns
+    expected = apply_regime_features(bars, model)
+    np.testing.assert_array_equal(features[columns].to_numpy(), expected[columns].to_numpy())
+    defined = features[columns].notna().all(axis=1)
+    assert defined.mean() > 0.95
+    np.testing.assert_allclose(features.loc[defined, columns].sum(axis=1), 1.0, atol=1e-12)
+    assert feature_plan(FeatureParams(), columns=set(bars.columns), multi_symbol=True, intraday=False,
+                        n_regimes=model.params.n_regimes) == feature_columns(features)
+    # the other features do not move; no model or the switch off: no regime columns at all
+    plain = compute_features(bars, FeatureParams())
+    pd.testing.assert_frame_equal(features.drop(columns=columns), plain)
+    off = compute_features(bars, FeatureParams(regimes=False), regime_model=model)
+    pd.testing.assert_frame_equal(off, plain)
+
+
+def test_regime_features_are_causal_when_later_bars_are_cut_off(
+    fitted_regimes: tuple[pd.DataFrame, RegimeModel],
+) -> None:
+    from alphaforge.features import FeatureParams, compute_features
+
+    bars, model = fitted_regimes
+    columns = [f"regime_prob_{k}" for k in range(model.params.n_regimes)]
+    full = compute_features(bars, FeatureParams(), regime_model=model)
+    stamps = sorted(bars["timestamp"].unique())
+    for cut in (stamps[25], stamps[400], stamps[900], stamps[-2]):  # inside the volatility window, fit, test
+        kept = (bars["timestamp"] <= cut).to_numpy()
+        truncated = compute_features(bars[kept], FeatureParams(), regime_model=model)
+        np.testing.assert_array_equal(truncated[columns].to_numpy(), full.loc[kept, columns].to_numpy())
+
+
+def test_features_stage_merges_the_regimes_stage_model_and_train_records_it(
+    fitted_regimes: tuple[pd.DataFrame, RegimeModel], tmp_path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from alphaforge import stages
+    from alphaforge.config import Params
+    from alphaforge.features import feature_columns
+    from alphaforge.io import write_parquet_atomic
+
+    bars, _ = fitted_regimes
+    monkeypatch.chdir(tmp_path)
+    write_parquet_atomic(bars, stages.Paths.validated_bars)
+    params = Params.model_validate({"regimes": FAST_REGIMES,
+                                    "train": {"walk_forward": {"n_splits": 3, "min_train_size": 400}}})
+    with pytest.raises(FileNotFoundError, match=r"models/regimes/model.json is missing.*dvc repro regimes"):
+        stages.features(params)
+    regimes_summary = stages.regimes(params)
+    summary = stages.features(params)
+    model = RegimeModel.load(stages.Paths.regime_model)
+    dataset = pd.read_parquet(stages.Paths.dataset)
+    columns = ["regime_prob_0", "regime_prob_1"]
+    assert summary["features"][-2:] == columns and feature_columns(dataset)[-2:] == columns
+    expected = apply_regime_features(bars, model)
+    np.testing.assert_array_equal(dataset[columns].to_numpy(), expected[columns].to_numpy())
+    # fitted on the first walk-forward training window only
+    first_train_end = stages.first_training_end(params, dataset["timestamp"])
+    assert model.train_end_ == first_train_end and regimes_summary["fit_end"] == str(first_train_end)
+    assert summary["regimes"] == {"n_regimes": 2, "method": "hmm", "volatility_window": 20,
+                                  "fit_start": str(model.train_start_), "fit_end": str(first_train_end)}
+    assert summary["regimes"] == model.describe()
+    # the train stage's spec carries the model, so the service filters regimes without the repository
+    assert stages.regime_model_of(summary["features"]) == model.to_json()
+    assert stages.regime_model_of(summary["features"][:-2]) is None
+    with pytest.raises(ValueError, match=r"regime columns \['regime_prob_0'\] do not match"):
+        stages.regime_model_of(summary["features"][:-1])
+    # switched off: the stage neither needs nor merges the model
+    off = stages.features(Params.model_validate({"features": {"regimes": False}}))
+    assert not [name for name in off["features"] if name.startswith("regime")] and off["regimes"] is None
+
+
+def test_the_streamer_takes_a_regime_model_file_or_a_served_models_spec(
+    fitted_regimes: tuple[pd.DataFrame, RegimeModel], tmp_path, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from alphaforge.cli import _stream_regime_model
+
+    _, model = fitted_regimes
+    path = model.save(tmp_path / "model.json")
+    assert _stream_regime_model(True, path).to_json() == model.to_json()
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"features": ["rsi"], "regime_model": model.to_json()}))
+    assert _stream_regime_model(True, spec).to_json() == model.to_json()
+    spec.write_text(json.dumps({"features": ["rsi"], "regime_model": None}))
+    with pytest.raises(FileNotFoundError, match="records no regime model"):
+        _stream_regime_model(True, spec)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        _stream_regime_model(True, tmp_path / "absent.json")
+    assert _stream_regime_model(False, path) is None
+    monkeypatch.chdir(tmp_path)  # no models/regimes/model.json here: stream without regime features
+    assert _stream_regime_model(True, None) is None

@@ -1,16 +1,22 @@
-"""The served model in process: the row path equals the pyfunc, row by row and in batches; input rules; A/B routing."""
+"""The served model in process: the row path equals the pyfunc, row by row and in batches; input rules; A/B routing;
+the regime a model with regime features computes from bars and reports."""
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
 import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 
+from alphaforge.features import FeatureParams, compute_features
 from alphaforge.pyfunc import to_model_input
-from alphaforge.serving.host import CHALLENGER, CHAMPION, ModelHost, ServingParams
+from alphaforge.regimes import current_regime, market_returns
+from alphaforge.serving import api
+from alphaforge.serving.host import CHALLENGER, CHAMPION, ModelHost, Registry, ServingParams
 from alphaforge.serving.model import BadRequest, check_keys, load_served_model
 from ensemble_fixtures import stack_and_register, train_small_ensemble
 
@@ -45,7 +51,6 @@ def test_tree_members_are_compiled_when_packaged_and_used_only_where_they_match(
                                                                                caplog: pytest.LogCaptureFixture
                                                                                ) -> None:
     import json
-    import shutil
 
     from alphaforge.models.compiled import MANIFEST
 
@@ -181,3 +186,125 @@ def test_an_ensemble_with_a_sequence_member_serves_through_the_panel_path(tmp_pa
     merged = last.merge(expected, on=["symbol", "timestamp"], suffixes=("", "_pyfunc"))
     assert len(merged) == len(last)
     np.testing.assert_allclose(merged["prediction"], merged["prediction_pyfunc"], rtol=1e-5, atol=1e-7)
+
+
+# ------------------------------------------------------------------------------------------ regimes
+
+
+class LocalRegistry(Registry):
+    """One registered version, ``champion``, served from a local model folder (no MLflow)."""
+
+    def __init__(self, model_dir: Path) -> None:
+        self.model_dir = model_dir
+
+    def aliases(self, name: str) -> dict[str, str]:
+        return {CHAMPION: "1"}
+
+    def version_tags(self, name: str, version: str) -> dict[str, str]:
+        return {}
+
+    def download(self, name: str, version: str, destination: Path) -> Path:
+        return Path(shutil.copytree(self.model_dir, destination / "model"))
+
+
+@pytest.fixture(scope="module")
+def regime_host(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    work = tmp_path_factory.mktemp("served-regimes")
+    (work / "trained").mkdir()
+    trained = train_small_ensemble(work / "trained", seed=13, regimes=True)
+    built = stack_and_register(trained, work / "stack", model_name=None)
+    host = ModelHost(ServingParams(model_name="m", request_log=False, cache_dir=str(work / "cache")),
+                     registry=LocalRegistry(Path(built["model_dir"])))
+    yield {"trained": trained, "host": host}
+    host.close()
+
+
+def bar_records(bars: pd.DataFrame) -> list[api.Bar]:
+    frame = bars.assign(timestamp=bars["timestamp"].map(lambda t: t.isoformat()))
+    return [api.Bar(**record) for record in frame.to_dict(orient="records")]
+
+
+def test_served_model_computes_and_reports_the_regime_from_its_own_regime_model(regime_host: dict) -> None:
+    trained, host = regime_host["trained"], regime_host["host"]
+    bars, regime_model = trained["bars"], trained["regime_model"]
+    model = host.model()
+    assert model.regime_columns == ["regime_prob_0", "regime_prob_1"]
+    assert model.features[-2:] == model.regime_columns  # the probabilities are model inputs
+    assert model.regime_model.to_json() == regime_model.to_json()  # from the spec, not the repository
+    info = model.info()["regimes"]
+    assert info["n_regimes"] == 2 and info["method"] == "hmm" and info["last"] is None
+    assert info["fit_end"] == str(regime_model.train_end_)
+
+    recent = bars[bars["timestamp"] >= sorted(bars["timestamp"].unique())[-150]]
+    answer = api.predict_bars(host, api.PredictBarsRequest(bars=bar_records(recent)), FeatureParams())
+    expected = current_regime(regime_model, market_returns(recent))  # the filter starts at the first bar sent
+    assert answer["regime"]["regime"] == expected["regime"]
+    np.testing.assert_allclose(answer["regime"]["probabilities"], expected["probabilities"], rtol=0, atol=1e-12)
+    assert pd.Timestamp(answer["regime"]["timestamp"]) == pd.Timestamp(expected["timestamp"])
+    api.PredictResponse.model_validate(answer)  # the documented schema
+    assert model.info()["regimes"]["last"] == {**answer["regime"], "route": "predict_bars"}
+    # the predictions used those probabilities: the same rows through /predict give the same predictions
+    features = compute_features(recent.reset_index(drop=True), FeatureParams(), regime_model=regime_model)
+    last = features.groupby("symbol").tail(1)
+    rows = [api.FeatureRow(symbol=r["symbol"], timestamp=r["timestamp"].isoformat(),
+                           features={f: float(r[f]) for f in model.features}) for r in last.to_dict("records")]
+    by_rows = api.predict_rows(host, api.PredictRequest(rows=rows))
+    assert [p["prediction"] for p in by_rows["predictions"]] == pytest.approx(
+        [p["prediction"] for p in answer["predictions"]], rel=1e-12)
+    assert by_rows["regime"] == answer["regime"]  # /predict reads the regime from its inputs
+
+    one = api.predict_rows(host, api.PredictRequest(rows=rows[:1]))
+    assert one["regime"]["regime"] == int(np.argmax([rows[0].features[c] for c in model.regime_columns]))
+
+
+def test_regime_features_cannot_come_from_too_short_a_history(regime_host: dict) -> None:
+    trained, host = regime_host["trained"], regime_host["host"]
+    bars = trained["bars"]
+    short = bars[bars["timestamp"] >= sorted(bars["timestamp"].unique())[-15]]  # < the volatility window
+    with pytest.raises(BadRequest, match="no bar has every feature yet"):
+        api.predict_bars(host, api.PredictBarsRequest(bars=bar_records(short)), FeatureParams())
+    assert api.min_history_bars(host.model()) >= 22
+
+
+def test_predict_symbols_reads_regime_features_the_streamer_computed_incrementally(
+    regime_host: dict, tmp_path: Path,
+) -> None:
+    """`alphaforge stream` with the model's regime model stores what batch computes; the answer reports the regime."""
+    import uuid
+
+    from alphaforge.featurestore.config import FeatureStoreParams
+    from alphaforge.featurestore.online import OnlineStore
+    from alphaforge.featurestore.stream import run_stream
+
+    trained, host = regime_host["trained"], regime_host["host"]
+    bars, dataset = trained["bars"], trained["dataset"]
+    model = host.model()
+    source = tmp_path / "bars.csv"
+    bars.assign(timestamp=bars["timestamp"].map(lambda t: t.isoformat())).to_csv(source, index=False)
+    store_params = FeatureStoreParams(redis_url="redis://127.0.0.1:6379/0", bar_log=tmp_path / "log.sqlite",
+                                      key_prefix=f"alphaforge-test:{uuid.uuid4().hex[:12]}:")
+    store = OnlineStore.from_params(store_params)
+    symbols = sorted(bars["symbol"].unique())
+    try:
+        without = run_stream(FeatureParams(), store_params.model_copy(update={"bar_log": tmp_path / "plain.sqlite"}),
+                             str(source))
+        assert without.bars == len(bars)
+        with pytest.raises(BadRequest, match=r"lack feature\(s\) \['regime_prob_0', 'regime_prob_1'\].*regime model"):
+            api.predict_symbols(host, api.SymbolsRequest(symbols=symbols), store)
+        store.clear()
+        run_stream(FeatureParams(), store_params, str(source), regime_model=trained["regime_model"])
+        answer = api.predict_symbols(host, api.SymbolsRequest(symbols=symbols), store)
+    finally:
+        store.clear()
+    last = dataset.groupby("symbol").tail(1).set_index("symbol").loc[symbols]
+    expected = regime_report_of(last, model.regime_columns)
+    assert answer["regime"]["regime"] == expected["regime"]
+    np.testing.assert_allclose(answer["regime"]["probabilities"], expected["probabilities"], rtol=1e-9, atol=1e-9)
+    predicted = model.predict_matrix(last[model.features].to_numpy())[0]
+    np.testing.assert_allclose([p["prediction"] for p in answer["predictions"]], predicted, rtol=1e-9, atol=1e-9)
+    assert model.info()["regimes"]["last"] == {**answer["regime"], "route": "predict_symbols"}
+
+
+def regime_report_of(rows: pd.DataFrame, columns: list[str]) -> dict:
+    probabilities = rows[columns].iloc[-1].to_numpy()
+    return {"regime": int(np.argmax(probabilities)), "probabilities": probabilities.tolist()}

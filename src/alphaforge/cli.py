@@ -10,6 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
+from typing import Any
 
 import typer
 
@@ -359,6 +360,8 @@ def features_list(
     single_symbol: bool = typer.Option(False, "--single-symbol", help="one symbol: no cross-sectional ranks"),
     intraday: bool = typer.Option(None, "--intraday/--daily", help="sub-daily bars: `hour` (default: feature_store)"),
     as_json: bool = typer.Option(False, "--json", help="print JSON instead of a table"),
+    regime_model: Path = typer.Option(None, "--regime-model",
+                                      help="a fitted regime model (models/regimes/model.json): list its regime_prob_*"),
 ) -> None:
     """List the feature definitions (name, group, window in bars, inputs, version, description) for such bars."""
     from alphaforge.config import ConfigError, load_params
@@ -371,8 +374,13 @@ def features_list(
         raise typer.Exit(code=2) from err
     store = loaded.feature_store
     bar_columns = {c.strip() for c in columns.split(",") if c.strip()} if columns else set(store.bar_columns)
+    if regime_model is not None and not regime_model.is_file():
+        typer.secho(f"--regime-model {regime_model}: no such file", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2)
+    regimes = _stream_regime_model(loaded.features.regimes, regime_model) if regime_model is not None else None
     definitions = feature_definitions(loaded.features, columns=bar_columns, multi_symbol=not single_symbol,
-                                      intraday=store.intraday if intraday is None else intraday)
+                                      intraday=store.intraday if intraday is None else intraday,
+                                      regime_model=regimes)
     if as_json:
         typer.echo(json.dumps([d.as_dict() for d in definitions], indent=2))
         return
@@ -393,6 +401,10 @@ def stream(
     redis_url: str = typer.Option(None, "--redis-url", help="override feature_store.redis_url"),
     flush_idle: float = typer.Option(1.0, "--flush-idle", min=0.0,
                                      help="stdin: write a timestamp's bars after this many idle seconds (0: never)"),
+    regime_model: Path = typer.Option(None, "--regime-model",
+                                      help="the fitted regime model whose probabilities to store (features.regimes): "
+                                           "a model.json, or a served model's spec.json (its regime_model); "
+                                           "default models/regimes/model.json when it exists"),
 ) -> None:
     """Bars in, features out: validate each bar, update the features incrementally, write them to the store.
 
@@ -419,13 +431,38 @@ def stream(
             store_params = store_params.model_copy(update={"redis_url": redis_url})
         summary = run_stream(loaded.features, store_params, source, fmt=fmt,  # type: ignore[arg-type]
                              on_bad_bar=on_bad_bar, pace_seconds=pace,  # type: ignore[arg-type]
-                             naive_timezone=loaded.ingest.naive_timezone, flush_idle_seconds=flush_idle)
-    except (DataError, ConfigError, StoreUnavailable) as err:
+                             naive_timezone=loaded.ingest.naive_timezone, flush_idle_seconds=flush_idle,
+                             regime_model=_stream_regime_model(loaded.features.regimes, regime_model))
+    except (DataError, ConfigError, StoreUnavailable, FileNotFoundError) as err:
         typer.secho(f"alphaforge stream: failed\n{err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from err
     typer.echo(json.dumps({"steps": summary.steps, "bars": summary.bars, "already_stored": summary.already_stored,
                            "bad_bars": summary.bad_bars, "replayed_steps": summary.replayed_steps,
                            "last_timestamp": summary.last_timestamp}))
+
+
+def _stream_regime_model(enabled: bool, path: Path | None) -> Any:
+    """The regime model the streamer filters with: ``path``, else the regimes stage's file when it exists."""
+    from alphaforge.regimes import RegimeModel
+
+    if not enabled:
+        return None
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"--regime-model {path}: no such file")
+        payload = json.loads(path.read_text())
+        if "regime_model" in payload:  # a trained model's spec.json: the regime model it was trained with
+            if not payload["regime_model"]:
+                raise FileNotFoundError(f"--regime-model {path}: this model's spec records no regime model")
+            payload = payload["regime_model"]
+        return RegimeModel.from_json(payload)
+    default = Path("models/regimes/model.json")
+    if default.is_file():
+        return RegimeModel.load(default)
+    logging.getLogger("alphaforge.stream").warning(
+        "stream: features.regimes is on but %s does not exist (run `dvc repro regimes`): storing no regime_prob_* "
+        "features, so /predict_symbols refuses models that use them", default)
+    return None
 
 
 def main() -> None:

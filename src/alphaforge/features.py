@@ -42,6 +42,9 @@ full gives NaN):
   data (more than half the gaps between a symbol's consecutive bars under one day).
 * ``{name}_cs_rank``: percentile rank (ties averaged, pandas ``rank(pct=True)``) of a feature
   among the symbols at the same timestamp; only when the data has more than one symbol.
+* ``regime_prob_{k}`` (``features.regimes``, with a fitted regime model): the forward-filtered probability
+  P(regime k | market bars up to t) of :mod:`alphaforge.regimes` (regime 0 the calmest); one market-wide
+  value per timestamp, the same for every symbol; NaN until the model's volatility window is full.
 
 Features whose input columns the bars lack are skipped, with one INFO log line naming
 the feature and the missing column (skfolio's data, for one, has closes only).
@@ -60,6 +63,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -70,6 +74,9 @@ from scipy.signal import lfilter
 from alphaforge.featurestore.exogenous import ExogenousParams, load_exogenous
 from alphaforge.featurestore.sentiment import SentimentParams, load_headlines
 from alphaforge.schema import KEY_COLUMNS, NUMERIC_COLUMNS, DataError
+
+if TYPE_CHECKING:
+    from alphaforge.regimes import RegimeModel
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +114,10 @@ class FeatureParams(BaseModel):
     # Optional groups (off by default: the default feature set, and what FEATURE_VERSION means, stay as they were).
     exogenous: ExogenousParams = ExogenousParams()
     sentiment: SentimentParams = SentimentParams()
+    # Market regime probabilities regime_prob_0..k-1 from a fitted regime model (alphaforge.regimes; the regimes
+    # stage fits it on the first training window). On by default; they exist only when a model is handed to
+    # compute_features (the features stage and the service do), so FEATURE_VERSION is unchanged: no definition moved.
+    regimes: bool = True
 
     @model_validator(mode="after")
     def _check(self) -> FeatureParams:
@@ -155,9 +166,12 @@ _GROUP_NAMES: dict[str, tuple[str, ...]] = {
 
 def _plan(
     params: FeatureParams, *, columns: set[str] | None = None, all_columns: bool = False,
-    multi_symbol: bool, intraday: bool,
+    multi_symbol: bool, intraday: bool, n_regimes: int = 0,
 ) -> tuple[list[str], list[str]]:
-    """The feature names for data with ``columns``, in output order, and log lines for the skipped ones."""
+    """The feature names for data with ``columns``, in output order, and log lines for the skipped ones.
+
+    ``n_regimes``: the regime model's number of regimes (0: no regime model, so no regime columns).
+    """
     present = set(NUMERIC_COLUMNS) if all_columns else (columns or set())
     names = [f"log_return_{h}" for h in params.return_horizons]
     names += [f"sma_ratio_{w}" for w in params.ma_windows]
@@ -184,16 +198,29 @@ def _plan(
                 skipped.append(f"features: skipping {name}_cs_rank: {name} is not computed for these bars")
     names += params.exogenous.feature_names()  # optional groups last: the default columns stay a prefix
     names += params.sentiment.feature_names()
+    if params.regimes:
+        if n_regimes:
+            names += regime_probability_columns(n_regimes)
+        else:
+            skipped.append("features: skipping regime_prob_*: no regime model was given "
+                           "(the features stage loads models/regimes/model.json)")
     return names, skipped
 
 
+def regime_probability_columns(n_regimes: int) -> list[str]:
+    """The regime feature columns: the causal probability of each regime, ``regime_prob_0`` (calmest) first."""
+    return [f"regime_prob_{k}" for k in range(n_regimes)]
+
+
 def feature_plan(
-    params: FeatureParams, *, columns: set[str] | frozenset[str], multi_symbol: bool, intraday: bool
+    params: FeatureParams, *, columns: set[str] | frozenset[str], multi_symbol: bool, intraday: bool,
+    n_regimes: int = 0,
 ) -> list[str]:
     """The feature names :func:`compute_features` produces, in its column order, for bars with ``columns``
-    (more than one symbol: ``multi_symbol``; mostly sub-daily gaps: ``intraday``). The one plan that the
-    incremental engine and the feature registry (``alphaforge.featurestore``) are derived from."""
-    return _plan(params, columns=set(columns), multi_symbol=multi_symbol, intraday=intraday)[0]
+    (more than one symbol: ``multi_symbol``; mostly sub-daily gaps: ``intraday``; a regime model of
+    ``n_regimes`` regimes, 0 for none). The one plan that the incremental engine and the feature registry
+    (``alphaforge.featurestore``) are derived from."""
+    return _plan(params, columns=set(columns), multi_symbol=multi_symbol, intraday=intraday, n_regimes=n_regimes)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -753,19 +780,26 @@ def _pct_rank_rows(grid: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
-def compute_features(bars: pd.DataFrame, params: FeatureParams) -> pd.DataFrame:
+def compute_features(bars: pd.DataFrame, params: FeatureParams, regime_model: RegimeModel | None = None
+                     ) -> pd.DataFrame:
     """All features of ``bars``, one row per bar (same index and order), float64.
 
     ``bars`` must be in the canonical long schema sorted by (symbol, timestamp), with
     finite positive close (and high/low when present) and finite non-negative volume;
     otherwise :class:`DataError` names the row and the rule. Features whose input
     columns are absent are skipped with one INFO log line each.
+
+    ``regime_model`` (fitted, :class:`alphaforge.regimes.RegimeModel`): with ``params.regimes`` on, its
+    causal regime probabilities (:func:`alphaforge.regimes.apply_regime_features`, filtered from the first
+    bar of ``bars``) become the last columns ``regime_prob_0..k-1``; without a model they are skipped.
     """
     groups = _check_bars(bars, "compute_features")
     columns = set(bars.columns)
     multi_symbol = len(groups.starts) > 1
     intraday = params.calendar and _is_intraday(groups)
-    names, skipped = _plan(params, columns=columns, multi_symbol=multi_symbol, intraday=intraday)
+    n_regimes = regime_model.params.n_regimes if (params.regimes and regime_model is not None) else 0
+    names, skipped = _plan(params, columns=columns, multi_symbol=multi_symbol, intraday=intraday,
+                           n_regimes=n_regimes)
     for line in skipped:
         log.info(line)
     values = np.empty((len(names), groups.n_rows))
@@ -817,6 +851,12 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams) -> pd.DataFrame:
         for name in ranked:
             source = values[slot[name.removesuffix("_cs_rank")]]
             values[slot[name]] = _cross_sectional_pct_rank(source, timestamps)
+    if n_regimes:
+        from alphaforge.regimes import apply_regime_features
+
+        regimes = apply_regime_features(bars, regime_model)
+        for name in regime_probability_columns(n_regimes):
+            values[slot[name]] = regimes[name].to_numpy(dtype=np.float64)
 
     return _with_keys(bars, pd.DataFrame(values.T, columns=names, index=bars.index, copy=False))
 

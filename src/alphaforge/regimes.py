@@ -6,9 +6,11 @@ Gaussian state density fits far better). For a panel the series is the equal-wei
 mean of the symbols' one-bar log returns at each timestamp (:func:`market_returns`), because a regime is a
 property of the market, not of one stock. Inputs are standardised with the training rows' mean and std.
 
-**Fitting** uses training rows only (``fit`` is handed the training span; the features stage should fit on
-the first walk-forward fold's training window, so that no fold's test window is ever seen, see
-:func:`regime_features`).
+**Fitting** uses training rows only (``fit`` is handed the training span; the regimes stage fits on the
+first walk-forward fold's training window, so that no fold's test window is ever seen, see
+:func:`regime_features`). The features stage then merges the probabilities as model features
+(``alphaforge.features.compute_features(..., regime_model=...)``), the trained model's spec carries
+:meth:`RegimeModel.to_json`, and the online store filters one timestamp at a time (:class:`RegimeFilter`).
 
 **Probabilities are causal.** For the HMM, ``predict_proba`` returns the *forward-filtered* probabilities
 P(state_t | inputs_1..t), computed with the fitted parameters by the forward recursion, not hmmlearn's
@@ -38,6 +40,7 @@ from scipy.special import logsumexp
 from alphaforge.schema import DataError
 
 __all__ = [
+    "RegimeFilter",
     "RegimeModel",
     "RegimeParams",
     "apply_regime_features",
@@ -227,25 +230,39 @@ class RegimeModel:
             log_post = np.log(self.weights_) + log_b[valid]
             probs[valid] = np.exp(log_post - logsumexp(log_post, axis=1, keepdims=True))
         else:
-            # The fitted start probabilities belong to the first bar with defined inputs (the fit saw only
-            # those); after it, a bar without inputs advances the state by the transition alone.
-            # Emission likelihoods rescaled per bar (max 1) so the recursion runs in plain probabilities.
             filled = np.where(valid[:, None], log_b, 0.0)
             likelihood = np.exp(filled - filled.max(axis=1, keepdims=True))
             state: np.ndarray | None = None
             for t in range(len(z)):
-                prior = self.startprob_ if state is None else state @ self.transmat_
-                if valid[t]:
-                    posterior = np.maximum(prior, 1e-300) * likelihood[t]
-                    state = posterior / posterior.sum()
-                    probs[t] = state
-                elif state is not None:
-                    state = prior
+                state, probs[t] = self._filter_step(state, likelihood[t] if valid[t] else None)
         return pd.DataFrame(probs, index=returns.index, columns=[f"regime_prob_{k}" for k in range(len(self.means_))])
+
+    def _filter_step(self, state: np.ndarray | None, likelihood: np.ndarray | None
+                     ) -> tuple[np.ndarray | None, np.ndarray]:
+        """One step of the HMM's forward filter: (new state, this bar's probabilities; NaN without inputs).
+
+        ``likelihood``: the bar's emission likelihoods rescaled to a maximum of 1 (so the recursion runs in
+        plain probabilities), None where its inputs are undefined. The fitted start probabilities belong to
+        the first bar with defined inputs (the fit saw only those); after it, a bar without inputs advances
+        the state by the transition alone. The batch filter and :class:`RegimeFilter` share this step.
+        """
+        prior = self.startprob_ if state is None else state @ self.transmat_
+        if likelihood is not None:
+            posterior = np.maximum(prior, 1e-300) * likelihood
+            state = posterior / posterior.sum()
+            return state, state
+        return (None if state is None else prior), np.full(len(self.means_), np.nan)
 
     def predict(self, returns: pd.Series) -> pd.Series:
         """The most probable regime per bar (causal), as float with NaN where undefined."""
         return pd.Series(_most_probable(self.predict_proba(returns).to_numpy()), index=returns.index, name="regime")
+
+    def describe(self) -> dict[str, Any]:
+        """What reports and the service say about the model: size, kind, input window and the span it was fitted on."""
+        self._check_fitted()
+        return {"n_regimes": self.params.n_regimes, "method": self.params.method,
+                "volatility_window": self.params.volatility_window, "fit_start": str(self.train_start_),
+                "fit_end": str(self.train_end_)}
 
     # -- persistence
 
@@ -283,6 +300,57 @@ class RegimeModel:
     @classmethod
     def load(cls, path: str | Path) -> RegimeModel:
         return cls.from_json(json.loads(Path(path).read_text()))
+
+
+class RegimeFilter:
+    """The fitted model's causal regime probabilities one timestamp at a time (the online feature store).
+
+    :meth:`update` takes the market return of the next timestamp (the mean of the symbols' one-bar log
+    returns, NaN when no symbol has one, as :func:`market_returns` gives) and returns that timestamp's
+    probabilities: the batch :meth:`RegimeModel.predict_proba` on the same history, to rounding, because
+    the inputs are the same rolling window (two-pass sample std of the last ``volatility_window`` returns)
+    and the filter runs the same step (:meth:`RegimeModel._filter_step`). The state is the window of
+    returns and the filter's probabilities (:meth:`state` / :meth:`restore`).
+    """
+
+    def __init__(self, model: RegimeModel) -> None:
+        model._check_fitted()
+        self.model = model
+        self.returns_ = np.full(model.params.volatility_window, np.nan)  # oldest first
+        self.filtered_: np.ndarray | None = None
+
+    def update(self, market_return: float) -> np.ndarray:
+        model = self.model
+        window = self.returns_
+        window[:-1] = window[1:]
+        window[-1] = market_return
+        log_volatility = np.nan
+        if np.isfinite(window).all():
+            volatility = float(np.sqrt(np.sum((window - window.mean()) ** 2) / (len(window) - 1)))
+            if volatility > 0:
+                log_volatility = math.log(volatility)
+        z = (np.array([market_return, log_volatility]) - model.center_) / model.scale_
+        if not np.isfinite(z).all():
+            if model.transmat_ is None:
+                return np.full(len(model.means_), np.nan)
+            self.filtered_, probs = model._filter_step(self.filtered_, None)
+            return probs
+        log_b = model._log_emission(z[None, :])[0]
+        if model.transmat_ is None:
+            log_post = np.log(model.weights_) + log_b
+            return np.exp(log_post - logsumexp(log_post))
+        self.filtered_, probs = model._filter_step(self.filtered_, np.exp(log_b - log_b.max()))
+        return probs
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The arrays to save (NaN filter probabilities: not started yet)."""
+        filtered = np.full(len(self.model.means_), np.nan) if self.filtered_ is None else self.filtered_
+        return {"regime_returns": self.returns_.copy(), "regime_filtered": filtered.copy()}
+
+    def restore(self, arrays: dict[str, np.ndarray]) -> None:
+        self.returns_ = np.asarray(arrays["regime_returns"], dtype=np.float64).copy()
+        filtered = np.asarray(arrays["regime_filtered"], dtype=np.float64)
+        self.filtered_ = None if np.isnan(filtered).all() else filtered.copy()
 
 
 def _most_probable(probabilities: np.ndarray) -> np.ndarray:

@@ -11,12 +11,15 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
 from alphaforge.config import Params
 from alphaforge.io import write_json_atomic, write_parquet_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from alphaforge.regimes import RegimeModel
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,8 @@ def features(params: Params) -> dict[str, Any]:
     from alphaforge.features import FEATURE_VERSION, compute_features, compute_labels, feature_columns
 
     bars = pd.read_parquet(Paths.validated_bars)
-    feats = compute_features(bars, params.features)
+    regime_model = load_regime_model() if params.features.regimes else None
+    feats = compute_features(bars, params.features, regime_model=regime_model)
     labels = compute_labels(bars, params.labels.horizon)
     label_cols = [c for c in labels.columns if c not in ("timestamp", "symbol")]
     dataset = pd.concat([feats, labels[label_cols]], axis=1)
@@ -127,10 +131,21 @@ def features(params: Params) -> dict[str, Any]:
         "rows": int(len(dataset)),
         "rows_with_label": int(dataset["forward_return"].notna().sum()),
         "horizon": params.labels.horizon,
+        "regimes": None if regime_model is None else regime_model.describe(),
     }
     write_json_atomic(summary, Paths.features_summary)
     log.info("features: %d features x %d rows -> %s", len(names), len(dataset), Paths.dataset)
     return summary
+
+
+def load_regime_model() -> RegimeModel:
+    """The regimes stage's fitted model (``features.regimes`` on); a clear error when that stage has not run."""
+    from alphaforge.regimes import RegimeModel
+
+    if not Paths.regime_model.is_file():
+        raise FileNotFoundError(f"{Paths.regime_model} is missing and features.regimes is on: run the regimes stage "
+                                "first (dvc repro regimes), or set features.regimes: false")
+    return RegimeModel.load(Paths.regime_model)
 
 
 def tune(params: Params, workers: int = 1) -> dict[str, Any]:
@@ -232,7 +247,8 @@ def train(params: Params) -> dict[str, Any]:
     write_json_atomic(
         {"feature_version": FEATURE_VERSION, "features": result.feature_names, "horizon": params.labels.horizon,
          "target": target, "task": task, "families": list(params.train.families),
-         "feature_params": params.features.model_dump(mode="json")},
+         "feature_params": params.features.model_dump(mode="json"),
+         "regime_model": regime_model_of(result.feature_names)},
         Paths.trained_dir / "spec.json",
     )
     run_id = None
@@ -255,6 +271,20 @@ def train(params: Params) -> dict[str, Any]:
     write_json_atomic({"run_id": run_id, "experiment": params.tracking.experiment}, Paths.run_reference)
     write_json_atomic(metrics, Paths.train_metrics)
     return metrics
+
+
+def regime_model_of(feature_names: list[str]) -> dict[str, Any] | None:
+    """The regime model's JSON for the trained model's spec when its features include regime probabilities,
+    so a served model computes them from raw bars without the repository's files (None otherwise)."""
+    if not any(name.startswith("regime_prob_") for name in feature_names):
+        return None
+    model = load_regime_model()
+    expected = [f"regime_prob_{k}" for k in range(model.params.n_regimes)]
+    used = [name for name in feature_names if name.startswith("regime_prob_")]
+    if used != expected:
+        raise ValueError(f"train: the dataset's regime columns {used} do not match {Paths.regime_model} "
+                         f"({model.params.n_regimes} regimes); rerun the features stage (dvc repro features)")
+    return model.to_json()
 
 
 def stack(params: Params) -> dict[str, Any]:

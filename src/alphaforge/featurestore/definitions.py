@@ -10,9 +10,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 from alphaforge.features import FEATURE_VERSION, FeatureParams, feature_plan
 from alphaforge.featurestore.exogenous import SERIES
+
+if TYPE_CHECKING:
+    from alphaforge.regimes import RegimeModel
 
 #: The bar columns any feature can use, beyond the keys.
 ALL_BAR_COLUMNS: frozenset[str] = frozenset(
@@ -99,16 +103,34 @@ def _base_definition(name: str, params: FeatureParams) -> tuple[str, tuple[str, 
     return fixed[name]
 
 
+def _regime_definition(name: str, regime_model: RegimeModel) -> FeatureDefinition:
+    p = regime_model.params
+    k = int(name.removeprefix("regime_prob_"))
+    description = (f"P(market regime {k} of {p.n_regimes} | market bars up to t), forward-filtered {p.method} "
+                   f"(regime 0 the calmest; market = mean one-bar log return of the symbols, {p.volatility_window}-bar "
+                   f"volatility); fitted {regime_model.train_start_:%Y-%m-%d}..{regime_model.train_end_:%Y-%m-%d}")
+    return FeatureDefinition(name=name, description=description, dtype="float64", inputs=("close",),
+                             window=p.volatility_window + 1, recursive=p.method == "hmm", cross_sectional=False,
+                             group="regime", version=FEATURE_VERSION)
+
+
 def feature_definitions(
     params: FeatureParams,
     *,
     columns: frozenset[str] | set[str] = ALL_BAR_COLUMNS,
     multi_symbol: bool = True,
     intraday: bool = False,
+    regime_model: RegimeModel | None = None,
 ) -> list[FeatureDefinition]:
-    """The definitions of every feature ``compute_features`` would produce for such bars, in its order."""
+    """The definitions of every feature ``compute_features`` would produce for such bars (and ``regime_model``),
+    in its order. A regime probability's ``window`` counts market timestamps (the filter's volatility window)."""
     out = []
-    for name in feature_plan(params, columns=columns, multi_symbol=multi_symbol, intraday=intraday):
+    n_regimes = regime_model.params.n_regimes if regime_model is not None else 0
+    for name in feature_plan(params, columns=columns, multi_symbol=multi_symbol, intraday=intraday,
+                             n_regimes=n_regimes):
+        if regime_model is not None and name.startswith("regime_prob_"):
+            out.append(_regime_definition(name, regime_model))
+            continue
         base = name.removesuffix("_cs_rank")
         description, inputs, window, recursive, group = _base_definition(base, params)
         cross_sectional = base != name

@@ -14,7 +14,10 @@ every definition is evaluated the same way:
   from the same start (first close; mean of the first ``n`` changes);
 * calendar values come from :func:`alphaforge.features.calendar_values` and cross-sectional
   ranks from the batch ranking routine, among the symbols of the update (one timestamp), so
-  an update must carry every symbol's bar of its timestamp.
+  an update must carry every symbol's bar of its timestamp;
+* regime probabilities (``regime_prob_*``, with a fitted regime model): the market return of the
+  update (mean of its symbols' one-bar log returns) goes through one step of
+  :class:`alphaforge.regimes.RegimeFilter`, the batch filter's own step, once per timestamp.
 
 The state (:meth:`IncrementalEngine.state_bytes`) is the last window of each symbol's bars
 plus the running averages, which no finite window of bars can recover exactly (an EMA
@@ -32,10 +35,18 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from alphaforge.features import FEATURE_VERSION, FeatureParams, _pct_rank_rows, calendar_values, feature_plan
+from alphaforge.features import (
+    FEATURE_VERSION,
+    FeatureParams,
+    _pct_rank_rows,
+    calendar_values,
+    feature_plan,
+    regime_probability_columns,
+)
 from alphaforge.featurestore.definitions import ALL_BAR_COLUMNS, feature_definitions
 from alphaforge.featurestore.exogenous import load_exogenous
 from alphaforge.featurestore.sentiment import SentimentState, load_headlines
+from alphaforge.regimes import RegimeFilter, RegimeModel
 from alphaforge.schema import DataError
 
 _STATE_ARRAYS = ("count", "last_ns", "close_hist", "return_hist", "high_hist", "low_hist", "k_hist", "volume_hist",
@@ -108,16 +119,25 @@ class IncrementalEngine:
     several, daily or intraday).
     """
 
-    def __init__(self, params: FeatureParams, names: Sequence[str], capacity: int = 64) -> None:
+    def __init__(self, params: FeatureParams, names: Sequence[str], capacity: int = 64,
+                 regime_model: RegimeModel | None = None) -> None:
         self.params = params
         self.names = list(names)
-        possible = set(feature_plan(params, columns=ALL_BAR_COLUMNS, multi_symbol=True, intraday=True))
+        self.regime_model = regime_model if params.regimes else None
+        n_regimes = self.regime_model.params.n_regimes if self.regime_model is not None else 0
+        possible = set(feature_plan(params, columns=ALL_BAR_COLUMNS, multi_symbol=True, intraday=True,
+                                    n_regimes=n_regimes))
         unknown = [n for n in self.names if n not in possible]
         if unknown:
-            raise ValueError(f"IncrementalEngine: {unknown} are not features of this configuration")
+            hint = (" (regime_prob_* need a fitted regime model: regime_model=, and features.regimes on)"
+                    if any(n.startswith("regime_prob_") for n in unknown) else "")
+            raise ValueError(f"IncrementalEngine: {unknown} are not features of this configuration{hint}")
         self.feature_version = FEATURE_VERSION
         self._column = {name: i for i, name in enumerate(self.names)}
-        definitions = {d.name: d for d in feature_definitions(params)}
+        self.regime_rows = np.asarray([self._column[n] for n in regime_probability_columns(n_regimes)
+                                       if n in self._column], dtype=np.int64)
+        self._regimes = RegimeFilter(self.regime_model) if self.regime_rows.size else None
+        definitions = {d.name: d for d in feature_definitions(params, regime_model=self.regime_model)}
         definitions.update({d.name: d for d in feature_definitions(params, intraday=True)})
         inputs = {c for n in self.names for c in definitions[n].inputs} - {"timestamp", "headlines"}
         self.input_columns = tuple(sorted(inputs | {"close"}))
@@ -218,9 +238,10 @@ class IncrementalEngine:
         return out
 
     def fingerprint(self) -> str:
-        """Identifies what the state means: feature version, parameters and plan."""
+        """Identifies what the state means: feature version, parameters, plan and regime model."""
+        regimes = self.regime_model.to_json() if self._regimes is not None else None
         text = json.dumps({"version": FEATURE_VERSION, "params": self.params.model_dump(mode="json"),
-                           "names": self.names}, sort_keys=True)
+                           "names": self.names, **({"regime_model": regimes} if regimes else {})}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def state_bytes(self) -> bytes:
@@ -230,13 +251,16 @@ class IncrementalEngine:
         arrays = {name: getattr(self, name)[..., :n] for name in _STATE_ARRAYS}
         if self._sentiment is not None:
             arrays.update(self._sentiment.state())
+        if self._regimes is not None:
+            arrays.update(self._regimes.state())
         np.savez(buffer, symbols=np.asarray(self.symbols, dtype=object).astype(str),
                  fingerprint=np.asarray(self.fingerprint()), **arrays)
         return buffer.getvalue()
 
     @classmethod
-    def from_state_bytes(cls, params: FeatureParams, names: Sequence[str], state: bytes) -> IncrementalEngine:
-        engine = cls(params, names)
+    def from_state_bytes(cls, params: FeatureParams, names: Sequence[str], state: bytes,
+                         regime_model: RegimeModel | None = None) -> IncrementalEngine:
+        engine = cls(params, names, regime_model=regime_model)
         with np.load(io.BytesIO(state), allow_pickle=False) as saved:
             if str(saved["fingerprint"]) != engine.fingerprint():
                 raise ValueError("IncrementalEngine: the saved state was made by other feature parameters, plan or "
@@ -247,6 +271,8 @@ class IncrementalEngine:
                 getattr(engine, name)[..., : len(symbols)] = saved[name]
             if engine._sentiment is not None:
                 engine._sentiment.restore({k: saved[k] for k in saved.files if k.startswith("sentiment_")})
+            if engine._regimes is not None:
+                engine._regimes.restore({k: saved[k] for k in saved.files if k.startswith("regime_")})
         engine.symbols = symbols
         engine._slot = {s: i for i, s in enumerate(symbols)}
         return engine
@@ -389,6 +415,10 @@ class IncrementalEngine:
             polarity, count = self._sentiment.update(timestamp_ns, symbols)
             out[column["sentiment_lm_polarity"]] = polarity
             out[column["sentiment_headline_count"]] = count
+        if self._regimes is not None:  # one market-wide filter step per update (timestamp)
+            finite = returns[np.isfinite(returns)]
+            market_return = float(finite.mean()) if finite.size else np.nan
+            out[self.regime_rows] = self._regimes.update(market_return)[:, None]
         if self.ranked:
             sources = np.stack([out[column[name.removesuffix("_cs_rank")]] for name in self.ranked])
             ranked = _pct_ranks(sources)
@@ -444,6 +474,8 @@ class IncrementalEngine:
 
 
 def plan_for(params: FeatureParams, *, columns: Sequence[str] | set[str], multi_symbol: bool,
-             intraday: bool) -> list[str]:
-    """The feature names (batch order) for bars with ``columns``; what :class:`IncrementalEngine` takes."""
-    return feature_plan(params, columns=set(columns), multi_symbol=multi_symbol, intraday=intraday)
+             intraday: bool, n_regimes: int = 0) -> list[str]:
+    """The feature names (batch order) for bars with ``columns`` (and a regime model of ``n_regimes``, 0: none);
+    what :class:`IncrementalEngine` takes."""
+    return feature_plan(params, columns=set(columns), multi_symbol=multi_symbol, intraday=intraday,
+                        n_regimes=n_regimes)

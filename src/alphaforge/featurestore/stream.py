@@ -40,6 +40,7 @@ from alphaforge.features import FEATURE_VERSION, FeatureParams
 from alphaforge.featurestore.config import FeatureStoreParams
 from alphaforge.featurestore.incremental import IncrementalEngine, plan_for
 from alphaforge.featurestore.online import OnlineStore
+from alphaforge.regimes import RegimeModel
 from alphaforge.schema import DataError
 
 log = logging.getLogger(__name__)
@@ -268,16 +269,19 @@ class Streamer:
     """Validated bars -> incremental features -> online store, with a bar log for restarts."""
 
     def __init__(self, features: FeatureParams, store_params: FeatureStoreParams, store: OnlineStore, bar_log: BarLog,
-                 *, on_bad_bar: OnBadBar = "stop", naive_timezone: str = "UTC") -> None:
+                 *, on_bad_bar: OnBadBar = "stop", naive_timezone: str = "UTC",
+                 regime_model: RegimeModel | None = None) -> None:
         self.params = features
         self.store_params = store_params
         self.store = store
         self.bar_log = bar_log
         self.on_bad_bar = on_bad_bar
         self.naive_timezone = naive_timezone
+        self.regime_model = regime_model if features.regimes else None
+        n_regimes = self.regime_model.params.n_regimes if self.regime_model is not None else 0
         self.names = plan_for(features, columns=set(store_params.bar_columns), multi_symbol=store_params.multi_symbol,
-                              intraday=store_params.intraday)
-        self.engine = IncrementalEngine(features, self.names)
+                              intraday=store_params.intraday, n_regimes=n_regimes)
+        self.engine = IncrementalEngine(features, self.names, regime_model=self.regime_model)
         self.required = [c for c in self.engine.input_columns if c != "close"] + ["close"]
         self.resume_after: int | None = None
         self._steps_since_checkpoint = 0
@@ -288,7 +292,8 @@ class Streamer:
         saved = self.bar_log.checkpoint()
         after = None
         if saved is not None and saved[1] == self.engine.fingerprint():
-            self.engine = IncrementalEngine.from_state_bytes(self.params, self.names, saved[2])
+            self.engine = IncrementalEngine.from_state_bytes(self.params, self.names, saved[2],
+                                                             regime_model=self.regime_model)
             after = saved[0]
         elif saved is not None:
             log.warning("stream: the saved engine state was made with other feature definitions; rebuilding from "
@@ -422,9 +427,11 @@ def with_idle_markers(records: Iterator[tuple[int, object]], idle_seconds: float
 
 def run_stream(features: FeatureParams, store_params: FeatureStoreParams, source: str, *,
                fmt: Literal["auto", "jsonl", "csv"] = "auto", on_bad_bar: OnBadBar = "stop", pace_seconds: float = 0.0,
-               naive_timezone: str = "UTC", stdin: TextIO | None = None, flush_idle_seconds: float = 1.0
-               ) -> StreamSummary:
+               naive_timezone: str = "UTC", stdin: TextIO | None = None, flush_idle_seconds: float = 1.0,
+               regime_model: RegimeModel | None = None) -> StreamSummary:
     """Stream ``source`` (a CSV/Parquet path, or ``-`` for stdin lines) into the store of ``store_params``.
+
+    ``regime_model`` (``features.regimes`` on): the regime probabilities are stored with the other features.
 
     On stdin, a timestamp's bars are written when the next timestamp begins, at the end of the input,
     or after ``flush_idle_seconds`` without a new line (0: never on idleness); a bar for a timestamp
@@ -436,7 +443,7 @@ def run_stream(features: FeatureParams, store_params: FeatureStoreParams, source
     bar_log = BarLog(Path(store_params.bar_log))
     try:
         streamer = Streamer(features, store_params, store, bar_log, on_bad_bar=on_bad_bar,
-                            naive_timezone=naive_timezone)
+                            naive_timezone=naive_timezone, regime_model=regime_model)
         log.info("stream: %d features (version %s) -> %s%s; bar log %s", len(streamer.names), FEATURE_VERSION,
                  store.backend, f" {store.url} prefix {store.key_prefix!r}" if store.url else "", bar_log.path)
         if not store.url:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
@@ -51,6 +52,14 @@ class RowPrediction(BaseModel):
     upper: float | None = Field(None, description="upper end of the prediction interval")
 
 
+class RegimeReport(BaseModel):
+    """The market regime at the latest bar of a request (models trained with regime features only)."""
+
+    timestamp: str = Field(..., description="the bar the regime is as of (the request's latest timestamp)")
+    regime: int = Field(..., description="the most probable regime: 0 the calmest, n_regimes - 1 the most turbulent")
+    probabilities: list[float] = Field(..., description="P(regime k | market bars up to timestamp), k = 0..n-1")
+
+
 class PredictResponse(BaseModel):
     model_name: str
     model_version: str
@@ -59,6 +68,9 @@ class PredictResponse(BaseModel):
     target: str | None
     request_id: str
     predictions: list[RowPrediction]
+    regime: RegimeReport | None = Field(None, description="present when the model uses regime features: "
+                                        "/predict_bars computes it from the bars with the model's regime model, "
+                                        "/predict and /predict_symbols read it from the regime_prob_* inputs")
 
 
 class Bar(BaseModel):
@@ -100,13 +112,44 @@ class SymbolsRequest(BaseModel):
 
 
 def _answer(prediction: Prediction, model: ServedModel, request_id: str, symbols: Sequence[str],
-            timestamps: Sequence[Any]) -> dict[str, Any]:
+            timestamps: Sequence[Any], regime: dict[str, Any] | None = None) -> dict[str, Any]:
     """The answer as plain data in the shape of :class:`PredictResponse` (built without re-validating it)."""
     rows = [{"symbol": s, "timestamp": t if isinstance(t, str) else t.isoformat(), **values}
             for s, t, values in zip(symbols, timestamps, prediction.rows(), strict=True)]
-    return {"model_name": prediction.model_name, "model_version": prediction.model_version,
-            "variant": prediction.variant, "feature_version": model.feature_version,
-            "target": model.spec.get("target"), "request_id": request_id, "predictions": rows}
+    answer = {"model_name": prediction.model_name, "model_version": prediction.model_version,
+              "variant": prediction.variant, "feature_version": model.feature_version,
+              "target": model.spec.get("target"), "request_id": request_id, "predictions": rows}
+    if regime is not None:
+        answer["regime"] = regime
+    return answer
+
+
+def regime_report(timestamp: Any, probabilities: Sequence[float]) -> dict[str, Any] | None:
+    """A :class:`RegimeReport` as plain data (None while the probabilities are undefined, e.g. short history)."""
+    values = [float(v) for v in probabilities]
+    if not values or not all(math.isfinite(v) for v in values):
+        return None
+    stamp = timestamp if isinstance(timestamp, str) else pd.Timestamp(timestamp).isoformat()
+    return {"timestamp": stamp, "regime": max(range(len(values)), key=values.__getitem__), "probabilities": values}
+
+
+def _regime_of_rows(model: ServedModel, rows: Sequence[FeatureRow], timestamps: Sequence[Any]
+                    ) -> dict[str, Any] | None:
+    """The regime of the latest row, read from its regime_prob_* inputs (a few dict lookups: the hot path)."""
+    if not model.regime_positions:
+        return None
+    latest = 0 if len(rows) == 1 else max(range(len(rows)), key=timestamps.__getitem__)
+    features = rows[latest].features
+    return regime_report(rows[latest].timestamp, [features[c] for c in model.regime_columns])
+
+
+def _regime_of_frame(model: ServedModel, frame: pd.DataFrame) -> dict[str, Any] | None:
+    """The regime at the frame's latest timestamp (one market-wide value per timestamp), from its columns."""
+    if not model.regime_positions or frame.empty or not set(model.regime_columns) <= set(frame.columns):
+        return None
+    stamps = pd.DatetimeIndex(frame["timestamp"])
+    latest = int(np.argmax(stamps.asi8))
+    return regime_report(stamps[latest], frame[model.regime_columns].iloc[latest].to_numpy(dtype=np.float64))
 
 
 def to_json(answer: dict[str, Any]) -> bytes:
@@ -130,7 +173,8 @@ def predict_rows(host: ModelHost, request: PredictRequest) -> dict[str, Any]:
         return x, symbols, timestamps
 
     prediction, model = host.predict(name=request.model, build=build, request_id=request_id, variant=request.variant)
-    return _answer(prediction, model, request_id, symbols, [row.timestamp for row in rows])  # as sent
+    return _answer(prediction, model, request_id, symbols, [row.timestamp for row in rows],  # as sent
+                   _regime_of_rows(model, rows, timestamps) if model.regime_positions else None)
 
 
 def predict_columns(host: ModelHost, columns: Mapping[str, np.ndarray], symbols: Sequence[str],
@@ -180,8 +224,10 @@ def features_of_bars(model: ServedModel, bars: pd.DataFrame, default_params: Any
 
     recorded = model.spec.get("feature_params")
     params = FeatureParams(**recorded) if recorded else default_params
+    if params.regimes and model.regime_model is None:  # a model trained without regime features
+        params = params.model_copy(update={"regimes": False})
     try:
-        features = compute_features(bars, params)
+        features = compute_features(bars, params, regime_model=model.regime_model)
     except DataError as err:
         raise BadRequest(f"bars: {err}") from err
     missing = [f for f in model.features if f not in features.columns]
@@ -197,6 +243,9 @@ def predict_bars(host: ModelHost, request: PredictBarsRequest, default_feature_p
     bars = bars_frame(request.bars, host.params.max_bars_per_request)
     model = host.model(request.model)
     features = features_of_bars(model, bars, default_feature_params)
+    regime = _regime_of_frame(model, features)
+    if regime is not None:
+        model.last_regime = {**regime, "route": "predict_bars"}
     if request.last_only:
         chosen = features.groupby("symbol", sort=False).tail(1)
     else:
@@ -223,7 +272,7 @@ def predict_bars(host: ModelHost, request: PredictBarsRequest, default_feature_p
         prediction = Prediction(prediction.prediction[keep], None if prediction.lower is None else
                                 prediction.lower[keep], None if prediction.upper is None else prediction.upper[keep],
                                 prediction.model_name, prediction.model_version, prediction.variant)
-    return _answer(prediction, served, request_id, symbols, timestamps)
+    return _answer(prediction, served, request_id, symbols, timestamps, regime)
 
 
 def predict_symbols(host: ModelHost, request: SymbolsRequest, store: Any) -> dict[str, Any]:
@@ -253,7 +302,9 @@ def predict_symbols(host: ModelHost, request: SymbolsRequest, store: Any) -> dic
     except StoreUnavailable as err:
         raise NoModel(str(err)) from err
     except DataError as err:
-        raise BadRequest(str(err)) from None
+        hint = ("; the model uses regime features: stream with its regime model (features.regimes on, "
+                "alphaforge stream --regime-model), or use /predict_bars" if model.regime_columns else "")
+        raise BadRequest(f"{err}{hint}") from None
     timestamps = [t.to_pydatetime() for t in pd.DatetimeIndex(vectors["timestamp"])]
     found = vectors["symbol"].astype(str).tolist()
 
@@ -265,7 +316,10 @@ def predict_symbols(host: ModelHost, request: SymbolsRequest, store: Any) -> dic
         return x, found, timestamps
 
     prediction, served = host.predict(name=request.model, build=build, request_id=request_id, variant="champion")
-    return _answer(prediction, served, request_id, found, timestamps)
+    regime = _regime_of_frame(served, vectors)
+    if regime is not None:
+        served.last_regime = {**regime, "route": "predict_symbols"}
+    return _answer(prediction, served, request_id, found, timestamps, regime)
 
 
 def min_history_bars(model: ServedModel) -> int:
@@ -278,6 +332,8 @@ def min_history_bars(model: ServedModel) -> int:
         elif isinstance(value, (list, tuple)) and all(isinstance(v, int) for v in value):
             windows.extend(value)
     slow = int(params.get("macd_slow", 26)) + int(params.get("macd_signal", 9))
+    if model.regime_model is not None:  # the regime filter's volatility window of market returns
+        windows.append(model.regime_model.params.volatility_window + 1)
     return max(max(windows), slow) + 1 + model.lookback
 
 

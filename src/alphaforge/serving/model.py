@@ -241,6 +241,30 @@ class ServedModel:
         weights = self.combiner.interval_weights()
         self._interval_weights = [weights[f] for f in self.combiner.families]
         self._combine = _linear_combiner(self.combiner) or self.combiner.predict_matrix
+        self._init_regimes()
+
+    # ------------------------------------------------------------------------------------- regimes
+
+    def _init_regimes(self) -> None:
+        """The regime model recorded in the spec (``regime_model``, the train stage's copy of
+        models/regimes/model.json), so regime features come from raw bars without the repository's files."""
+        from alphaforge.regimes import RegimeModel
+
+        recorded = self.spec.get("regime_model")
+        self.regime_model: Any = RegimeModel.from_json(recorded) if recorded else None
+        self.regime_columns: list[str] = [f"regime_prob_{k}" for k in range(self.regime_model.params.n_regimes)] \
+            if self.regime_model is not None else []
+        # positions of the regime probabilities among the features (empty when the model does not use them)
+        self.regime_positions: list[int] = ([self.feature_index[c] for c in self.regime_columns]
+                                            if all(c in self.feature_index for c in self.regime_columns) else [])
+        # the last regime the service reported from bars (predict_bars) or the online store (predict_symbols)
+        self.last_regime: dict[str, Any] | None = None
+
+    def regime_info(self) -> dict[str, Any] | None:
+        """The regime model (size, kind, fit window) and the last regime computed, for ``/model_info``."""
+        if self.regime_model is None:
+            return None
+        return {**self.regime_model.describe(), "features": self.regime_columns, "last": self.last_regime}
 
     @property
     def feature_version(self) -> str:
@@ -263,7 +287,7 @@ class ServedModel:
                 "target": self.spec.get("target"), "task": self.spec.get("task"), "horizon": self.spec.get("horizon"),
                 "row_wise": self.row_wise, "lookback": self.lookback, "load_seconds": round(self.load_seconds, 4),
                 "compiled_trees": sorted(f"{family}.{role}" for family, role in self.compiled),
-                "size_bytes": self.size_bytes}
+                "size_bytes": self.size_bytes, "regimes": self.regime_info()}
 
     # ----------------------------------------------------------------------------------- predicting
 
