@@ -187,6 +187,16 @@ def test_an_ensemble_with_a_sequence_member_serves_through_the_panel_path(tmp_pa
     assert len(merged) == len(last)
     np.testing.assert_allclose(merged["prediction"], merged["prediction_pyfunc"], rtol=1e-5, atol=1e-7)
 
+    # the service's array panel path (no pandas) = the ensemble's frame path, rows in any order, intervals too
+    assert model._panel_functions is not None
+    shuffled = history.sample(frac=1.0, random_state=0)
+    fast = model.predict_panel_matrix(shuffled[model.features].to_numpy(), shuffled["symbol"].tolist(),
+                                      pd.DatetimeIndex(shuffled["timestamp"]))
+    slow = model.predict_panel(shuffled)
+    assert fast[1] is not None and np.isfinite(fast[0]).sum() == len(history) - 5 * history["symbol"].nunique()
+    for got, want in zip(fast, slow, strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-12, equal_nan=True)
+
 
 # ------------------------------------------------------------------------------------------ regimes
 

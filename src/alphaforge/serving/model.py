@@ -237,6 +237,22 @@ class ServedModel:
             columns = np.array([self.feature_index[n] for n in getattr(model, "feature_names_", self.features)])
             functions.append((columns, function))
         self._row_functions = functions
+        # the panel path without pandas: row functions for the tabular members, the sequence members' array
+        # method (same windows and seeded dropout masks as the frame method); None: the pandas panel path
+        panel: list[tuple[np.ndarray, RowFunction | None, Any]] | None = None
+        if functions is None:
+            panel = []
+            for family, model in self.ensemble.base_models.items():
+                columns = np.array([self.feature_index[n] for n in getattr(model, "feature_names_", self.features)])
+                function = row_function(model, {r: c for (f, r), c in self.compiled.items() if f == family})
+                if function is not None:
+                    panel.append((columns, function, None))
+                elif hasattr(model, "predict_arrays_with_uncertainty") and getattr(model.params, "dropout", 0) > 0:
+                    panel.append((columns, None, model))
+                else:
+                    panel = None
+                    break
+        self._panel_functions = panel
         self.combiner = self.ensemble.combiner
         weights = self.combiner.interval_weights()
         self._interval_weights = [weights[f] for f in self.combiner.families]
@@ -296,7 +312,11 @@ class ServedModel:
         if self._row_functions is None:
             raise BadRequest(f"model {self.name} v{self.version} has sequence members: send each symbol's last "
                              f"{self.lookback + 1} bars with symbol and timestamp, not independent rows")
-        outputs = [function(x[:, columns]) for columns, function in self._row_functions]
+        return self._combine_outputs([function(x[:, columns]) for columns, function in self._row_functions])
+
+    def _combine_outputs(self, outputs: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]
+                         ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """The combiner over the members' predictions; the interval as the weighted members' offsets."""
         base = np.column_stack([out[0] for out in outputs])
         prediction = self._combine(base)
         if all(out[1] is not None for out in outputs):
@@ -319,11 +339,32 @@ class ServedModel:
                     out["upper"].to_numpy(dtype=np.float64)[inverse])
         return prediction, None, None
 
+    def predict_panel_matrix(self, x: np.ndarray, symbols: Sequence[str],
+                             timestamps: Sequence[datetime] | pd.DatetimeIndex
+                             ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """:meth:`predict_panel` on arrays: rows sorted by (symbol, time), each member on its columns, combined."""
+        names = np.asarray([str(s) for s in symbols])
+        order = np.lexsort((pd.DatetimeIndex(timestamps).asi8, names))
+        ordered = x[order]
+        _, codes = np.unique(names[order], return_inverse=True)
+        outputs = []
+        for columns, function, sequence in self._panel_functions or ():
+            if function is not None:
+                outputs.append(function(ordered[:, columns]))
+            else:
+                outputs.append(sequence.predict_arrays_with_uncertainty(ordered[:, columns], codes))
+        combined = self._combine_outputs(outputs)
+        inverse = np.empty_like(order)
+        inverse[order] = np.arange(len(order))
+        return tuple(None if part is None else part[inverse] for part in combined)  # type: ignore[return-value]
+
     def predict(self, x: np.ndarray, symbols: Sequence[str], timestamps: Sequence[datetime] | pd.DatetimeIndex
                 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """Validated rows in, the row path when possible, else the panel path."""
         if self.row_wise:
             return self.predict_matrix(x)
+        if self._panel_functions is not None:
+            return self.predict_panel_matrix(x, symbols, timestamps)
         frame = pd.DataFrame(x, columns=self.features)
         frame.insert(0, "symbol", list(symbols))
         frame.insert(0, "timestamp", pd.DatetimeIndex(timestamps))
