@@ -137,6 +137,9 @@ def test_predictions_equal_the_registered_pyfunc(registry, service) -> None:
     for column in ("prediction", "lower", "upper"):
         np.testing.assert_allclose(joined[column], joined[f"{column}_pyfunc"], rtol=1e-9, atol=1e-12)
 
+    # those numbers came from the LightGBM member's compiled code (packaged with the model, checked at load)
+    assert client.post("/model_info", json={}).json()["serving"]["compiled_trees"] == ["lightgbm.base"]
+
     # the fast JSON route and the Arrow route answer the same numbers
     fast = client.post("/v1/predict", json=_request(frame, features)).json()
     assert [p["prediction"] for p in fast["predictions"]] == [p["prediction"] for p in body["predictions"]]
@@ -423,3 +426,37 @@ def test_several_models_by_name_in_a_bounded_lru_cache(registry, service, tmp_pa
     loaded = {slot.name for slot in host.loaded()}
     assert loaded == {registry["name"], others[1]}
     host.close()
+
+
+def test_an_lstm_ensemble_is_served_by_name_through_the_panel_path(registry, service, tmp_path) -> None:
+    """A registered ridge + LSTM ensemble, asked for by name: one window of rows per symbol gives its last bar's
+    prediction and interval, equal to the pyfunc's on the whole history; a window shorter than the lookback gives
+    nulls, not an error."""
+    lookback = 6
+    (tmp_path / "trained").mkdir()
+    trained = train_small_ensemble(tmp_path / "trained", seed=21, n_symbols=5, n_bars=420, families={
+        "ridge": {"alpha": 10.0},
+        "lstm": {"lookback": lookback, "hidden_size": 8, "num_layers": 1, "batch_size": 128, "max_epochs": 1}})
+    name = f"{registry['name']}-lstm"
+    os.environ["MLFLOW_TRACKING_URI"] = registry["mlflow_uri"]
+    registered = stack_and_register(trained, tmp_path / "stack", model_name=name)
+    tracking.set_model_alias(name, "champion", registered["version"])
+    features = json.loads((Path(registered["paths"].ensemble_dir) / "spec.json").read_text())["features"]
+    history = _rows(trained["dataset"], features, n_per_symbol=30)
+    window = history.groupby("symbol").tail(lookback)
+    answer = service["client"].post("/v1/predict", json=_request(window, features, model=name))
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert body["model_name"] == name and body["model_version"] == registered["version"]
+    served = pd.DataFrame(body["predictions"]).dropna(subset=["prediction"])
+    assert len(served) == window["symbol"].nunique()  # each window's last bar
+    expected = mlflow.pyfunc.load_model(f"models:/{name}@champion").predict(
+        to_model_input(history.sort_values(["symbol", "timestamp"]).reset_index(drop=True), "1"))
+    expected["timestamp"] = pd.to_datetime(expected["timestamp"], utc=True)
+    served["timestamp"] = pd.to_datetime(served["timestamp"], utc=True)
+    joined = served.merge(expected, on=["symbol", "timestamp"], suffixes=("", "_pyfunc"))
+    assert len(joined) == len(served)
+    for column in ("prediction", "lower", "upper"):
+        np.testing.assert_allclose(joined[column], joined[f"{column}_pyfunc"], rtol=1e-5, atol=1e-7)
+    short = service["client"].post("/v1/predict", json=_request(window.groupby("symbol").tail(2), features, model=name))
+    assert short.status_code == 200 and all(p["prediction"] is None for p in short.json()["predictions"])
