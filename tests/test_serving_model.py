@@ -263,6 +263,19 @@ def test_served_model_computes_and_reports_the_regime_from_its_own_regime_model(
         [p["prediction"] for p in answer["predictions"]], rel=1e-12)
     assert by_rows["regime"] == answer["regime"]  # /predict reads the regime from its inputs
 
+    # gRPC gives the same answer, regime included (the servicer's own conversion of the same handler's answer)
+    from alphaforge.serving.grpc_server import PredictorServicer, request_from_proto
+    from alphaforge.serving.proto import alphaforge_serving_pb2 as pb
+
+    message = pb.PredictRequest(rows=[pb.FeatureRow(symbol=r.symbol, timestamp=r.timestamp, features=r.features)
+                                      for r in rows])
+    assert request_from_proto(message).rows == rows
+    reply = PredictorServicer(host).Predict(message, context=None)  # type: ignore[arg-type]
+    assert reply.HasField("regime") and reply.regime.regime == answer["regime"]["regime"]
+    assert list(reply.regime.probabilities) == by_rows["regime"]["probabilities"]
+    assert reply.regime.timestamp == by_rows["regime"]["timestamp"]
+    assert [p.prediction for p in reply.predictions] == [p["prediction"] for p in by_rows["predictions"]]
+
     one = api.predict_rows(host, api.PredictRequest(rows=rows[:1]))
     assert one["regime"]["regime"] == int(np.argmax([rows[0].features[c] for c in model.regime_columns]))
 

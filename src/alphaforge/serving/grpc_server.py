@@ -43,9 +43,13 @@ def response_to_proto(answer: dict) -> pb.PredictResponse:
     for row in answer["predictions"]:
         values = {k: row[k] for k in ("prediction", "lower", "upper") if row[k] is not None}
         rows.append(pb.RowPrediction(symbol=row["symbol"], timestamp=row["timestamp"], **values))
+    regime = answer.get("regime")
+    extra = {} if regime is None else {"regime": pb.RegimeReport(
+        timestamp=regime["timestamp"], regime=regime["regime"], probabilities=regime["probabilities"])}
     return pb.PredictResponse(model_name=answer["model_name"], model_version=answer["model_version"],
                               variant=answer["variant"], feature_version=answer["feature_version"],
-                              target=answer["target"] or "", request_id=answer["request_id"], predictions=rows)
+                              target=answer["target"] or "", request_id=answer["request_id"], predictions=rows,
+                              **extra)
 
 
 class PredictorServicer(pb_grpc.PredictorServicer):

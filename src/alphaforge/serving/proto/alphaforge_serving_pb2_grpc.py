@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from alphaforge.serving.proto import alphaforge_serving_pb2 as alphaforge__serving__pb2
+from alphaforge.serving.proto import alphaforge_serving_pb2 as alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in alphaforge_serving_pb2_grpc.py depends on'
+        + ' but the generated code in alphaforge/serving/proto/alphaforge_serving_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class PredictorStub:
         """
         self.Predict = channel.unary_unary(
                 '/alphaforge.serving.v1.Predictor/Predict',
-                request_serializer=alphaforge__serving__pb2.PredictRequest.SerializeToString,
-                response_deserializer=alphaforge__serving__pb2.PredictResponse.FromString,
+                request_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictRequest.SerializeToString,
+                response_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictResponse.FromString,
                 _registered_method=True)
         self.ModelInfo = channel.unary_unary(
                 '/alphaforge.serving.v1.Predictor/ModelInfo',
-                request_serializer=alphaforge__serving__pb2.ModelInfoRequest.SerializeToString,
-                response_deserializer=alphaforge__serving__pb2.ModelInfoResponse.FromString,
+                request_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoRequest.SerializeToString,
+                response_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoResponse.FromString,
                 _registered_method=True)
 
 
@@ -66,13 +66,13 @@ def add_PredictorServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Predict': grpc.unary_unary_rpc_method_handler(
                     servicer.Predict,
-                    request_deserializer=alphaforge__serving__pb2.PredictRequest.FromString,
-                    response_serializer=alphaforge__serving__pb2.PredictResponse.SerializeToString,
+                    request_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictRequest.FromString,
+                    response_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictResponse.SerializeToString,
             ),
             'ModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelInfo,
-                    request_deserializer=alphaforge__serving__pb2.ModelInfoRequest.FromString,
-                    response_serializer=alphaforge__serving__pb2.ModelInfoResponse.SerializeToString,
+                    request_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoRequest.FromString,
+                    response_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -100,8 +100,8 @@ class Predictor:
             request,
             target,
             '/alphaforge.serving.v1.Predictor/Predict',
-            alphaforge__serving__pb2.PredictRequest.SerializeToString,
-            alphaforge__serving__pb2.PredictResponse.FromString,
+            alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictRequest.SerializeToString,
+            alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -127,8 +127,8 @@ class Predictor:
             request,
             target,
             '/alphaforge.serving.v1.Predictor/ModelInfo',
-            alphaforge__serving__pb2.ModelInfoRequest.SerializeToString,
-            alphaforge__serving__pb2.ModelInfoResponse.FromString,
+            alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoRequest.SerializeToString,
+            alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,
