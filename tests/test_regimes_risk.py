@@ -347,6 +347,12 @@ def test_features_stage_merges_the_regimes_stage_model_and_train_records_it(
     regimes_summary = stages.regimes(params)
     summary = stages.features(params)
     model = RegimeModel.load(stages.Paths.regime_model)
+    # the picture of it: a real PNG (two panels: shaded cumulative return, probabilities), no temporary left
+    import matplotlib.image
+
+    image = matplotlib.image.imread(stages.Paths.regime_plot)
+    assert image.shape[0] >= 400 and image.shape[1] >= 800 and image[..., :3].std() > 0.05
+    assert sorted(p.name for p in stages.Paths.regime_plot.parent.iterdir()) == ["regimes.png", "summary.json"]
     dataset = pd.read_parquet(stages.Paths.dataset)
     columns = ["regime_prob_0", "regime_prob_1"]
     assert summary["features"][-2:] == columns and feature_columns(dataset)[-2:] == columns

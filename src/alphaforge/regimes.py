@@ -46,6 +46,7 @@ __all__ = [
     "apply_regime_features",
     "current_regime",
     "market_returns",
+    "plot_regimes",
     "regime_columns",
     "regime_features",
     "regime_inputs",
@@ -410,3 +411,45 @@ def current_regime(model: RegimeModel, returns: pd.Series) -> dict[str, Any]:
                         f"{model.params.volatility_window + 1} bars of returns")
     return {"timestamp": str(probs.index[-1]), "regime": int(np.argmax(last.to_numpy())),
             "probabilities": [float(v) for v in last.to_numpy()]}
+
+
+def plot_regimes(returns: pd.Series, model: RegimeModel, path: str | Path, *, title: str = "Market regimes") -> Path:
+    """The market's cumulative log return shaded by the most probable (causal) regime, and below it each
+    regime's filtered probability; the fitting window is marked. Written atomically as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from alphaforge.io import atomic_write
+
+    probabilities = model.predict_proba(returns)
+    regime = _most_probable(probabilities.to_numpy())
+    cumulative = returns.fillna(0.0).cumsum()
+    colours = plt.get_cmap("RdYlGn_r")(np.linspace(0.15, 0.85, model.params.n_regimes))
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(11, 6), sharex=True, height_ratios=[2, 1])
+    top.plot(cumulative.index, cumulative.to_numpy(), color="black", linewidth=0.8)
+    index = cumulative.index
+    for k in range(model.params.n_regimes):  # one shaded span per run of bars in regime k
+        inside = np.concatenate([[False], regime == k, [False]])
+        starts, ends = np.flatnonzero(~inside[:-1] & inside[1:]), np.flatnonzero(inside[:-1] & ~inside[1:])
+        for number, (start, end) in enumerate(zip(starts, ends, strict=True)):
+            top.axvspan(index[start], index[min(end, len(index) - 1)], color=colours[k], alpha=0.3, linewidth=0,
+                        label=f"regime {k}" if number == 0 else None)
+    stacked = probabilities.fillna(0.0).to_numpy().T  # stacked: the band heights are the probabilities
+    bottom.stackplot(index, stacked, colors=colours, alpha=0.8, labels=[f"P(regime {k})"
+                                                                       for k in range(model.params.n_regimes)])
+    for axes in (top, bottom):
+        axes.axvline(model.train_end_, color="#3b75af", linestyle="--", linewidth=1.0)
+    top.set_ylabel("cumulative log return")
+    top.set_title(f"{title}: {model.params.method.upper()}, {model.params.n_regimes} regimes, fitted up to "
+                  f"{pd.Timestamp(model.train_end_).date()} (dashed); 0 = calmest")
+    top.legend(loc="upper left", fontsize=8)
+    bottom.set_ylabel("filtered probability")
+    bottom.set_ylim(-0.02, 1.02)
+    bottom.legend(loc="upper left", fontsize=8, ncol=model.params.n_regimes)
+    figure.tight_layout()
+    try:
+        return atomic_write(path, lambda target: figure.savefig(target, format="png", dpi=100))
+    finally:
+        plt.close(figure)

@@ -54,6 +54,7 @@ class Paths:
     regime_model = Path("models/regimes/model.json")
     regime_features = Path("data/regimes/features.parquet")
     regime_summary = Path("reports/regimes/summary.json")
+    regime_plot = Path("reports/regimes/regimes.png")
     risk_forecasts = Path("data/risk/forecasts.parquet")
     risk_metrics = Path("reports/risk/metrics.json")
     rl_reports = Path("reports/rl")
@@ -613,13 +614,14 @@ def first_training_end(params: Params, timestamps: pd.Series) -> pd.Timestamp:
 
 def regimes(params: Params) -> dict[str, Any]:
     """Fit the market regime model on the first training window; causal regime features for every bar."""
-    from alphaforge.regimes import current_regime, market_returns, regime_features
+    from alphaforge.regimes import current_regime, market_returns, plot_regimes, regime_features
 
     bars = pd.read_parquet(Paths.validated_bars)
     fit_end = first_training_end(params, bars["timestamp"])
     model, frame = regime_features(bars, params.regimes, fit_end)
     model.save(Paths.regime_model)
     write_parquet_atomic(frame, Paths.regime_features)
+    plot_regimes(market_returns(bars), model, Paths.regime_plot)
     summary = {"fit_end": str(fit_end), "method": params.regimes.method, "n_regimes": params.regimes.n_regimes,
                "transmat": None if model.transmat_ is None else model.transmat_.tolist(),
                "share_by_regime": {str(int(k)): float(v) for k, v in
