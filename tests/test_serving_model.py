@@ -317,6 +317,17 @@ def test_predict_symbols_reads_regime_features_the_streamer_computed_incremental
         store.clear()
         run_stream(FeatureParams(), store_params, str(source), regime_model=trained["regime_model"])
         answer = api.predict_symbols(host, api.SymbolsRequest(symbols=symbols), store)
+
+        # probabilities another regime model filtered (same columns, same feature version) are refused by name
+        from alphaforge.regimes import RegimeModel
+
+        payload = trained["regime_model"].to_json()
+        other = RegimeModel.from_json({**payload, "center": [c + 0.01 for c in payload["center"]]})
+        store.clear()
+        run_stream(FeatureParams(), store_params.model_copy(update={"bar_log": tmp_path / "other.sqlite"}),
+                   str(source), regime_model=other)
+        with pytest.raises(BadRequest, match=r"another regime model.*--regime-model"):
+            api.predict_symbols(host, api.SymbolsRequest(symbols=symbols), store)
     finally:
         store.clear()
     last = dataset.groupby("symbol").tail(1).set_index("symbol").loc[symbols]

@@ -50,6 +50,7 @@ __all__ = [
     "regime_columns",
     "regime_features",
     "regime_inputs",
+    "stored_feature_version",
 ]
 
 INPUT_COLUMNS: tuple[str, ...] = ("return", "log_volatility")
@@ -453,3 +454,15 @@ def plot_regimes(returns: pd.Series, model: RegimeModel, path: str | Path, *, ti
         return atomic_write(path, lambda target: figure.savefig(target, format="png", dpi=100))
     finally:
         plt.close(figure)
+
+
+def stored_feature_version(feature_version: str, regime_model: RegimeModel | None) -> str:
+    """The version the online store stamps on vectors: the feature version, plus the identity of the regime
+    model that filtered their ``regime_prob_*`` (a hash of its parameters), so the service never reads
+    regime probabilities another regime model computed: ``"1"`` or ``"1+regimes-3f2a9c41d0be"``."""
+    if regime_model is None:
+        return str(feature_version)
+    import hashlib
+
+    digest = hashlib.sha256(json.dumps(regime_model.to_json(), sort_keys=True).encode()).hexdigest()[:12]
+    return f"{feature_version}+regimes-{digest}"

@@ -40,7 +40,7 @@ from alphaforge.features import FEATURE_VERSION, FeatureParams
 from alphaforge.featurestore.config import FeatureStoreParams
 from alphaforge.featurestore.incremental import IncrementalEngine, plan_for
 from alphaforge.featurestore.online import OnlineStore
-from alphaforge.regimes import RegimeModel
+from alphaforge.regimes import RegimeModel, stored_feature_version
 from alphaforge.schema import DataError
 
 log = logging.getLogger(__name__)
@@ -282,6 +282,9 @@ class Streamer:
         self.names = plan_for(features, columns=set(store_params.bar_columns), multi_symbol=store_params.multi_symbol,
                               intraday=store_params.intraday, n_regimes=n_regimes)
         self.engine = IncrementalEngine(features, self.names, regime_model=self.regime_model)
+        # vectors name the regime model behind their regime_prob_* (the service checks it against its own)
+        self.stored_version = stored_feature_version(
+            FEATURE_VERSION, self.regime_model if any(n.startswith("regime_prob_") for n in self.names) else None)
         self.required = [c for c in self.engine.input_columns if c != "close"] + ["close"]
         self.resume_after: int | None = None
         self._steps_since_checkpoint = 0
@@ -311,7 +314,7 @@ class Streamer:
         columns = {c: np.array([b.values.get(c, np.nan) for b in bars]) for c in self.engine.input_columns}
         symbols = [b.symbol for b in bars]
         values = self.engine.update(timestamp_ns, symbols, columns)
-        self.store.write(timestamp_ns, symbols, self.names, values, FEATURE_VERSION)
+        self.store.write(timestamp_ns, symbols, self.names, values, self.stored_version)
 
     def _flush(self, timestamp_ns: int, bars: list[Bar]) -> None:
         self._compute_and_store(timestamp_ns, bars)

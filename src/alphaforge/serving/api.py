@@ -293,7 +293,8 @@ def predict_symbols(host: ModelHost, request: SymbolsRequest, store: Any) -> dic
         raise BadRequest("symbols repeat; ask for each symbol once")
     check_row_count(len(symbols), host.params.max_batch_rows)
     try:
-        vectors = store.read(symbols, feature_version=model.feature_version, features=model.features)
+        vectors = store.read(symbols, features=model.features)
+        _check_stored_versions(model, vectors)
     except MissingFeatures as err:
         raise BadRequest(f"no stored features for {err.args[0] if err.args else symbols}; stream their bars first "
                          "(alphaforge stream)", status=404) from None
@@ -320,6 +321,25 @@ def predict_symbols(host: ModelHost, request: SymbolsRequest, store: Any) -> dic
     if regime is not None:
         served.last_regime = {**regime, "route": "predict_symbols"}
     return _answer(prediction, served, request_id, found, timestamps, regime)
+
+
+def _check_stored_versions(model: ServedModel, vectors: pd.DataFrame) -> None:
+    """Stored vectors must be of the model's feature version and, when the model reads regime probabilities,
+    filtered by the model's own regime model (:func:`alphaforge.regimes.stored_feature_version`)."""
+    from alphaforge.featurestore.online import FeatureVersionMismatch
+    from alphaforge.regimes import stored_feature_version
+
+    uses_regimes = bool(model.regime_positions)
+    wanted = stored_feature_version(model.feature_version, model.regime_model if uses_regimes else None)
+    for symbol, version in zip(vectors["symbol"], vectors["feature_version"].astype(str), strict=True):
+        if (version if uses_regimes else version.split("+", 1)[0]) != (wanted if uses_regimes else
+                                                                        model.feature_version):
+            why = ("their regime probabilities come from another regime model than the one this model was trained "
+                   "with; re-stream with alphaforge stream --regime-model <the served model's spec.json>"
+                   if uses_regimes and version.split("+", 1)[0] == model.feature_version else
+                   "re-stream the bars with the matching feature definitions")
+            raise FeatureVersionMismatch(f"stored features of {symbol!r} have version {version!r}; model "
+                                         f"{model.name} v{model.version} needs {wanted!r}: {why}")
 
 
 def min_history_bars(model: ServedModel) -> int:
