@@ -217,6 +217,30 @@ def test_better_challenger_is_promoted_and_rollback_restores_the_previous_champi
     assert f"{CHAMPION} -> v{first.version}" in view.table()
 
 
+def test_a_version_crowned_by_hand_says_why_and_rolls_back(registry, logged_models, scores) -> None:
+    from alphaforge.promotion import CROWNED_BY_HAND_TAG, LAST_EVENT_TAG, crown
+
+    worse = promote(logged_models[1.0].model_uri, scores.card("noisy"), **_gates(scores), params=registry)
+    refused = promote(logged_models[3.0].model_uri, scores.card("noisy"), **_gates(scores), params=registry)
+    assert refused.status == "refused" and tracking.get_model_aliases(registry.model_name)[CHAMPION] == worse.version
+    with pytest.raises(RegistryError, match="--reason"):
+        crown(registry.model_name, refused.version, "  ")
+    with pytest.raises(RegistryError, match="no version '999'"):
+        crown(registry.model_name, "999", "pin it")
+    with pytest.raises(RegistryError, match="already the champion"):
+        crown(registry.model_name, worse.version, "pin it")
+    assert tracking.get_model_aliases(registry.model_name)[CHAMPION] == worse.version  # refusals changed nothing
+
+    outcome = crown(registry.model_name, refused.version, "serve the newer one during the audit")
+    assert (outcome.from_version, outcome.to_version) == (worse.version, refused.version)
+    assert tracking.get_model_aliases(registry.model_name)[CHAMPION] == refused.version
+    tags = tracking.get_model_version(registry.model_name, refused.version).tags
+    assert json.loads(tags[CROWNED_BY_HAND_TAG])["reason"] == "serve the newer one during the audit"
+    event = json.loads(tracking.get_registered_model_tags(registry.model_name)[LAST_EVENT_TAG])
+    assert event["event"] == "crown" and event["to"] == refused.version
+    assert rollback(registry.model_name).to_version == worse.version  # undone like a promotion
+
+
 def test_champion_scored_on_an_older_window_is_rescored_on_the_latest(registry, logged_models, scores) -> None:
     older = scores.card("noisy", fold=N_FOLDS - 2)
     first = promote(logged_models[1.0].model_uri, older, **_gates(scores), params=registry)

@@ -228,6 +228,24 @@ def registry_rollback(params: Path = ParamsOption) -> None:
     typer.echo(f"champion v{outcome.from_version} -> v{outcome.to_version} ({outcome.seconds * 1000:.0f} ms)")
 
 
+@registry_app.command("crown")
+def registry_crown(
+    version: str = typer.Argument(..., help="the registered version to make champion (see `alphaforge registry show`)"),
+    reason: str = typer.Option(..., "--reason", help="why, kept on the version and in the model's last event"),
+    params: Path = ParamsOption,
+) -> None:
+    """Make VERSION the champion by hand, past the promotion gate; recorded, and undone by `registry rollback`."""
+    from alphaforge.promotion import RegistryError, crown
+
+    try:
+        outcome = crown(_model_name(params), version, reason)
+    except RegistryError as err:
+        typer.secho(str(err), fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from err
+    typer.echo(f"champion {outcome.from_version} -> v{outcome.to_version} by hand ({reason}); "
+               "`alphaforge serve reload` tells a running service")
+
+
 @registry_app.command("unlock")
 def registry_unlock(params: Path = ParamsOption) -> None:
     """Remove a promotion lock left behind by a crashed promote stage."""

@@ -677,6 +677,46 @@ def rollback(model_name: str, *, http_max_retries: int = 1, http_timeout_seconds
     return RollbackOutcome(model_name=model_name, from_version=current, to_version=target, seconds=seconds)
 
 
+CROWNED_BY_HAND_TAG = f"{TAG}crowned_by_hand"
+
+
+def crown(model_name: str, version: str, reason: str, *, http_max_retries: int = 1,
+          http_timeout_seconds: int = 10) -> RollbackOutcome:
+    """Make ``version`` the champion by hand, past the gate, and say so in the registry.
+
+    For a model the gate refused (on the bundled data buy-and-hold wins, so a fresh pipeline has no champion)
+    that someone still wants served, or to pin a version. ``reason`` is required and kept on the version
+    (``alphaforge.crowned_by_hand``) and in the model's last event; the replaced champion is recorded as
+    ``alphaforge.previous_champion``, so :func:`rollback` undoes it. The tags are written before the alias
+    moves: a service that sees the new champion can already fall back. No lock, like :func:`rollback`.
+    """
+    reason = reason.strip()
+    if not reason:
+        raise RegistryError("crown: give a --reason; a champion crowned past the gate must say why")
+    started = time.perf_counter()
+    with tracking.fail_fast_http(http_max_retries, http_timeout_seconds):
+        try:
+            tracking.get_model_version(model_name, version)
+        except Exception as err:
+            raise RegistryError(f"crown: {model_name} has no version {version!r} ({type(err).__name__}); see "
+                                "`alphaforge registry show`") from err
+        before = tracking.get_model_aliases(model_name).get(CHAMPION)
+        if before == str(version):
+            raise RegistryError(f"crown: version {version} of {model_name} is already the champion")
+        stamp = _now()
+        tracking.set_model_version_tags(model_name, version, {
+            PREVIOUS_CHAMPION_TAG: before or NO_VERSION, CROWNED_BY_HAND_TAG: json.dumps({"reason": reason,
+                                                                                          "at": stamp})})
+        tracking.set_model_alias(model_name, CHAMPION, version)
+        tracking.set_registered_model_tags(model_name, {LAST_EVENT_TAG: json.dumps(
+            {"event": "crown", "from": before, "to": str(version), "at": stamp, "reason": reason})})
+    seconds = time.perf_counter() - started
+    log.warning("crown: %s champion %s -> %s by hand, past the gate (%s)", model_name, before or "none", version,
+                reason)
+    return RollbackOutcome(model_name=model_name, from_version=before or NO_VERSION, to_version=str(version),
+                           seconds=seconds)
+
+
 @dataclass(frozen=True)
 class VersionRow:
     """One line of :func:`show`."""
