@@ -460,3 +460,54 @@ def test_an_lstm_ensemble_is_served_by_name_through_the_panel_path(registry, ser
         np.testing.assert_allclose(joined[column], joined[f"{column}_pyfunc"], rtol=1e-5, atol=1e-7)
     short = service["client"].post("/v1/predict", json=_request(window.groupby("symbol").tail(2), features, model=name))
     assert short.status_code == 200 and all(p["prediction"] is None for p in short.json()["predictions"])
+
+
+def test_serve_start_becomes_the_server_so_a_sigterm_stops_it_and_its_writer(registry, tmp_path) -> None:
+    """`alphaforge serve start` execs `bentoml serve` (same PID): a supervisor's SIGTERM to that PID stops the
+    server, its worker and the request-log writer; nothing is left behind (it once left the server running)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from alphaforge.serving.launcher import descendants, free_port
+
+    def command_line(pid: int) -> str:
+        path = Path(f"/proc/{pid}/cmdline")
+        return path.read_bytes().replace(b"\0", b" ").decode(errors="replace") if path.exists() else ""
+
+    port = free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": registry["mlflow_uri"], "ALPHAFORGE_HOME": str(tmp_path / "state"),
+           "ALPHAFORGE_SERVING_CACHE": str(tmp_path / "cache"), "ALPHAFORGE_REQUEST_LOG_DIR": str(tmp_path / "log")}
+    process = subprocess.Popen([str(Path(sys.executable).with_name("alphaforge")), "serve", "start", "--port",
+                                str(port), "--grpc-port", "0", "--model", registry["name"]], cwd=REPO, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    started: list[int] = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                live = httpx.get(f"http://127.0.0.1:{port}/livez", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                live = False
+            started = descendants(process.pid)
+            if live and any("request_log_writer" in command_line(pid) for pid in started):
+                break
+            time.sleep(1)
+        else:
+            raise AssertionError(f"no live service with its request-log writer in 120 s: "
+                                 f"{[command_line(p) for p in started]}")
+        assert "bentoml serve" in command_line(process.pid)  # the same PID is the server now
+        process.send_signal(signal.SIGTERM)  # to the PID only, as a supervisor would
+        process.wait(timeout=60)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and any(Path(f"/proc/{pid}").exists() for pid in started):
+            time.sleep(0.5)
+        assert not [pid for pid in started if Path(f"/proc/{pid}").exists()], "processes left after SIGTERM"
+    finally:  # whatever happened, nothing this test started stays (deepest first)
+        for pid in reversed([process.pid, *started, *descendants(process.pid)]):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        process.wait(timeout=10)

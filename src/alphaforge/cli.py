@@ -277,7 +277,6 @@ def serve_start(
     /admin/reload, /v1/predict, /v1/predict_arrow, /readyz, /metrics, /docs; gRPC on --grpc-port.
     """
     import os
-    import subprocess
 
     from alphaforge.config import load_params
 
@@ -293,7 +292,10 @@ def serve_start(
                "--host", host, "--port", str(port or settings.http_port)]
     typer.echo(f"serving {model or settings.model_name}@{settings.alias} on http://{host}:{port or settings.http_port}"
                f" (gRPC :{env.get('ALPHAFORGE_GRPC_PORT', settings.grpc_port)}); Ctrl-C stops it")
-    raise typer.Exit(subprocess.call(command, env=env))
+    sys.stdout.flush()
+    # become `bentoml serve` (same PID): a SIGTERM to this process, from a supervisor or `kill`, reaches the
+    # server itself, which stops its worker and the worker's request-log writer; a child would be left running
+    os.execve(command[0], command, env)
 
 
 @serve_app.command("build")

@@ -37,6 +37,40 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+def descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (children first, then theirs), read from /proc; empty where there is none.
+
+    BentoML's process manager starts each worker in a session of its own, so the worker and what it starts
+    (the request-log writer) are outside the server's process group: stopping the group alone could leave them.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(parent, []).append(int(entry.name))
+    found, queue = [], list(children.get(pid, []))
+    while queue:
+        child = queue.pop(0)
+        found.append(child)
+        queue.extend(children.get(child, []))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @dataclass
 class ServiceProcess:
     """A running service: its HTTP base URL, gRPC target, PID (= process group) and log file."""
@@ -48,18 +82,33 @@ class ServiceProcess:
     process: subprocess.Popen[bytes] = field(repr=False)
 
     def stop(self, timeout: float = 20.0) -> None:
-        """Stop this service's process group, and only it."""
-        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
-            if self.process.poll() is not None and not _group_alive(self.pid):
-                return
-            try:
-                os.killpg(self.pid, sig)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _group_alive(self.pid):
-                self.process.poll()
-                time.sleep(0.1)
+        """Stop this service's process group and the processes it started, and only those.
+
+        SIGTERM first (the server stops its workers, which stop their request-log writers), SIGKILL after
+        ``timeout``; then any process this service started that is still there (a worker in a session of its
+        own, see :func:`descendants`) is killed by PID.
+        """
+        started = descendants(self.pid)
+        try:
+            for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
+                if self.process.poll() is not None and not _group_alive(self.pid):
+                    return
+                try:
+                    os.killpg(self.pid, sig)
+                except ProcessLookupError:
+                    return
+                deadline = time.monotonic() + wait
+                while time.monotonic() < deadline and (_group_alive(self.pid) or any(map(_alive, started))):
+                    self.process.poll()
+                    time.sleep(0.1)
+        finally:
+            for pid in reversed(started):
+                if _alive(pid):
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            self.process.poll()
 
     def log_tail(self, lines: int = 60) -> str:
         try:
