@@ -58,6 +58,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alphaforge import tracking
 from alphaforge.io import write_json_atomic
+from alphaforge.processes import pid_alive
 from alphaforge.schema import finite_or_none as _finite
 from alphaforge.schema import format_metric as _fmt
 
@@ -371,16 +372,6 @@ def lock_name(model_name: str) -> str:
     return f"{model_name}.promotion-lock"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _lock_is_stale(holder: Mapping[str, str], stale_seconds: float) -> str | None:
     """Why the lock's holder is gone (a reason), or None while it may still be working."""
     try:
@@ -388,7 +379,7 @@ def _lock_is_stale(holder: Mapping[str, str], stale_seconds: float) -> str | Non
         acquired = float(holder.get("acquired_at", "nan"))
     except ValueError:
         return "its owner tags are unreadable"
-    if holder.get("host") == socket.gethostname() and pid > 0 and not _pid_alive(pid):
+    if holder.get("host") == socket.gethostname() and pid > 0 and not pid_alive(pid):
         return f"its process {pid} on this host is gone"
     if math.isfinite(acquired) and time.time() - acquired > stale_seconds:
         return f"it is older than lock_stale_seconds={stale_seconds:g}"

@@ -18,6 +18,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from alphaforge.processes import descendants, pid_alive
+
 SERVICE = "bentos.service:AlphaforgeService"
 
 
@@ -30,40 +32,6 @@ def free_port() -> int:
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (children first, then theirs), read from /proc; empty where there is none.
-
-    BentoML's process manager starts each worker in a session of its own, so the worker and what it starts
-    (the request-log writer) are outside the server's process group: stopping the group alone could leave them.
-    """
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else ():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        parent = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(parent, []).append(int(entry.name))
-    found, queue = [], list(children.get(pid, []))
-    while queue:
-        child = queue.pop(0)
-        found.append(child)
-        queue.extend(children.get(child, []))
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
@@ -86,7 +54,7 @@ class ServiceProcess:
 
         SIGTERM first (the server stops its workers, which stop their request-log writers), SIGKILL after
         ``timeout``; then any process this service started that is still there (a worker in a session of its
-        own, see :func:`descendants`) is killed by PID.
+        own, see :func:`alphaforge.processes.descendants`) is killed by PID.
         """
         started = descendants(self.pid)
         try:
@@ -98,12 +66,12 @@ class ServiceProcess:
                 except ProcessLookupError:
                     return
                 deadline = time.monotonic() + wait
-                while time.monotonic() < deadline and (_group_alive(self.pid) or any(map(_alive, started))):
+                while time.monotonic() < deadline and (_group_alive(self.pid) or any(map(pid_alive, started))):
                     self.process.poll()
                     time.sleep(0.1)
         finally:
             for pid in reversed(started):
-                if _alive(pid):
+                if pid_alive(pid):
                     try:
                         os.kill(pid, signal.SIGKILL)
                     except ProcessLookupError:

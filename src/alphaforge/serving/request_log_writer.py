@@ -116,7 +116,7 @@ class RequestLogWriter:
             child.stdin.write(_LENGTH.pack(0))
             child.stdin.close()
             child.wait(timeout)
-        except Exception:  # a dead or stuck child: nothing left to flush, do not leave it behind
+        except (OSError, subprocess.TimeoutExpired):  # a dead or stuck child: do not leave it behind
             child.kill()
             child.wait(timeout)
 
