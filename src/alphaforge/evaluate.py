@@ -1,42 +1,38 @@
-"""Out-of-sample evaluation: the model against naive baselines, per walk-forward fold and overall.
+"""Out-of-sample evaluation: every model against naive baselines, traded as it could have been traded.
 
-Input is the out-of-fold (OOF) prediction frame the train stage writes, one row per (timestamp, symbol) that
-sits in a test fold, with the columns in :data:`OOF_COLUMNS`. Every number here is computed only from those
-rows, so nothing the model saw in training leaks into the scores.
+Input is the out-of-fold (OOF) prediction frame the train stage writes (one row per (timestamp, symbol) in a
+test fold, with the columns in :data:`OOF_COLUMNS`) and the market frame of the validated bars
+(:func:`alphaforge.backtest.market_frame`): execution prices, tradability, costs and the baseline signals.
+Every number comes from those rows only, so nothing the model saw in training leaks into the scores.
 
 Two evaluation modes, picked once from the data (:func:`evaluation_mode`):
 
-* ``cross_sectional`` when the median number of symbols per timestamp is at least
-  ``EvaluationParams.min_cross_section``. The information coefficient (IC) is the correlation across symbols at
-  each timestamp, and the strategy is a dollar-neutral long-short portfolio on the signal's ranks.
-* ``single_series`` otherwise. The IC is one time-series correlation per fold (all of the fold's rows pooled),
-  and the strategy is long-flat: long when the signal is positive, flat otherwise.
+* ``cross_sectional`` when the median number of symbols per timestamp is at least ``min_cross_section``: the
+  information coefficient (IC) is the correlation across symbols at each timestamp; strategies ``long_short``
+  (quantile tranches held for the label horizon) and ``topk`` (long only, top-k with dropout, judged against
+  the equal-weight universe).
+* ``single_series`` otherwise: one time-series IC per fold; strategies ``long_flat`` (judged against buy and
+  hold) and ``long_short_band``.
 
-Signals compared: each model (by default one, ``model``, read from ``prediction``; the train stage passes one
-column per model family) and three baselines that need no training:
-``buy_and_hold`` (always long), ``momentum_20`` (the past 20-bar log return: its sign decides every position in
-single-series mode, its rank in cross-sectional mode, where the sign alone would tie almost every symbol) and
-``last_return`` (the last bar's log return, i.e. continuation).
+Signals: each model, and the baselines ``equal_weight`` (the tradeable universe, equally weighted: buy and hold),
+``momentum_20``, ``momentum_12_1``, ``reversal_1``, ``reversal_5`` and ``low_volatility``, each put through the
+same construction, execution, tradability and costs as the models (:mod:`alphaforge.backtest.portfolios`).
 
 Conventions that matter when reading the numbers:
 
-* Weights set at bar t earn the simple return ``exp(forward_return_1) - 1`` from close t to close t+1. Rows whose
-  ``forward_return_1`` is missing cannot be traded and are left out of the strategy (the train stage drops them
-  anyway, since their label needs the same future bar).
-* Cost is ``cost_bps / 1e4 * sum_s |w_t,s - w_t-1,s|`` (one-way, per unit of turnover), charged at t. The first
-  period pays for building the book from cash. Positions carry across fold boundaries: the OOF history is traded
-  as one continuous strategy, and each fold's metrics are the slice of that strategy's periods inside the fold.
-* Degenerate cases give NaN, never inf: an IC is NaN where the signal (or target) has no dispersion, e.g.
-  ``buy_and_hold`` everywhere, or where there are too few pairs; a t-statistic and a Sharpe ratio are NaN for
-  fewer than two observations or a zero standard deviation; the annualised return is NaN for fewer than two
-  periods. NaN becomes ``null`` in :meth:`Evaluation.to_metrics_json`.
+* A weight decided at bar t is traded at bar t+1's open (``execution: next_open``) or close (``next_close``)
+  and earns the execution price's return to the next bar; costs (commission, half spread, impact) are charged
+  on every change of weight. Positions carry across fold boundaries: the OOF history is traded as one
+  continuous strategy, and a fold's metrics are that strategy's bars inside the fold.
+* IC t-statistics are Newey-West (HAC) with at least ``horizon - 1`` lags: overlapping labels are dependent.
+* Degenerate cases give NaN, never inf; NaN becomes ``null`` in :meth:`Evaluation.to_metrics_json`.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -44,25 +40,38 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from alphaforge.backtest import BASELINE_SIGNALS, Panel, Simulation, build_panel, market_frame, simulate
+from alphaforge.backtest.market import Execution, tradability_summary
+from alphaforge.backtest.portfolios import (
+    band_targets,
+    equal_weight_targets,
+    long_short_targets,
+    topk_dropout_targets,
+)
 from alphaforge.io import atomic_write as _atomic_write
 from alphaforge.schema import DataError
+from alphaforge.stats import newey_west
 
 __all__ = [
     "BASELINES",
+    "BENCHMARK",
     "METRICS",
     "MODEL_SIGNAL",
     "OOF_COLUMNS",
-    "SIGNALS",
+    "SIGNAL_METRICS",
+    "STRATEGY_METRICS",
     "Evaluation",
     "EvaluationParams",
     "Mode",
-    "build_signals",
     "evaluate_oof",
     "evaluation_mode",
     "infer_periods_per_year",
     "information_coefficients",
     "leaderboard",
+    "market_for",
+    "market_from_labels",
     "metrics_json_text",
+    "strategies_for",
     "strategy_returns",
     "write_plots",
 ]
@@ -70,21 +79,21 @@ __all__ = [
 Mode = Literal["cross_sectional", "single_series"]
 
 MODEL_SIGNAL = "model"
-BASELINES: tuple[str, ...] = ("buy_and_hold", "momentum_20", "last_return")
-SIGNALS: tuple[str, ...] = (MODEL_SIGNAL, *BASELINES)
-LONG_ONLY_SIGNALS: frozenset[str] = frozenset({"buy_and_hold"})
+BENCHMARK = "equal_weight"
+BASELINES: tuple[str, ...] = (BENCHMARK, *BASELINE_SIGNALS)
 
-OOF_COLUMNS: tuple[str, ...] = (
-    "timestamp", "symbol", "fold", "prediction", "forward_return", "forward_return_1", "log_return_1",
-    "log_return_20",
-)
-NUMERIC_OOF_COLUMNS: tuple[str, ...] = ("forward_return", "forward_return_1", "log_return_1", "log_return_20")
+OOF_COLUMNS: tuple[str, ...] = ("timestamp", "symbol", "fold", "prediction", "forward_return")
+NUMERIC_OOF_COLUMNS: tuple[str, ...] = ("forward_return",)
 DEFAULT_MODELS: dict[str, str] = {MODEL_SIGNAL: "prediction"}
 
-METRICS: tuple[str, ...] = (
-    "ic_mean", "ic_tstat", "rank_ic_mean", "rank_ic_tstat", "directional_accuracy", "annual_return", "sharpe",
-    "max_drawdown", "turnover", "n_periods",
+SIGNAL_METRICS: tuple[str, ...] = ("ic_mean", "ic_tstat", "rank_ic_mean", "rank_ic_tstat", "directional_accuracy")
+STRATEGY_METRICS: tuple[str, ...] = (
+    "annual_return", "sharpe", "gross_annual_return", "gross_sharpe", "excess_annual_return", "information_ratio",
+    "max_drawdown", "turnover", "commission", "spread_cost", "impact_cost", "n_periods",
 )
+METRICS: tuple[str, ...] = (*SIGNAL_METRICS, *STRATEGY_METRICS)
+# Strategies judged by their excess over the equal-weight universe (long only); the others against cash.
+BENCHMARKED: frozenset[str] = frozenset({"topk", "long_flat"})
 
 # Below this many pooled pairs a time-series correlation is not worth reporting (two points always give +-1).
 MIN_TIME_SERIES_PAIRS = 3
@@ -94,16 +103,39 @@ _ABSOLUTE_DISPERSION_FLOOR = 1e-15
 
 
 class EvaluationParams(BaseModel):
-    """How signals are turned into portfolios and how their returns are scored."""
+    """How signals become portfolios, how those are traded, and how their returns are scored."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    cost_bps: float = Field(default=5.0, ge=0.0, description="One-way cost per unit of turnover, in basis points.")
+    execution: Execution = Field(
+        default="auto", description="next_open: trade a signal from bar t at bar t+1's open; next_close: at its "
+                                    "close (one bar of delay); auto: next_open when the bars have an open column.")
+    cost_bps: float = Field(default=5.0, ge=0.0, description="Commission per side, in basis points of value traded.")
+    fallback_spread_bps: float = Field(
+        default=10.0, ge=0.0, description="Full bid-ask spread assumed where neither bid/ask nor high/low exist.")
+    spread_window: int = Field(default=20, ge=2, description="Bars in the rolling spread estimate.")
+    impact_coefficient: float = Field(
+        default=0.1, ge=0.0, description="k in the square-root impact k * sigma * sqrt(traded value / ADV); 0: off.")
+    min_price: float = Field(default=1.0, ge=0.0, description="A bar whose execution price is below this cannot "
+                                                              "be traded (0 turns the rule off; use 0 for FX).")
+    min_dollar_volume: float = Field(default=1e5, ge=0.0, description="A name whose trailing median dollar volume "
+                                                                      "is below this cannot be traded.")
+    liquidity_window: int = Field(default=20, ge=2, description="Bars in the trailing median dollar volume.")
+    max_participation: float = Field(default=0.05, gt=0.0, le=1.0,
+                                     description="A position is at most this share of trailing dollar volume.")
+    capital: float = Field(default=1e7, gt=0.0, description="Book size, for the participation cap and impact.")
     long_short_quantile: float = Field(
         default=0.2, gt=0.0, le=0.5,
-        description="Cross-sectional mode: long the top and short the bottom quantile of the signal "
-                    "(at least one symbol per side).",
+        description="long_short: long the top and short the bottom quantile of the signal (at least one a side).",
     )
+    holding: int | None = Field(default=None, ge=1, description="long_short: bars each tranche is held; None: the "
+                                                                "label horizon.")
+    topk: int | None = Field(default=None, ge=1, description="topk: names held; None: long_short_quantile of the "
+                                                             "median universe (at least 1).")
+    n_drop: int | None = Field(default=None, ge=0, description="topk: names replaced a bar at most; None: "
+                                                               "max(1, topk // 5).")
+    no_trade_band: float = Field(default=0.5, ge=0.0, description="long_flat / long_short_band: the signal, in "
+                                                                  "units of its expanding std, must pass +-band.")
     min_cross_section: int = Field(
         default=3, ge=2,
         description="Symbols per timestamp needed for a cross-sectional IC or long-short book; the median "
@@ -112,42 +144,81 @@ class EvaluationParams(BaseModel):
     periods_per_year: float | None = Field(
         default=None, gt=0.0, description="Bars per year for annualising; None infers it from the timestamps.",
     )
+    ic_decay_bars: int = Field(default=20, ge=1, description="Tear sheet: IC against returns 1..this many bars ahead.")
 
 
 @dataclass(frozen=True)
 class Evaluation:
     """The outcome of :func:`evaluate_oof`.
 
-    ``per_fold``: tidy, one row per (fold, signal) with the :data:`METRICS`. ``overall``: one row per signal
-    (index ``signal``) over all OOF periods. ``equity``: growth of one unit of capital under each signal's net
-    returns (index ``timestamp``, one column per signal). ``returns``: the per-timestamp output of
-    :func:`strategy_returns` for each signal. ``ic_by_fold``: fold, signal, ic, rank_ic (the fold means).
+    ``signals``: one row per signal (index ``signal``) with :data:`SIGNAL_METRICS`. ``overall``: one row per
+    (signal, strategy) with :data:`STRATEGY_METRICS` over every OOF bar. ``per_fold``: tidy rows (fold, signal,
+    strategy) with :data:`METRICS`. ``returns[(signal, strategy)]``: per-bar gross, costs and net returns.
+    ``attribution[(signal, strategy)]``: where the P&L came from (least liquid quintile, bars that did not
+    trade, the top symbols). ``ic[signal]``: the per-timestamp rank IC (cross-sectional) or the per-timestamp
+    mean product of standardised signal and label (single series), whose mean a HAC test is run on.
     """
 
     mode: Mode
     periods_per_year: float
     params: EvaluationParams
     models: tuple[str, ...]
-    per_fold: pd.DataFrame
+    strategies: tuple[str, ...]
+    horizon: int
+    signals: pd.DataFrame
     overall: pd.DataFrame
-    equity: pd.DataFrame
-    returns: dict[str, pd.DataFrame]
+    per_fold: pd.DataFrame
+    returns: dict[tuple[str, str], pd.DataFrame]
+    attribution: dict[tuple[str, str], dict[str, Any]]
+    ic: dict[str, pd.Series]
     ic_by_fold: pd.DataFrame
+    tradability: dict[str, Any]
+    execution: str
+    frame: pd.DataFrame = field(repr=False)
+    market: pd.DataFrame = field(repr=False)
 
     @property
-    def signals(self) -> tuple[str, ...]:
+    def primary_strategy(self) -> str:
+        return self.strategies[0]
+
+    @property
+    def names(self) -> tuple[str, ...]:
         """Models first, then the baselines."""
         return (*self.models, *BASELINES)
 
+    def equity(self, strategy: str) -> pd.DataFrame:
+        """Growth of one unit under each signal's net returns for ``strategy`` (index timestamp)."""
+        equity = pd.DataFrame({name: (1.0 + self.returns[(name, strategy)].set_index("timestamp")["net_return"])
+                               .cumprod() for name in self.names})
+        equity.index.name = "timestamp"
+        return equity
+
+    def row(self, signal: str, strategy: str | None = None) -> dict[str, float | int | None]:
+        """Signal metrics plus one strategy's (default: the primary) metrics, JSON-ready."""
+        strategy = strategy or self.primary_strategy
+        values = {m: _json_number(self.signals.at[signal, m]) for m in SIGNAL_METRICS}
+        values.update({m: _json_number(self.overall.at[(signal, strategy), m]) for m in STRATEGY_METRICS})
+        return values
+
     def to_metrics_json(self) -> dict[str, Any]:
-        """A JSON-able dict for ``dvc metrics show``: NaN becomes None, numpy scalars become Python numbers."""
-        def row(signal: str) -> dict[str, float | int | None]:
-            return {metric: _json_number(self.overall.at[signal, metric]) for metric in METRICS}
+        """A JSON-able dict for ``dvc metrics show``: per signal, the primary strategy's metrics flat (as before)
+        and every strategy under ``strategies``; NaN becomes None."""
+        def block(signal: str) -> dict[str, Any]:
+            out: dict[str, Any] = self.row(signal)
+            out["strategies"] = {s: {m: _json_number(self.overall.at[(signal, s), m]) for m in STRATEGY_METRICS}
+                                 | {"attribution": self.attribution[(signal, s)]} for s in self.strategies}
+            return out
 
         return {
-            "models": {name: row(name) for name in self.models},
-            "baselines": {name: row(name) for name in BASELINES},
+            "models": {name: block(name) for name in self.models},
+            "baselines": {name: block(name) for name in BASELINES},
             "mode": self.mode,
+            "strategies": list(self.strategies),
+            "primary_strategy": self.primary_strategy,
+            "benchmark": BENCHMARK,
+            "execution": self.execution,
+            "horizon": self.horizon,
+            "tradability": self.tradability,
             "periods_per_year": _json_number(self.periods_per_year),
             "cost_bps": _json_number(self.params.cost_bps),
         }
@@ -189,8 +260,6 @@ def _validate_oof(oof: pd.DataFrame, model_columns: list[str]) -> None:
                 f"OOF frame column {column!r}: infinite value at row {_row(oof.index[infinite][0])}; "
                 "rule: finite or NaN"
             )
-    if not np.isfinite(oof["forward_return_1"].to_numpy(dtype=float)).any():
-        raise DataError("OOF frame column 'forward_return_1': no finite value; rule: at least one tradable row")
     duplicated = oof.duplicated(["timestamp", "symbol"])
     if duplicated.any():
         first = oof.index[duplicated][0]
@@ -211,22 +280,6 @@ def _require_columns(frame: pd.DataFrame, columns: list[str], caller: str) -> No
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataError(f"{caller}: missing required column(s) {missing}")
-
-
-def build_signals(oof: pd.DataFrame, models: dict[str, str] | None = None) -> pd.DataFrame:
-    """A copy of ``oof`` with one column per entry of :data:`SIGNALS` (positive = bullish).
-
-    ``model`` is the prediction; ``buy_and_hold`` is a constant 1; ``momentum_20`` is ``log_return_20`` (see the
-    module docstring for why not its sign: every single-series rule reads only its sign anyway); ``last_return``
-    is ``log_return_1``.
-    """
-    frame = oof.copy()
-    for name, column in (models or DEFAULT_MODELS).items():
-        frame[name] = frame[column].astype(float)
-    frame["buy_and_hold"] = 1.0
-    frame["momentum_20"] = frame["log_return_20"].astype(float)
-    frame["last_return"] = frame["log_return_1"].astype(float)
-    return frame
 
 
 def evaluation_mode(frame: pd.DataFrame, min_cross_section: int) -> Mode:
@@ -351,93 +404,272 @@ def information_coefficients(frame: pd.DataFrame, signal_col: str, target_col: s
     return _ic_series(frame, signal_col, target_col, method, mode, min_cross_section)
 
 
-# -------------------------------------------------------------------------------------------- strategy
+# -------------------------------------------------------------------------------------------- strategies
 
 
-def _weights(data: pd.DataFrame, signal_col: str, mode: Mode, params: EvaluationParams,
-             long_only: bool) -> np.ndarray:
-    """Target weight per row (rows sorted by timestamp then symbol), set from the signal at that timestamp."""
-    signal = data[signal_col].to_numpy(dtype=float)
-    eligible = np.isfinite(signal)
-    stamps = data["timestamp"]
-    breadth = pd.Series(eligible, index=data.index).groupby(stamps).transform("sum").to_numpy(dtype=float)
-    weights = np.zeros(len(data), dtype=float)
-    if mode == "single_series" or long_only:
-        # Long-flat: an equal slice of capital per symbol, used only where the signal is positive.
-        long = eligible & (signal > 0)
-        if mode == "single_series":
-            with np.errstate(invalid="ignore", divide="ignore"):
-                weights = np.where(long, 1.0 / breadth, 0.0)
-        else:
-            n_long = pd.Series(long, index=data.index).groupby(stamps).transform("sum").to_numpy(dtype=float)
-            with np.errstate(invalid="ignore", divide="ignore"):
-                weights = np.where(long, 1.0 / n_long, 0.0)
-        return weights
-    # Long-short: +0.5/k on the top k, -0.5/k on the bottom k, k = max(1, floor(q * n)). Ties are broken by
-    # symbol order (rows are sorted by symbol within a timestamp), so results are deterministic.
-    usable = data.loc[eligible, ["timestamp", signal_col]]
-    grouped = usable.groupby("timestamp")[signal_col]
-    rank = grouped.rank(method="first").to_numpy()
-    n = grouped.transform("size").to_numpy(dtype=float)
-    spread = (grouped.transform("max") - grouped.transform("min")).to_numpy()
-    k = np.maximum(1.0, np.floor(params.long_short_quantile * n + 1e-9))
-    tradable = (n >= params.min_cross_section) & (spread > 0) & (2 * k <= n)
-    usable_weights = np.where(rank > n - k, 0.5 / k, np.where(rank <= k, -0.5 / k, 0.0))
-    weights[eligible] = np.where(tradable, usable_weights, 0.0)
-    return weights
+def strategies_for(mode: Mode) -> tuple[str, ...]:
+    """The strategies a mode supports, the primary (the one promotion judges by default) first."""
+    return ("long_short", "topk") if mode == "cross_sectional" else ("long_flat", "long_short_band")
 
 
-def _strategy_returns(frame: pd.DataFrame, signal_col: str, params: EvaluationParams, mode: Mode,
-                      long_only: bool) -> pd.DataFrame:
-    columns = ["timestamp", "symbol", signal_col, "forward_return_1"] + (["fold"] if "fold" in frame else [])
-    data = frame[columns]
-    data = data[np.isfinite(data["forward_return_1"].to_numpy(dtype=float))]
-    data = data.sort_values(["timestamp", "symbol"], kind="mergesort").reset_index(drop=True)
-    output_columns = ["timestamp", *(["fold"] if "fold" in frame else []), "gross_return", "turnover", "cost",
-                      "net_return", "gross_exposure", "net_exposure"]
+def market_for(bars: pd.DataFrame, params: EvaluationParams) -> pd.DataFrame:
+    """:func:`alphaforge.backtest.market_frame` of ``bars`` with the execution, cost and tradability settings."""
+    return market_frame(
+        bars, execution=params.execution, cost_bps=params.cost_bps, fallback_spread_bps=params.fallback_spread_bps,
+        spread_window=params.spread_window, liquidity_window=params.liquidity_window, min_price=params.min_price,
+        min_dollar_volume=params.min_dollar_volume, impact_coefficient=params.impact_coefficient,
+        capital=params.capital,
+    )
+
+
+def market_from_labels(dataset: pd.DataFrame, params: EvaluationParams) -> pd.DataFrame:
+    """A market frame from a features dataset alone, for the tune objective: the execution return is the label
+    ``forward_return_1`` (already at the execution price), every bar is tradable and costs are the commission
+    plus half of ``fallback_spread_bps``. The evaluate stage and the gate use :func:`market_for` on real bars."""
+    _require_columns(dataset, ["timestamp", "symbol", "forward_return_1"], "market_from_labels")
+    market = dataset[["timestamp", "symbol"]].copy()
+    market["exec_return"] = np.expm1(dataset["forward_return_1"].to_numpy(dtype=float))
+    market["tradable"] = True
+    market["stale"] = False
+    market["dollar_volume"] = np.nan
+    market["cost_rate"] = params.cost_bps / 1e4 + 0.5 * params.fallback_spread_bps / 1e4
+    market["impact_scale"] = 0.0
+    for name in BASELINE_SIGNALS:
+        market[name] = np.nan
+    market.attrs["execution"] = "labels"
+    return market
+
+
+def _panel(frame: pd.DataFrame, market: pd.DataFrame, params: EvaluationParams) -> Panel:
+    missing = [c for c in ("exec_return", "tradable", "cost_rate", *BASELINE_SIGNALS) if c not in market.columns]
+    if missing:
+        raise DataError(f"evaluate: the market frame lacks {missing}; rule: build it with market_for(bars, params)")
+    return build_panel(frame[["timestamp", "symbol", "fold"]], market, cost_bps=params.cost_bps,
+                       max_participation=params.max_participation, capital=params.capital)
+
+
+def _topk(panel: Panel, params: EvaluationParams) -> tuple[int, int]:
+    breadth = float(np.median(panel.present.sum(axis=1))) if len(panel.timestamps) else 1.0
+    topk = params.topk or max(1, int(round(params.long_short_quantile * breadth)))
+    n_drop = params.n_drop if params.n_drop is not None else max(1, topk // 5)
+    return topk, n_drop
+
+
+def _targets(panel: Panel, name: str, signal: np.ndarray, strategy: str, params: EvaluationParams,
+             holding: int) -> np.ndarray:
+    if strategy == "long_short":
+        return long_short_targets(panel, signal, quantile=params.long_short_quantile,
+                                  min_cross_section=params.min_cross_section, holding=holding)
+    if strategy == "topk":
+        if name == BENCHMARK:
+            return equal_weight_targets(panel)
+        topk, n_drop = _topk(panel, params)
+        return topk_dropout_targets(panel, signal, topk=topk, n_drop=n_drop)
+    if strategy in ("long_flat", "long_short_band"):
+        return band_targets(panel, signal, band=params.no_trade_band, long_only=strategy == "long_flat")
+    raise DataError(f"evaluate: unknown strategy {strategy!r}; rule: one of long_short, topk, long_flat, "
+                    "long_short_band")
+
+
+def _signal_matrix(panel: Panel, frame: pd.DataFrame, market: pd.DataFrame, name: str, column: str | None
+                   ) -> np.ndarray:
+    if name == BENCHMARK:
+        return np.where(panel.present, 1.0, np.nan)
+    if column is not None:
+        return panel.matrix(frame, column)
+    keyed = frame[["timestamp", "symbol"]].merge(market[["timestamp", "symbol", name]], on=["timestamp", "symbol"],
+                                                 how="left")
+    return panel.matrix(keyed, name)
+
+
+def _attribution(panel: Panel, simulation: Simulation) -> dict[str, Any]:
+    """Where the gross P&L came from: the least liquid fifth of names, bars that did not trade, the top names."""
+    pnl = simulation.pnl
+    total = float(pnl.sum())
+    by_symbol = pd.Series(pnl.sum(axis=0), index=panel.symbols)
+    positive = by_symbol[by_symbol > 0].sort_values(ascending=False)
+    n_top = max(3, int(math.ceil(0.05 * len(panel.symbols))))
+    known_liquidity = np.isfinite(panel.liquidity_rank)
+    out: dict[str, Any] = {
+        "gross_pnl": total,
+        "illiquid_share": None, "stale_share": None, "top_symbols_share": None, "top_symbols": [],
+        "n_top_symbols": n_top, "n_symbols": int(len(panel.symbols)),
+    }
+    if total > 0:
+        if known_liquidity.any():
+            out["illiquid_share"] = float(pnl[known_liquidity & (panel.liquidity_rank <= 0.2)].sum() / total)
+        out["stale_share"] = float(pnl[panel.stale].sum() / total)
+    if len(panel.symbols) >= 10 and positive.sum() > 0:
+        out["top_symbols_share"] = float(positive.iloc[:n_top].sum() / positive.sum())
+        out["top_symbols"] = [str(s) for s in positive.index[:n_top]]
+    return out
+
+
+def _strategy_metrics(returns: pd.DataFrame, excess: np.ndarray | None, periods_per_year: float
+                      ) -> dict[str, float | int]:
+    net = returns["net_return"].to_numpy(dtype=float)
+    gross = returns["gross_return"].to_numpy(dtype=float)
+    excess = net if excess is None else excess
+    return {
+        "annual_return": _annual_return(net, periods_per_year),
+        "sharpe": _sharpe(net, periods_per_year),
+        "gross_annual_return": _annual_return(gross, periods_per_year),
+        "gross_sharpe": _sharpe(gross, periods_per_year),
+        "excess_annual_return": float(np.mean(excess) * periods_per_year) if excess.size else math.nan,
+        "information_ratio": _sharpe(excess, periods_per_year),
+        "max_drawdown": _max_drawdown(net),
+        "turnover": _mean(returns["turnover"]),
+        "commission": float(returns["commission"].mean() * periods_per_year) if len(returns) else math.nan,
+        "spread_cost": float(returns["spread_cost"].mean() * periods_per_year) if len(returns) else math.nan,
+        "impact_cost": float(returns["impact_cost"].mean() * periods_per_year) if len(returns) else math.nan,
+        "n_periods": int(net.size),
+    }
+
+
+def _product_series(frame: pd.DataFrame, signal: str, target: str, *, ranked: bool) -> pd.Series:
+    """Single series: per timestamp, the mean over symbols of standardised signal x standardised label; its
+    mean is the pooled correlation, and it is what the HAC test runs on."""
+    data = frame[["timestamp", "symbol", signal, target]].dropna()
     if data.empty:
-        return pd.DataFrame({c: pd.Series(dtype=float) for c in output_columns})
-    data = data.assign(weight=_weights(data, signal_col, mode, params, long_only),
-                       simple_return=np.expm1(data["forward_return_1"].to_numpy(dtype=float)))
-    weights = data.pivot(index="timestamp", columns="symbol", values="weight").fillna(0.0)
-    simple = data.pivot(index="timestamp", columns="symbol", values="simple_return").fillna(0.0)
-    previous = weights.shift(1).fillna(0.0)
-    turnover = (weights - previous).abs().sum(axis=1)
-    gross = (weights * simple).sum(axis=1)
-    cost = params.cost_bps / 1e4 * turnover
-    result = pd.DataFrame({
-        "gross_return": gross,
-        "turnover": turnover,
-        "cost": cost,
-        "net_return": gross - cost,
-        "gross_exposure": weights.abs().sum(axis=1),
-        "net_exposure": weights.sum(axis=1),
-    })
-    if "fold" in data:
-        result.insert(0, "fold", data.groupby("timestamp")["fold"].first().reindex(result.index))
-    return result.rename_axis("timestamp").reset_index()[output_columns]
+        return pd.Series(dtype=float)
+    grouped = data.groupby("symbol")
+    x, y = data[signal].astype(float), data[target].astype(float)
+    if ranked:
+        x, y = grouped[signal].rank(), grouped[target].rank()
+
+    def standardise(values: pd.Series) -> pd.Series:
+        by = values.groupby(data["symbol"])
+        std = by.transform("std")
+        return (values - by.transform("mean")) / std.where(std > _ABSOLUTE_DISPERSION_FLOOR)
+
+    product = standardise(x) * standardise(y)
+    return product.groupby(data["timestamp"]).mean().dropna()
 
 
-def strategy_returns(frame: pd.DataFrame, signal_col: str, params: EvaluationParams, *,
-                     long_only: bool = False) -> pd.DataFrame:
-    """Per-timestamp returns of the portfolio the signal implies, net of costs.
+def _signal_stats(frame: pd.DataFrame, name: str, mode: Mode, params: EvaluationParams, horizon: int
+                  ) -> tuple[dict[str, float], pd.Series, pd.Series, pd.Series]:
+    ic = _ic_series(frame, name, "forward_return", "pearson", mode, params.min_cross_section)
+    rank_ic = _ic_series(frame, name, "forward_return", "spearman", mode, params.min_cross_section)
+    if mode == "cross_sectional":
+        tested_ic, tested_rank = ic.dropna(), rank_ic.dropna()
+        ic_mean, rank_mean = _mean(ic), _mean(rank_ic)
+    else:
+        tested_ic = _product_series(frame, name, "forward_return", ranked=False)
+        tested_rank = _product_series(frame, name, "forward_return", ranked=True)
+        ic_mean, rank_mean = _mean(ic), _mean(rank_ic)
+    lags = max(horizon - 1, 0)
+    stats = {
+        "ic_mean": ic_mean, "ic_tstat": newey_west(tested_ic.to_numpy(), min_lags=lags).t_stat,
+        "rank_ic_mean": rank_mean, "rank_ic_tstat": newey_west(tested_rank.to_numpy(), min_lags=lags).t_stat,
+        "directional_accuracy": _directional_accuracy(frame[name], frame["forward_return"]),
+    }
+    return stats, ic, rank_ic, tested_rank
 
-    Cross-sectional mode (see :func:`evaluation_mode`): dollar-neutral long-short with gross exposure 1, equal
-    weight within the top and bottom ``long_short_quantile`` of the signal (at least one symbol per side); flat
-    at a timestamp with fewer than ``min_cross_section`` symbols or a signal with no dispersion. With
-    ``long_only`` (used for ``buy_and_hold``): equal weight long every symbol whose signal is positive.
-    Single-series mode: long-flat, each symbol gets ``1 / (symbols at t)`` of capital when its signal is
-    positive, else nothing (one symbol: weight 1 or 0).
 
-    Weights set at t earn ``exp(forward_return_1) - 1``; cost is ``cost_bps / 1e4 * sum |w_t - w_t-1|``.
-    Returns columns ``timestamp``, ``fold`` (when the frame has one), ``gross_return``, ``turnover``, ``cost``,
-    ``net_return``, ``gross_exposure``, ``net_exposure``, one row per timestamp with a next-bar return.
+def evaluate_oof(oof: pd.DataFrame, params: EvaluationParams, models: dict[str, str] | None = None, *,
+                 market: pd.DataFrame, horizon: int = 1) -> Evaluation:
+    """Score every model and baseline on the OOF frame, traded through ``market``, per fold and overall.
+
+    ``market`` is :func:`market_for` of the validated bars (it must cover the OOF rows); ``horizon`` is the
+    label horizon (the tranche holding period unless ``params.holding`` says otherwise, and the least HAC lag
+    of the IC tests). ``models`` maps each model's name to its signal column (default ``{"model":
+    "prediction"}``); a name may not be a baseline's.
     """
-    _require_columns(frame, ["timestamp", "symbol", signal_col, "forward_return_1"], "strategy_returns")
+    models = dict(models or DEFAULT_MODELS)
+    clash = sorted(set(models) & set(BASELINES))
+    if clash:
+        raise DataError(f"evaluate_oof: model name(s) {clash} are baseline names; rename the model(s)")
+    _validate_oof(oof, list(models.values()))
+    frame = oof.sort_values(["timestamp", "symbol"], kind="mergesort").reset_index(drop=True)
+    for name, column in models.items():
+        frame[name] = frame[column].astype(float)
+    baseline_values = frame[["timestamp", "symbol"]].merge(
+        market[["timestamp", "symbol", *BASELINE_SIGNALS]], on=["timestamp", "symbol"], how="left")
+    for name in BASELINE_SIGNALS:
+        frame[name] = baseline_values[name].to_numpy(dtype=float)
+    frame[BENCHMARK] = 1.0
+    mode = evaluation_mode(frame, params.min_cross_section)
+    periods_per_year = params.periods_per_year or infer_periods_per_year(frame["timestamp"])
+    strategies = strategies_for(mode)
+    holding = params.holding or horizon
+    panel = _panel(frame, market, params)
+    folds = sorted(int(f) for f in frame["fold"].unique())
+    fold_of_stamp = frame.groupby("timestamp")["fold"].first()
+
+    names = (*models, *BASELINES)
+    signal_rows, overall_rows, per_fold_rows = [], [], []
+    returns: dict[tuple[str, str], pd.DataFrame] = {}
+    attribution: dict[tuple[str, str], dict[str, Any]] = {}
+    ic_tested: dict[str, pd.Series] = {}
+    fold_ic: dict[str, dict[int, dict[str, float]]] = {}
+    for name in names:
+        stats, ic, rank_ic, tested = _signal_stats(frame, name, mode, params, horizon)
+        signal_rows.append({"signal": name, **stats})
+        ic_tested[name] = tested
+        fold_ic[name] = _fold_ic_stats(ic, rank_ic, fold_of_stamp, mode, horizon)
+        matrix = _signal_matrix(panel, frame, market, name, name)
+        for strategy in strategies:
+            simulation = simulate(panel, _targets(panel, name, matrix, strategy, params, holding))
+            returns[(name, strategy)] = simulation.returns
+            attribution[(name, strategy)] = _attribution(panel, simulation)
+    for name in names:
+        for strategy in strategies:
+            frame_returns = returns[(name, strategy)]
+            benchmark = returns[(BENCHMARK, strategy)]["net_return"].to_numpy() if strategy in BENCHMARKED else None
+            excess = None if benchmark is None else frame_returns["net_return"].to_numpy() - benchmark
+            overall_rows.append({"signal": name, "strategy": strategy,
+                                 **_strategy_metrics(frame_returns, excess, periods_per_year)})
+            for fold in folds:
+                in_fold = (frame_returns["fold"] == fold).to_numpy()
+                signal_fold = fold_ic[name].get(fold, dict.fromkeys(("ic_mean", "ic_tstat", "rank_ic_mean",
+                                                                    "rank_ic_tstat"), math.nan))
+                rows = frame["fold"] == fold
+                per_fold_rows.append({
+                    "fold": fold, "signal": name, "strategy": strategy, **signal_fold,
+                    "directional_accuracy": _directional_accuracy(frame.loc[rows, name],
+                                                                  frame.loc[rows, "forward_return"]),
+                    **_strategy_metrics(frame_returns[in_fold], None if excess is None else excess[in_fold],
+                                        periods_per_year),
+                })
+    signals = pd.DataFrame(signal_rows, columns=["signal", *SIGNAL_METRICS]).set_index("signal")
+    overall = pd.DataFrame(overall_rows, columns=["signal", "strategy", *STRATEGY_METRICS]).set_index(
+        ["signal", "strategy"])
+    per_fold = pd.DataFrame(per_fold_rows, columns=["fold", "signal", "strategy", *METRICS])
+    primary = per_fold[per_fold["strategy"] == strategies[0]]
+    ic_by_fold = primary[["fold", "signal", "ic_mean", "rank_ic_mean"]].rename(
+        columns={"ic_mean": "ic", "rank_ic_mean": "rank_ic"}).reset_index(drop=True)
+    return Evaluation(mode=mode, periods_per_year=float(periods_per_year), params=params, models=tuple(models),
+                      strategies=strategies, horizon=int(horizon), signals=signals, overall=overall,
+                      per_fold=per_fold, returns=returns, attribution=attribution, ic=ic_tested,
+                      ic_by_fold=ic_by_fold, tradability=_tradability(market, frame),
+                      execution=str(market.attrs.get("execution", params.execution)), frame=frame, market=market)
+
+
+def _tradability(market: pd.DataFrame, frame: pd.DataFrame) -> dict[str, Any]:
+    """The tradability summary over the out-of-sample rows."""
+    rows = market.merge(frame[["timestamp", "symbol"]], on=["timestamp", "symbol"])
+    rows.attrs = dict(market.attrs)
+    return tradability_summary(rows)
+
+
+def strategy_returns(frame: pd.DataFrame, signal_col: str, params: EvaluationParams, market: pd.DataFrame, *,
+                     horizon: int = 1, strategy: str | None = None) -> pd.DataFrame:
+    """Per-bar returns (gross, costs, net, turnover) of one signal through one strategy (default: the mode's
+    primary), with the same execution, tradability and costs as :func:`evaluate_oof`.
+
+    ``frame`` needs ``timestamp``, ``symbol`` and ``signal_col`` (``fold`` optional).
+    """
+    _require_columns(frame, ["timestamp", "symbol", signal_col], "strategy_returns")
     if frame.empty:
         raise DataError("strategy_returns: empty frame; rule: at least one row")
-    mode = evaluation_mode(frame, params.min_cross_section)
-    return _strategy_returns(frame, signal_col, params, mode, long_only)
+    data = frame.sort_values(["timestamp", "symbol"], kind="mergesort").reset_index(drop=True)
+    if "fold" not in data.columns:
+        data = data.assign(fold=0)
+    mode = evaluation_mode(data, params.min_cross_section)
+    strategy = strategy or strategies_for(mode)[0]
+    panel = _panel(data, market, params)
+    matrix = panel.matrix(data, signal_col)
+    return simulate(panel, _targets(panel, signal_col, matrix, strategy, params, params.holding or horizon)).returns
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -510,97 +742,25 @@ def _directional_accuracy(signal: pd.Series, target: pd.Series) -> float:
     return float(np.mean(np.sign(s[usable]) == np.sign(t[usable])))
 
 
-def _strategy_metrics(returns: pd.DataFrame, periods_per_year: float) -> dict[str, float | int]:
-    net = returns["net_return"].to_numpy(dtype=float)
-    return {
-        "annual_return": _annual_return(net, periods_per_year),
-        "sharpe": _sharpe(net, periods_per_year),
-        "max_drawdown": _max_drawdown(net),
-        "turnover": _mean(returns["turnover"]),
-        "n_periods": int(net.size),
-    }
-
-
 def _fold_ic_stats(ic: pd.Series, rank_ic: pd.Series, fold_of_stamp: pd.Series,
-                   mode: Mode) -> dict[int, dict[str, float]]:
-    """IC mean and t-stat per fold: over the fold's per-timestamp ICs (cross-sectional), or the fold's single
+                   mode: Mode, horizon: int) -> dict[int, dict[str, float]]:
+    """IC mean and HAC t-stat per fold over the fold's per-timestamp ICs (cross-sectional), or the fold's single
     time-series IC with a NaN t-stat (single series: one observation has no standard error)."""
     stats: dict[int, dict[str, float]] = {}
+    lags = max(horizon - 1, 0)
     if mode == "cross_sectional":
         fold_ids = fold_of_stamp.reindex(ic.index).to_numpy()
         for fold in pd.unique(fold_ids):
             in_fold = fold_ids == fold
-            stats[int(fold)] = {"ic_mean": _mean(ic[in_fold]), "ic_tstat": _tstat(ic[in_fold]),
-                                "rank_ic_mean": _mean(rank_ic[in_fold]), "rank_ic_tstat": _tstat(rank_ic[in_fold])}
+            stats[int(fold)] = {"ic_mean": _mean(ic[in_fold]),
+                                "ic_tstat": newey_west(ic[in_fold].to_numpy(), min_lags=lags).t_stat,
+                                "rank_ic_mean": _mean(rank_ic[in_fold]),
+                                "rank_ic_tstat": newey_west(rank_ic[in_fold].to_numpy(), min_lags=lags).t_stat}
     else:
         for fold in ic.index:
             stats[int(fold)] = {"ic_mean": float(ic[fold]), "ic_tstat": math.nan,
                                 "rank_ic_mean": float(rank_ic[fold]), "rank_ic_tstat": math.nan}
     return stats
-
-
-def evaluate_oof(oof: pd.DataFrame, params: EvaluationParams, models: dict[str, str] | None = None) -> Evaluation:
-    """Score the model and every baseline on the OOF frame, per fold and overall.
-
-    IC and rank IC are against ``forward_return`` (the label the model was trained on); directional accuracy
-    compares sign(signal) with sign(forward_return); the strategy metrics come from :func:`strategy_returns`
-    (net of cost, annualised with ``params.periods_per_year`` or :func:`infer_periods_per_year`).
-    In cross-sectional mode a fold's ``ic_mean``/``ic_tstat`` are over its per-timestamp ICs, and the overall ones
-    over all timestamps; in single-series mode a fold has one IC (its t-stat is NaN) and the overall mean and
-    t-stat are over the per-fold ICs. ``models`` maps each model's name to its prediction column (default
-    ``{"model": "prediction"}``); a name may not be a baseline's.
-    """
-    models = dict(models or DEFAULT_MODELS)
-    clash = sorted(set(models) & set(BASELINES))
-    if clash:
-        raise DataError(f"evaluate_oof: model name(s) {clash} are baseline names; rename the model(s)")
-    _validate_oof(oof, list(models.values()))
-    frame = build_signals(oof, models)
-    signals = (*models, *BASELINES)
-    mode = evaluation_mode(frame, params.min_cross_section)
-    periods_per_year = params.periods_per_year or infer_periods_per_year(frame["timestamp"])
-    fold_of_stamp = frame.groupby("timestamp")["fold"].first()
-    folds = sorted(int(f) for f in frame["fold"].unique())
-
-    per_fold_rows: list[dict[str, Any]] = []
-    overall_rows: list[dict[str, Any]] = []
-    returns: dict[str, pd.DataFrame] = {}
-    for signal in signals:
-        ic = _ic_series(frame, signal, "forward_return", "pearson", mode, params.min_cross_section)
-        rank_ic = _ic_series(frame, signal, "forward_return", "spearman", mode, params.min_cross_section)
-        signal_returns = _strategy_returns(frame, signal, params, mode, long_only=signal in LONG_ONLY_SIGNALS)
-        returns[signal] = signal_returns
-        fold_ic = _fold_ic_stats(ic, rank_ic, fold_of_stamp, mode)
-        for fold in folds:
-            in_fold = frame["fold"] == fold
-            fold_returns = signal_returns[signal_returns["fold"] == fold]
-            ic_stats = fold_ic.get(fold, dict.fromkeys(("ic_mean", "ic_tstat", "rank_ic_mean", "rank_ic_tstat"),
-                                                       math.nan))
-            per_fold_rows.append({
-                "fold": fold, "signal": signal, **ic_stats,
-                "directional_accuracy": _directional_accuracy(frame.loc[in_fold, signal],
-                                                              frame.loc[in_fold, "forward_return"]),
-                **_strategy_metrics(fold_returns, periods_per_year),
-            })
-        overall_rows.append({
-            "signal": signal,
-            "ic_mean": _mean(ic), "ic_tstat": _tstat(ic),
-            "rank_ic_mean": _mean(rank_ic), "rank_ic_tstat": _tstat(rank_ic),
-            "directional_accuracy": _directional_accuracy(frame[signal], frame["forward_return"]),
-            **_strategy_metrics(signal_returns, periods_per_year),
-        })
-
-    per_fold = pd.DataFrame(per_fold_rows, columns=["fold", "signal", *METRICS])
-    overall = pd.DataFrame(overall_rows, columns=["signal", *METRICS]).set_index("signal")
-    equity = pd.DataFrame({
-        signal: (1.0 + returns[signal].set_index("timestamp")["net_return"]).cumprod() for signal in signals
-    })
-    equity.index.name = "timestamp"
-    ic_by_fold = per_fold[["fold", "signal", "ic_mean", "rank_ic_mean"]].rename(
-        columns={"ic_mean": "ic", "rank_ic_mean": "rank_ic"})
-    return Evaluation(mode=mode, periods_per_year=float(periods_per_year), params=params, models=tuple(models),
-                      per_fold=per_fold,
-                      overall=overall, equity=equity, returns=returns, ic_by_fold=ic_by_fold)
 
 
 # ------------------------------------------------------------------------------------------------ output
@@ -615,7 +775,7 @@ def _json_number(value: Any) -> float | int | None:
     return number if math.isfinite(number) else None
 
 
-def _format(value: float, kind: str) -> str:
+def _format(value: Any, kind: str) -> str:
     if value is None or not np.isfinite(value):
         return "n/a"
     if kind == "pct":
@@ -625,38 +785,63 @@ def _format(value: float, kind: str) -> str:
     return f"{value:.3f}"
 
 
-def leaderboard(evaluation: Evaluation) -> str:
-    """A plain-text table of the model and baselines over all OOF periods, best Sharpe first (NaN last)."""
-    columns: list[tuple[str, str, str]] = [
-        ("sharpe", "sharpe", "num"), ("annual_return", "ann_ret", "pct"), ("max_drawdown", "max_dd", "pct"),
-        ("ic_mean", "ic", "num"), ("ic_tstat", "ic_t", "num"), ("rank_ic_mean", "rank_ic", "num"),
-        ("directional_accuracy", "hit_rate", "pct"), ("turnover", "turnover", "num"), ("n_periods", "periods", "int"),
-    ]
-    ordered = evaluation.overall.sort_values("sharpe", ascending=False, na_position="last", kind="mergesort")
-    header = ["rank", "signal", *[label for _, label, _ in columns]]
-    rows = [
-        [str(position), f"{signal}{' *' if signal in evaluation.models else ''}",
-         *[_format(ordered.at[signal, metric], kind) for metric, _, kind in columns]]
-        for position, signal in enumerate(ordered.index, start=1)
-    ]
+LEADERBOARD_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("sharpe", "sharpe", "num"), ("annual_return", "net_ret", "pct"), ("gross_annual_return", "gross_ret", "pct"),
+    ("information_ratio", "IR", "num"), ("max_drawdown", "max_dd", "pct"), ("turnover", "turnover", "num"),
+    ("commission", "comm", "pct"), ("spread_cost", "spread", "pct"), ("impact_cost", "impact", "pct"),
+    ("ic_mean", "ic", "num"), ("ic_tstat", "ic_t", "num"), ("rank_ic_mean", "rank_ic", "num"),
+    ("rank_ic_tstat", "rank_ic_t", "num"), ("dsr", "dsr", "num"), ("pbo", "pbo", "num"),
+)
+
+
+def _render(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
 
     def render(line: list[str]) -> str:
         return "  ".join(cell.ljust(w) if i < 2 else cell.rjust(w) for i, (cell, w) in enumerate(zip(line, widths)))
 
-    title = (f"OOF leaderboard ({evaluation.mode}, {evaluation.periods_per_year:g} periods/year, "
-             f"cost {evaluation.params.cost_bps:g} bps; * = trained model, others are naive baselines)")
     rule = "-" * len(render(header))
-    return "\n".join([title, rule, render(header), rule, *[render(r) for r in rows], rule])
+    return [rule, render(header), rule, *[render(r) for r in rows], rule]
+
+
+def leaderboard(evaluation: Evaluation, overfitting: dict[str, dict[str, Any]] | None = None) -> str:
+    """Plain-text tables, one per strategy: every model and baseline, best net Sharpe first (NaN last).
+
+    Returns and costs are annualised; IR is against the equal-weight universe for ``topk``/``long_flat`` and
+    against cash otherwise; IC t-stats are Newey-West. ``overfitting`` adds each model's deflated Sharpe and PBO.
+    """
+    overfitting = overfitting or {}
+    blocks = [f"Out-of-sample leaderboard ({evaluation.mode}; {evaluation.execution} execution; "
+              f"{evaluation.periods_per_year:g} periods/year; commission {evaluation.params.cost_bps:g} bps/side "
+              f"+ half spread + impact; * = trained model)"]
+    tradability = evaluation.tradability
+    blocks.append(f"tradable symbol-bars {100 * (tradability.get('tradable_share') or 0):.1f}%; spread from "
+                  f"{tradability.get('spread_source')} (median half spread "
+                  f"{tradability.get('median_half_spread_bps') or 0:.1f} bps)"
+                  + (f"; not applied: {', '.join(tradability['rules_not_applied'])}"
+                     if tradability.get("rules_not_applied") else ""))
+    for strategy in evaluation.strategies:
+        table = evaluation.overall.xs(strategy, level="strategy").join(evaluation.signals)
+        table["dsr"] = [((overfitting.get(n) or {}).get("dsr") or {}).get("dsr") for n in table.index]
+        table["pbo"] = [((overfitting.get(n) or {}).get("pbo") or {}).get("pbo") for n in table.index]
+        table = table.astype({"dsr": float, "pbo": float})
+        ordered = table.sort_values("sharpe", ascending=False, na_position="last", kind="mergesort")
+        header = ["rank", "signal", *[label for _, label, _ in LEADERBOARD_COLUMNS]]
+        rows = [[str(position), f"{name}{' *' if name in evaluation.models else ''}",
+                 *[_format(ordered.at[name, metric], kind) for metric, _, kind in LEADERBOARD_COLUMNS]]
+                for position, name in enumerate(ordered.index, start=1)]
+        against = "equal-weight universe" if strategy in BENCHMARKED else "cash"
+        blocks += ["", f"strategy {strategy} (IR against the {against})", *_render(header, rows)]
+    return "\n".join(blocks)
 
 
 def write_plots(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
     """Write DVC-plot CSVs and PNGs into ``out_dir``; returns {file name: path}.
 
-    ``equity.csv``: timestamp plus one equity column per signal. ``ic_by_fold.csv``: fold, signal, ic, rank_ic.
-    ``equity.png``: equity curves, model vs baselines, dotted lines at fold starts. ``ic_by_fold.png``: IC and
-    rank IC per fold as grouped bars. Figures are drawn on an Agg canvas created here (the Agg backend, without
-    touching pyplot's global backend), so no display is needed. Each file is written atomically.
+    ``equity.csv``: timestamp plus one net-equity column per signal (primary strategy). ``ic_by_fold.csv``:
+    fold, signal, ic, rank_ic. ``equity.png``: net equity per strategy, models vs baselines, dotted lines at fold
+    starts. ``ic_by_fold.png``: IC and rank IC per fold. Drawn on an Agg canvas (no display, pyplot untouched);
+    each file is written atomically.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -665,48 +850,49 @@ def write_plots(evaluation: Evaluation, out_dir: Path) -> dict[str, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {name: out_dir / name for name in ("equity.csv", "ic_by_fold.csv", "equity.png", "ic_by_fold.png")}
 
-    equity = evaluation.equity.reset_index()
-    equity["timestamp"] = equity["timestamp"].dt.strftime("%Y-%m-%dT%H:%M:%SZ")
+    equity = evaluation.equity(evaluation.primary_strategy).reset_index()
+    equity["timestamp"] = pd.to_datetime(equity["timestamp"], utc=True).dt.strftime("%Y-%m-%dT%H:%M:%SZ")
     _atomic_write(paths["equity.csv"], lambda p: equity.to_csv(p, index=False))
     _atomic_write(paths["ic_by_fold.csv"], lambda p: evaluation.ic_by_fold.to_csv(p, index=False))
 
-    figure = Figure(figsize=(10, 5), dpi=100)
+    figure = Figure(figsize=(10, 4.5 * len(evaluation.strategies)), dpi=100)
     FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    for signal in evaluation.signals:
-        series = evaluation.equity[signal]
-        axes.plot(series.index, series.to_numpy(), label=signal,
-                  linewidth=2.0 if signal in evaluation.models else 1.0,
-                  linestyle="-" if signal in evaluation.models else "--")
-    axes.axhline(1.0, color="grey", linewidth=0.5)
-    model_returns = evaluation.returns[evaluation.models[0]]
-    if "fold" in model_returns and not model_returns.empty:
-        for fold_start in model_returns.groupby("fold")["timestamp"].min().iloc[1:]:
+    for panel, strategy in enumerate(evaluation.strategies, start=1):
+        axes = figure.add_subplot(len(evaluation.strategies), 1, panel)
+        curves = evaluation.equity(strategy)
+        for name in evaluation.names:
+            axes.plot(curves.index, curves[name].to_numpy(), label=name,
+                      linewidth=2.0 if name in evaluation.models else 1.0,
+                      linestyle="-" if name in evaluation.models else "--")
+        axes.axhline(1.0, color="grey", linewidth=0.5)
+        fold_starts = evaluation.returns[(evaluation.models[0], strategy)].groupby("fold")["timestamp"].min()
+        for fold_start in fold_starts.iloc[1:]:
             axes.axvline(fold_start, color="grey", linewidth=0.5, linestyle=":")
-    axes.set_title(f"OOF equity, net of {evaluation.params.cost_bps:g} bps ({evaluation.mode})")
-    axes.set_ylabel("growth of 1")
-    axes.legend()
+        axes.set_title(f"{strategy}: out-of-sample equity, net of costs ({evaluation.execution} execution)")
+        axes.set_ylabel("growth of 1")
+        axes.legend(fontsize="small", ncol=2)
     figure.autofmt_xdate()
+    figure.tight_layout()
     _atomic_write(paths["equity.png"], lambda p: figure.savefig(p, format="png"))
 
     folds = sorted(evaluation.ic_by_fold["fold"].unique())
     positions = np.arange(len(folds))
-    width = 0.8 / len(evaluation.signals)
+    width = 0.8 / len(evaluation.names)
     figure = Figure(figsize=(10, 6), dpi=100)
     FigureCanvasAgg(figure)
     for panel, (column, label) in enumerate([("ic", "IC"), ("rank_ic", "rank IC")], start=1):
         axes = figure.add_subplot(2, 1, panel)
-        for offset, signal in enumerate(evaluation.signals):
-            values = (evaluation.ic_by_fold[evaluation.ic_by_fold["signal"] == signal]
+        for offset, name in enumerate(evaluation.names):
+            values = (evaluation.ic_by_fold[evaluation.ic_by_fold["signal"] == name]
                       .set_index("fold")[column].reindex(folds).to_numpy(dtype=float))
-            axes.bar(positions + (offset - (len(evaluation.signals) - 1) / 2) * width, np.nan_to_num(values), width,
-                     label=signal)
+            axes.bar(positions + (offset - (len(evaluation.names) - 1) / 2) * width, np.nan_to_num(values), width,
+                     label=name)
         axes.axhline(0.0, color="grey", linewidth=0.5)
         axes.set_xticks(positions, [str(f) for f in folds])
         axes.set_ylabel(label)
     axes.set_xlabel("fold")
     figure.axes[0].set_title("IC by fold (NaN shown as 0)")
-    figure.axes[0].legend(fontsize="small")
+    figure.axes[0].legend(fontsize="small", ncol=2)
     figure.tight_layout()
     _atomic_write(paths["ic_by_fold.png"], lambda p: figure.savefig(p, format="png"))
     return paths

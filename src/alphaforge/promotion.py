@@ -4,15 +4,23 @@ The MLflow Model Registry holds every candidate as a version of one registered m
 (``PromotionParams.model_name``). Aliases, not stages, say what each version is for:
 ``champion`` is what serves (``models:/NAME@champion``), ``challenger`` the newest candidate.
 
-Rules (:func:`decide`, a pure function; each rule leaves one reason line starting PASS, FAIL, SKIP or INFO):
+Rules (:func:`decide`, a pure function; each rule leaves one reason line starting PASS, FAIL, SKIP or INFO,
+and one structured entry with its figure, threshold and verdict). On the whole out-of-sample span (every
+walk-forward fold), for the promoted strategy (``strategy``; ``auto``: long_short across symbols, long_flat for
+a single series), traded at the next bar's price with costs (:mod:`alphaforge.backtest`):
 
-* the candidate beats the champion on ``metric`` by more than ``margin``, both scored on the *same* latest
-  out-of-sample window (:class:`OOSWindow`). The champion's stored scores are used when they were computed on
-  that window; otherwise the caller's ``rescore_champion`` scores it there, and without one the comparison
-  fails (never a comparison across windows). No champion yet: the rule passes.
-* it beats every naive baseline on ``metric`` (a baseline whose metric is undefined, e.g. the IC of
-  buy-and-hold, has no dispersion to beat and is skipped, with a line saying so);
-* the data passed validation, and the drift report raised no blocking alert.
+* signal: the candidate's rank IC has a Newey-West t-stat of at least ``min_ic_tstat``;
+* edge: its per-bar net return beats every naive baseline's, built the same way, by a margin whose one-sided
+  HAC test has a p-value, times the number of trials behind the candidate (Optuna trials times families,
+  Bonferroni), of at most ``alpha``;
+* overfitting: its probability of backtest overfitting (CSCV over the tuning trials) is at most ``max_pbo``;
+* plausibility: a net Sharpe above ``max_plausible_sharpe`` (daily bars; scaled by sqrt(bars a year / 252)), or
+  a P&L that comes mostly from the least liquid fifth of names, from bars that did not trade, or from a handful
+  of symbols, blocks promotion with a diagnosis that says which;
+* champion: it beats the serving champion on ``metric`` by more than ``margin``, both scored on the *same* latest
+  out-of-sample window (:class:`OOSWindow`; the champion is rescored there on bars it never trained on);
+* the data passed validation; drift alerts block only where they concern this model (``drift_blocks``: a
+  measured performance drop), never the data drift on the newest bars that retraining answers.
 
 How :func:`promote` keeps the champion safe:
 
@@ -48,7 +56,7 @@ import math
 import os
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -83,8 +91,10 @@ __all__ = [
     "RegistryView",
     "RollbackOutcome",
     "Scorecard",
+    "GateEvidence",
     "decide",
     "force_unlock",
+    "gate_evidence",
     "lock_name",
     "promote",
     "rollback",
@@ -111,7 +121,8 @@ LAST_EVENT_TAG = f"{TAG}last_event"
 NO_VERSION = "none"
 MAX_TAG_CHARS = 5000
 
-Metric = Literal["sharpe", "rank_ic_mean", "ic_mean", "directional_accuracy"]
+Metric = Literal["sharpe", "information_ratio", "rank_ic_mean", "ic_mean", "directional_accuracy"]
+GateStrategy = Literal["auto", "long_short", "topk", "long_flat", "long_short_band"]
 
 
 class PromotionParams(BaseModel):
@@ -120,8 +131,24 @@ class PromotionParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     model_name: str = Field("alphaforge-signal", min_length=1, description="registered model in the MLflow registry")
-    metric: Metric = Field("sharpe", description="compared on the latest out-of-sample window; higher is better")
+    metric: Metric = Field("sharpe", description="the champion comparison, on the latest out-of-sample window; "
+                           "higher is better")
     margin: float = Field(0.0, ge=0.0, description="the challenger must beat the champion by more than this")
+    strategy: GateStrategy = Field("auto", description="the strategy the gate judges; auto: long_short across "
+                                   "symbols, long_flat for a single series")
+    min_ic_tstat: float = Field(2.0, description="least Newey-West t-stat of the candidate's rank IC")
+    alpha: float = Field(0.05, gt=0.0, lt=1.0, description="significance of the edge over each baseline, after "
+                         "multiplying the p-value by the number of trials")
+    max_pbo: float = Field(0.5, ge=0.0, le=1.0, description="largest probability of backtest overfitting")
+    max_plausible_sharpe: float = Field(4.0, gt=0.0, description="net Sharpe above this (daily bars; scaled by "
+                                        "sqrt(bars a year / 252)) is a bug until shown otherwise")
+    max_illiquid_pnl_share: float = Field(0.5, gt=0.0, le=1.0, description="largest share of gross P&L from the "
+                                          "least liquid fifth of names")
+    max_stale_pnl_share: float = Field(0.25, gt=0.0, le=1.0, description="largest share of gross P&L earned over "
+                                       "bars that did not trade")
+    max_top_symbols_pnl_share: float = Field(0.6, gt=0.0, le=1.0, description="largest share of the positive "
+                                             "P&L from the top max(3, 5%) symbols (10 symbols or more)")
+    drift_blocks: tuple[str, ...] = Field(("performance",), description="drift rules that block the challenger")
     require_beat_baselines: bool = True
     require_validation: bool = True
     require_no_drift_alert: bool = True
@@ -169,18 +196,80 @@ class Scorecard(BaseModel):
         return self.metrics.get(metric)
 
 
+class GateRule(BaseModel):
+    """One rule of the gate with its figure, threshold and verdict (PASS, FAIL, SKIP, INFO)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    rule: str
+    verdict: Literal["PASS", "FAIL", "SKIP", "INFO"]
+    figure: float | str | None = None
+    threshold: float | str | None = None
+    detail: str
+
+
+class BaselineTest(BaseModel):
+    """The candidate's per-bar net return minus one baseline's, tested with a HAC t-test."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    baseline_sharpe: float | None
+    mean_difference: float | None
+    annual_difference: float | None
+    t_stat: float | None
+    p_value: float | None
+    adjusted_p_value: float | None
+    n: int
+    lags: int
+
+
+class GateEvidence(BaseModel):
+    """What the whole out-of-sample span says about the candidate (:func:`gate_evidence`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    candidate: str
+    strategy: str
+    mode: str
+    execution: str
+    periods_per_year: float
+    n_periods: int
+    n_trials: int
+    net_sharpe: float | None
+    gross_sharpe: float | None
+    rank_ic_mean: float | None
+    rank_ic_tstat: float | None
+    baselines: dict[str, BaselineTest]
+    pbo: float | None = None
+    pbo_detail: str = "no tuning trials to measure it on"
+    dsr: float | None = None
+    illiquid_share: float | None = None
+    stale_share: float | None = None
+    top_symbols_share: float | None = None
+    top_symbols: tuple[str, ...] = ()
+    n_symbols: int = 0
+
+    @field_validator("net_sharpe", "gross_sharpe", "rank_ic_mean", "rank_ic_tstat", "pbo", "dsr", "illiquid_share",
+                     "stale_share", "top_symbols_share", mode="before")
+    @classmethod
+    def _finite_number(cls, value: Any) -> float | None:
+        return _finite(value)
+
+
 class Decision(BaseModel):
-    """What :func:`decide` concluded and why (one reason line per rule)."""
+    """What :func:`decide` concluded and why (one reason line and one structured rule per check)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     promote: bool
     reasons: tuple[str, ...]
+    rules: tuple[GateRule, ...] = ()
     metric: str
     margin: float
     window: OOSWindow
     candidate_value: float | None
     champion_value: float | None
+    diagnosis: str | None = None
 
 
 class ChampionRef(BaseModel):
@@ -240,90 +329,218 @@ class RegistryError(RuntimeError):
 # ---------------------------------------------------------------------------------------------- decide
 
 
+def plausible_sharpe_limit(max_plausible_sharpe: float, periods_per_year: float) -> float:
+    """The daily limit scaled to the bar frequency: an annualised Sharpe grows with sqrt(bars a year)."""
+    return max_plausible_sharpe * math.sqrt(max(periods_per_year, 1.0) / 252.0)
+
+
 def decide(
     candidate: Scorecard,
     champion: Scorecard | None,
-    baselines: Mapping[str, Mapping[str, Any]],
+    evidence: GateEvidence,
     *,
     validation_passed: bool,
-    drift_alert: bool,
+    drift_rules: Sequence[str] = (),
     params: PromotionParams,
     champion_label: str = "champion",
     drift_detail: str = "",
 ) -> Decision:
-    """Apply the promotion rules; pure (no I/O), so every outcome is testable and explainable.
+    """Apply the promotion rules (module docstring); pure (no I/O), so every outcome is testable and explainable.
 
-    ``baselines`` maps each naive baseline to its metrics on the candidate's window (the same evaluation
-    that scored the candidate). ``champion`` is None when nothing serves yet; when given it must be scored
-    on ``candidate.window``, or the champion rule fails (scores on different windows do not compare).
+    ``evidence``: the whole out-of-sample span (:func:`gate_evidence`). ``candidate`` and ``champion``: scores on
+    the latest window for the champion comparison; ``champion`` is None when nothing serves yet, and must be
+    scored on ``candidate.window`` or that rule fails. ``drift_rules``: the drift rules that fired.
     """
     metric = params.metric
     reasons: list[str] = []
+    rules: list[GateRule] = []
     failed = False
+    diagnoses: list[str] = []
 
-    def rule(passed: bool, line: str, *, required: bool = True) -> None:
+    def rule(name: str, passed: bool | None, line: str, *, figure: Any = None, threshold: Any = None,
+             required: bool = True) -> None:
         nonlocal failed
-        if required:
-            reasons.append(f"{'PASS' if passed else 'FAIL'} {line}")
-            failed = failed or not passed
+        if passed is None:
+            verdict = "SKIP"
+        elif not required:
+            verdict = "INFO"
+            line = f"(not required) {'passes' if passed else 'fails'}: {line}"
         else:
-            reasons.append(f"INFO (not required) {'passes' if passed else 'fails'}: {line}")
+            verdict = "PASS" if passed else "FAIL"
+            failed = failed or not passed
+        reasons.append(f"{verdict} {line}")
+        number = _finite(figure) if not isinstance(figure, str) else figure
+        limit = _finite(threshold) if not isinstance(threshold, str) else threshold
+        rules.append(GateRule(rule=name, verdict=verdict, figure=number, threshold=limit, detail=line))
+
+    span = (f"{evidence.strategy} on the whole out-of-sample span ({evidence.n_periods} bars, "
+            f"{evidence.execution} execution)")
+    ic_t = evidence.rank_ic_tstat
+    rule("ic_tstat", ic_t is not None and ic_t >= params.min_ic_tstat,
+         f"rank IC {_fmt(evidence.rank_ic_mean)} with Newey-West t-stat {_fmt(ic_t)} "
+         f"{'>=' if ic_t is not None and ic_t >= params.min_ic_tstat else '<'} min_ic_tstat {params.min_ic_tstat:g}",
+         figure=ic_t, threshold=params.min_ic_tstat)
+
+    if not evidence.baselines:
+        rule("baselines", False, "no baseline was scored: cannot show the candidate beats the naive baselines",
+             required=params.require_beat_baselines)
+    for name, test in sorted(evidence.baselines.items()):
+        adjusted = test.adjusted_p_value
+        if adjusted is None:
+            rule(f"beats_{name}", False,
+                 f"net return vs baseline {name} ({span}): no test possible (too few bars or no difference)",
+                 required=params.require_beat_baselines)
+            continue
+        passed = adjusted <= params.alpha
+        rule(f"beats_{name}", passed,
+             f"net return over baseline {name}: {_pct(test.annual_difference)} a year, HAC t {_fmt(test.t_stat)}, "
+             f"p {_fmt(test.p_value)} x {evidence.n_trials} trial(s) = {_fmt(adjusted)} "
+             f"{'<=' if passed else '>'} alpha {params.alpha:g} ({span})",
+             figure=adjusted, threshold=params.alpha, required=params.require_beat_baselines)
+
+    if evidence.pbo is None:
+        rule("pbo", None, f"probability of backtest overfitting not measured: {evidence.pbo_detail}")
+    else:
+        rule("pbo", evidence.pbo <= params.max_pbo,
+             f"probability of backtest overfitting {_fmt(evidence.pbo)} "
+             f"{'<=' if evidence.pbo <= params.max_pbo else '>'} max_pbo {params.max_pbo:g} ({evidence.pbo_detail})",
+             figure=evidence.pbo, threshold=params.max_pbo)
+
+    limit = plausible_sharpe_limit(params.max_plausible_sharpe, evidence.periods_per_year)
+    sharpe = evidence.net_sharpe
+    too_good = sharpe is not None and sharpe > limit
+    rule("plausible_sharpe", not too_good,
+         f"net Sharpe {_fmt(sharpe)} {'>' if too_good else '<='} max_plausible_sharpe {limit:.2f} "
+         f"({params.max_plausible_sharpe:g} for daily bars at {evidence.periods_per_year:g} bars a year)",
+         figure=sharpe, threshold=limit)
+    if too_good:
+        diagnoses.append(f"too good to be true: net Sharpe {sharpe:.1f} above {limit:.1f}")
+    for key, label, threshold in (
+        ("illiquid_share", "of P&L from the least liquid quintile", params.max_illiquid_pnl_share),
+        ("stale_share", "of P&L from bars that did not trade", params.max_stale_pnl_share),
+        ("top_symbols_share", f"of the positive P&L from {len(evidence.top_symbols) or 'the top'} symbols "
+                              f"({', '.join(evidence.top_symbols)})", params.max_top_symbols_pnl_share),
+    ):
+        share = getattr(evidence, key)
+        if share is None:
+            why = {"illiquid_share": "no volume to rank liquidity, or no positive P&L",
+                   "stale_share": "no positive P&L", "top_symbols_share": "fewer than 10 symbols or no positive P&L"}
+            rule(f"plausible_{key}", None, f"P&L attribution {key}: not measured ({why[key]})")
+            continue
+        passed = share <= threshold
+        rule(f"plausible_{key}", passed, f"{100 * share:.0f}% {label} {'<=' if passed else '>'} "
+                                         f"{100 * threshold:.0f}%", figure=share, threshold=threshold)
+        if not passed:
+            diagnoses.append(f"too good to be true: {100 * share:.0f}% {label}")
 
     ours = candidate.value(metric)
-    rule(ours is not None, f"candidate {metric} on window {candidate.window} is {_fmt(ours)} (must be defined)")
-
     theirs: float | None = None
     if champion is None:
-        rule(True, f"no {champion_label} serves yet: nothing to beat on {metric}")
+        rule("champion", True, f"no {champion_label} serves yet: nothing to beat on {metric}")
     elif champion.window != candidate.window:
-        rule(False, f"{champion_label} was scored on window {champion.window}, the candidate on {candidate.window}: "
-                    "scores on different windows do not compare (rescore the champion on the latest window)")
+        rule("champion", False, f"{champion_label} was scored on window {champion.window}, the candidate on "
+                                f"{candidate.window}: scores on different windows do not compare (rescore the "
+                                "champion on the latest window)")
     else:
         theirs = champion.value(metric)
         if theirs is None:
-            rule(ours is not None, f"{champion_label} {metric} is undefined on window {candidate.window}; "
-                                   f"candidate {_fmt(ours)} is defined")
+            rule("champion", ours is not None, f"{champion_label} {metric} is undefined on window "
+                                               f"{candidate.window}; candidate {_fmt(ours)} is defined")
         else:
             beats = ours is not None and ours > theirs + params.margin
-            rule(beats, f"candidate {metric} {_fmt(ours)} {'>' if beats else '<='} {champion_label} {_fmt(theirs)} "
-                        f"+ margin {params.margin:g} on window {candidate.window}")
+            rule("champion", beats, f"candidate {metric} {_fmt(ours)} {'>' if beats else '<='} {champion_label} "
+                                    f"{_fmt(theirs)} + margin {params.margin:g} on the latest window "
+                                    f"{candidate.window}", figure=ours, threshold=theirs)
 
-    if not baselines:
-        rule(False, "no baseline scores supplied: cannot show the candidate beats the naive baselines",
-             required=params.require_beat_baselines)
-    for name, scores in sorted(baselines.items()):
-        value = _finite(scores.get(metric))
-        if value is None:
-            reasons.append(f"SKIP baseline {name}: {metric} undefined on this window (no dispersion to beat)")
-            continue
-        beats = ours is not None and ours > value
-        rule(beats, f"candidate {metric} {_fmt(ours)} {'>' if beats else '<='} baseline {name} {_fmt(value)}",
-             required=params.require_beat_baselines)
-
-    rule(validation_passed, f"data validation {'passed' if validation_passed else 'failed'}",
+    rule("validation", validation_passed, f"data validation {'passed' if validation_passed else 'failed'}",
          required=params.require_validation)
-    detail = f" ({drift_detail})" if drift_detail else ""
-    rule(not drift_alert, f"drift report {'raised a blocking alert' if drift_alert else 'raised no blocking alert'}"
-                          f"{detail}", required=params.require_no_drift_alert)
+    fired = list(dict.fromkeys(drift_rules))
+    if not fired:
+        rule("drift", True, f"drift report raised no alert{f' ({drift_detail})' if drift_detail else ''}",
+             required=params.require_no_drift_alert)
+    for name in fired:
+        blocks = name in params.drift_blocks
+        why = ("a measured drop in the model's own out-of-sample performance concerns this model"
+               if name == "performance" else
+               "listed in promote.drift_blocks" if blocks else
+               "the challenger was just retrained on these bars: drift of the newest data against the old champion's "
+               "training window is what retraining answers" if name in ("data_drift", "prediction_drift") else
+               "not in promote.drift_blocks")
+        rule(f"drift_{name}", not blocks, f"drift alert {name!r} {'blocks' if blocks else 'does not block'}: {why}",
+             required=params.require_no_drift_alert)
 
-    return Decision(promote=not failed, reasons=tuple(reasons), metric=metric, margin=params.margin,
-                    window=candidate.window, candidate_value=ours, champion_value=theirs)
+    return Decision(promote=not failed, reasons=tuple(reasons), rules=tuple(rules), metric=metric,
+                    margin=params.margin, window=candidate.window, candidate_value=ours, champion_value=theirs,
+                    diagnosis="; ".join(diagnoses) or None)
 
 
-def window_scorecards(
-    evaluation: Evaluation, oof: pd.DataFrame, model: str, *, fold: int | None = None
-) -> tuple[Scorecard, dict[str, dict[str, float | None]]]:
+def _pct(value: float | None) -> str:
+    return "undefined" if value is None else f"{100 * value:+.2f}%"
+
+
+def gate_strategy(evaluation: Evaluation, params: PromotionParams) -> str:
+    """The strategy the gate judges: ``params.strategy``, or the evaluation's primary one for ``auto``."""
+    from alphaforge.schema import DataError
+
+    if params.strategy == "auto":
+        return evaluation.primary_strategy
+    if params.strategy not in evaluation.strategies:
+        raise DataError(f"promote.strategy {params.strategy!r}: the evaluation ({evaluation.mode}) has strategies "
+                        f"{list(evaluation.strategies)}; rule: pick one of them, or auto")
+    return params.strategy
+
+
+def gate_evidence(evaluation: Evaluation, candidate: str, params: PromotionParams, *, n_trials: int = 1,
+                  pbo: float | None = None, pbo_detail: str | None = None, dsr: float | None = None) -> GateEvidence:
+    """The gate's figures for ``candidate`` over every out-of-sample bar: the HAC test of its net return against
+    every baseline (same strategy, same bars), its rank-IC t-stat and where its P&L came from.
+
+    ``n_trials``: every configuration tried to reach the candidate (Optuna trials times families, at least 1).
+    """
+    from alphaforge.evaluate import BASELINES
+    from alphaforge.stats import adjusted_p_value, newey_west
+
+    strategy = gate_strategy(evaluation, params)
+    ours = evaluation.returns[(candidate, strategy)]["net_return"].to_numpy(dtype=float)
+    lags = max(evaluation.horizon - 1, 0)
+    tests: dict[str, BaselineTest] = {}
+    for name in BASELINES:
+        theirs = evaluation.returns[(name, strategy)]["net_return"].to_numpy(dtype=float)
+        test = newey_west(ours - theirs, min_lags=lags)
+        tests[name] = BaselineTest(
+            baseline_sharpe=_finite(evaluation.overall.at[(name, strategy), "sharpe"]),
+            mean_difference=_finite(test.mean), annual_difference=_finite(test.mean * evaluation.periods_per_year),
+            t_stat=_finite(test.t_stat), p_value=_finite(test.p_value),
+            adjusted_p_value=_finite(adjusted_p_value(test.p_value, n_trials)), n=test.n, lags=test.lags)
+    attribution = evaluation.attribution[(candidate, strategy)]
+    return GateEvidence(
+        candidate=candidate, strategy=strategy, mode=evaluation.mode, execution=evaluation.execution,
+        periods_per_year=evaluation.periods_per_year, n_periods=int(ours.size), n_trials=max(int(n_trials), 1),
+        net_sharpe=evaluation.overall.at[(candidate, strategy), "sharpe"],
+        gross_sharpe=evaluation.overall.at[(candidate, strategy), "gross_sharpe"],
+        rank_ic_mean=evaluation.signals.at[candidate, "rank_ic_mean"],
+        rank_ic_tstat=evaluation.signals.at[candidate, "rank_ic_tstat"],
+        baselines=tests, pbo=pbo, pbo_detail=pbo_detail or "no tuning trials to measure it on", dsr=dsr,
+        illiquid_share=attribution.get("illiquid_share"), stale_share=attribution.get("stale_share"),
+        top_symbols_share=attribution.get("top_symbols_share"), top_symbols=tuple(attribution.get("top_symbols", ())),
+        n_symbols=int(attribution.get("n_symbols", 0)),
+    )
+
+
+def window_scorecards(evaluation: Evaluation, oof: pd.DataFrame, model: str, *, fold: int | None = None,
+                      strategy: str | None = None) -> Scorecard:
     """One walk-forward fold's window from an evaluation (default: the last fold, the latest out-of-sample
-    window): the model's scorecard and every baseline's metrics there, ready for :func:`promote`.
+    window): the model's scorecard there for ``strategy`` (default: the primary), for the champion comparison.
 
     ``oof`` is the frame that was evaluated (its ``fold`` and ``timestamp`` give the window's bounds);
     ``model`` is one of ``evaluation.models``.
     """
-    from alphaforge.evaluate import BASELINES, METRICS
+    from alphaforge.evaluate import METRICS
     from alphaforge.schema import DataError
 
     if model not in evaluation.models:
         raise DataError(f"window_scorecards: model {model!r} not in the evaluation's models {list(evaluation.models)}")
+    strategy = strategy or evaluation.primary_strategy
     folds = sorted(int(f) for f in evaluation.per_fold["fold"].unique())
     chosen = folds[-1] if fold is None else fold
     if chosen not in folds:
@@ -332,11 +549,9 @@ def window_scorecards(
     if stamps.empty:
         raise DataError(f"window_scorecards: the OOF frame has no rows in fold {chosen}")
     window = OOSWindow(start=stamps.min().isoformat(), end=stamps.max().isoformat())
-    rows = evaluation.per_fold[evaluation.per_fold["fold"] == chosen].set_index("signal")
-    card = Scorecard(window=window, metrics={m: rows.at[model, m] for m in METRICS})
-    baselines = {name: Scorecard(window=window, metrics={m: rows.at[name, m] for m in METRICS}).metrics
-                 for name in BASELINES}
-    return card, baselines
+    rows = evaluation.per_fold[(evaluation.per_fold["fold"] == chosen) & (evaluation.per_fold["strategy"] == strategy)]
+    rows = rows.set_index("signal")
+    return Scorecard(window=window, metrics={m: rows.at[model, m] for m in METRICS})
 
 
 # ---------------------------------------------------------------------------------------------- tags
@@ -427,10 +642,10 @@ def force_unlock(model_name: str) -> bool:
 def promote(
     model_uri: str,
     candidate: Scorecard,
-    baselines: Mapping[str, Mapping[str, Any]],
+    evidence: GateEvidence,
     *,
     validation_passed: bool,
-    drift_alert: bool,
+    drift_rules: Sequence[str] = (),
     params: PromotionParams,
     run_id: str | None = None,
     rescore_champion: ChampionRescorer | None = None,
@@ -439,8 +654,9 @@ def promote(
 ) -> PromotionOutcome:
     """Register ``model_uri`` as the challenger and make it champion if it passes :func:`decide`.
 
-    ``candidate`` and ``baselines`` are scores on the latest out-of-sample window (see
-    :func:`window_scorecards`). ``rescore_champion(champion, window)`` returns the serving champion's
+    ``evidence`` is the whole out-of-sample span's figures (:func:`gate_evidence`); ``candidate`` the scores on
+    the latest out-of-sample window (:func:`window_scorecards`), for the champion comparison.
+    ``drift_rules``: the drift rules that fired (the drift stage's ``alert.json``). ``rescore_champion(champion, window)`` returns the serving champion's
     metrics on ``window``; it is called only when the champion's stored scores are from another window.
     ``run_id`` is the run that produced the candidate (its tags get the decision; default: the version's run).
     ``decision_path`` gets the decision as JSON, also when the stage fails.
@@ -451,16 +667,15 @@ def promote(
     """
     started = _now()
     uri = tracking.tracking_uri()
-    baselines = {str(name): {str(k): _finite(v) for k, v in dict(scores).items()} for name, scores in baselines.items()}
     record: dict[str, Any] = {"model_name": params.model_name, "candidate_uri": model_uri, "tracking_uri": uri,
-                              "started_at": started, "candidate": candidate.model_dump(), "baselines": baselines,
-                              "validation_passed": validation_passed, "drift_alert": drift_alert,
+                              "started_at": started, "candidate": candidate.model_dump(), "evidence": evidence.model_dump(),
+                              "validation_passed": validation_passed, "drift_rules": list(drift_rules),
                               "params": params.model_dump()}
     path = Path(decision_path) if decision_path is not None else None
     try:
         with tracking.fail_fast_http(params.http_max_retries, params.http_timeout_seconds):
-            outcome = _promote_locked(model_uri, candidate, baselines, validation_passed=validation_passed,
-                                      drift_alert=drift_alert, drift_detail=drift_detail, params=params,
+            outcome = _promote_locked(model_uri, candidate, evidence, validation_passed=validation_passed,
+                                      drift_rules=drift_rules, drift_detail=drift_detail, params=params,
                                       run_id=run_id, rescore_champion=rescore_champion, record=record)
     except BaseException as err:
         record.update(status="failed", error=f"{type(err).__name__}: {err}", finished_at=_now())
@@ -476,7 +691,7 @@ def promote(
 def _promote_locked(
     model_uri: str,
     candidate: Scorecard,
-    baselines: Mapping[str, Mapping[str, Any]],
+    evidence: GateEvidence,
     *,
     params: PromotionParams,
     record: dict[str, Any],
@@ -494,7 +709,7 @@ def _promote_locked(
             f"{type(err).__name__}: {err}. Champion unchanged (nothing was written)."
         ) from err
     try:
-        outcome = _promote_under_lock(model_uri, candidate, baselines, params=params, record=record,
+        outcome = _promote_under_lock(model_uri, candidate, evidence, params=params, record=record,
                                       **decision_inputs)
     except BaseException as err:
         try:
@@ -517,10 +732,10 @@ def _promote_locked(
 def _promote_under_lock(
     model_uri: str,
     candidate: Scorecard,
-    baselines: Mapping[str, Mapping[str, Any]],
+    evidence: GateEvidence,
     *,
     validation_passed: bool,
-    drift_alert: bool,
+    drift_rules: Sequence[str],
     drift_detail: str,
     params: PromotionParams,
     run_id: str | None,
@@ -548,8 +763,8 @@ def _promote_under_lock(
         champion_card, scores_from = _champion_scorecard(name, before, candidate.window, rescore_champion)
         record["champion"] = {"version": before, "scores": scores_from,
                               "scorecard": None if champion_card is None else champion_card.model_dump()}
-        decision = decide(candidate, champion_card, baselines, validation_passed=validation_passed,
-                          drift_alert=drift_alert, params=params, drift_detail=drift_detail,
+        decision = decide(candidate, champion_card, evidence, validation_passed=validation_passed,
+                          drift_rules=drift_rules, params=params, drift_detail=drift_detail,
                           champion_label="champion" if before is None else f"champion v{before}")
         record["decision"] = decision.model_dump()
         for line in decision.reasons:

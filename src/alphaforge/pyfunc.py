@@ -283,6 +283,7 @@ class StackPaths:
 
     oof: Path = Path("data/predictions/oof.parquet")
     dataset: Path = Path("data/features/dataset.parquet")
+    validated_bars: Path = Path("data/validated/bars.parquet")
     trained_dir: Path = Path("models/trained")
     train_metrics: Path = Path("reports/train_metrics.json")
     run_reference: Path = Path("models/run.json")
@@ -323,7 +324,7 @@ def run_stack(
                                     params=params)
     metrics = dict(result.metrics)
     if evaluation is not None and spec["target"] != "forward_volatility":
-        metrics["trading"] = _trading_metrics(result, spec, evaluation)
+        metrics["trading"] = _trading_metrics(result, spec, evaluation, paths.validated_bars)
     artifacts = build_ensemble_artifacts(paths.trained_dir, result.combiner, paths.ensemble_dir,
                                          hedge_seed=result.hedge.to_dict(),
                                          extra_spec={"method": params.method}, compile_trees=params.compile_trees)
@@ -339,9 +340,11 @@ def run_stack(
     return metrics
 
 
-def _trading_metrics(result: StackResult, spec: Mapping[str, Any], evaluation: Any) -> dict[str, Any]:
-    """evaluate_oof of the ensemble and every family on the meta-test rows (signals centred for classification)."""
-    from alphaforge.evaluate import evaluate_oof
+def _trading_metrics(result: StackResult, spec: Mapping[str, Any], evaluation: Any, bars_path: Path
+                     ) -> dict[str, Any]:
+    """evaluate_oof of the ensemble and every family on the meta-test rows (signals centred for classification),
+    traded through the validated bars' market like the evaluate stage."""
+    from alphaforge.evaluate import evaluate_oof, market_for
 
     frame = result.evaluation.oof.copy()
     centre = 0.5 if spec.get("task") == "classification" else 0.0
@@ -350,7 +353,9 @@ def _trading_metrics(result: StackResult, spec: Mapping[str, Any], evaluation: A
                          *[(f, f"prediction_{f}") for f in result.families]]:
         frame[f"signal_{name}"] = frame[column] - centre
         models[name] = f"signal_{name}"
-    return evaluate_oof(frame, evaluation, models=models).to_metrics_json()
+    market = market_for(pd.read_parquet(bars_path), evaluation)
+    return evaluate_oof(frame, evaluation, models=models, market=market,
+                        horizon=int(spec.get("horizon") or 1)).to_metrics_json()
 
 
 def _log_to_run(package: EnsemblePackage, metrics: Mapping[str, Any], params: EnsembleParams, experiment: str,

@@ -120,7 +120,7 @@ def features(params: Params) -> dict[str, Any]:
     bars = pd.read_parquet(Paths.validated_bars)
     regime_model = load_regime_model() if params.features.regimes else None
     feats = compute_features(bars, params.features, regime_model=regime_model)
-    labels = compute_labels(bars, params.labels.horizon)
+    labels = compute_labels(bars, params.labels.horizon, params.evaluate.execution)
     label_cols = [c for c in labels.columns if c not in ("timestamp", "symbol")]
     dataset = pd.concat([feats, labels[label_cols]], axis=1)
     write_parquet_atomic(dataset, Paths.dataset)
@@ -132,6 +132,7 @@ def features(params: Params) -> dict[str, Any]:
         "rows": int(len(dataset)),
         "rows_with_label": int(dataset["forward_return"].notna().sum()),
         "horizon": params.labels.horizon,
+        "execution": labels.attrs["execution"],
         "regimes": None if regime_model is None else regime_model.describe(),
     }
     write_json_atomic(summary, Paths.features_summary)
@@ -347,11 +348,20 @@ def candidate_frame(spec: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, str],
     return oof, {name: f"signal_{name}" for name in names}, centre
 
 
+def load_market(params: Params) -> pd.DataFrame:
+    """The market frame of the validated bars: execution returns, tradability, costs, baseline signals."""
+    from alphaforge.evaluate import market_for
+
+    return market_for(pd.read_parquet(Paths.validated_bars), params.evaluate)
+
+
 def evaluate(params: Params) -> dict[str, Any]:
-    """Out-of-sample metrics of every model and the naive baselines, plots, leaderboard; into the same MLflow run."""
+    """Out-of-sample metrics of every model and the naive baselines, traded as they could have been; plots,
+    tear sheets, leaderboard; into the same MLflow run."""
     from alphaforge import tracking
     from alphaforge.evaluate import evaluate_oof, leaderboard, write_plots
     from alphaforge.report import html_report
+    from alphaforge.tearsheet import write_tear_sheets
     from alphaforge.train import coverage_of
 
     spec = json.loads((Paths.trained_dir / "spec.json").read_text())
@@ -359,10 +369,11 @@ def evaluate(params: Params) -> dict[str, Any]:
         return _evaluate_volatility(params, pd.read_parquet(Paths.oof), spec)
     oof, models, centre = candidate_frame(spec)
     candidates = list(models)
-    evaluation = evaluate_oof(oof, params.evaluate, models=models)
+    market = load_market(params)
+    evaluation = evaluate_oof(oof, params.evaluate, models=models, market=market, horizon=params.labels.horizon)
     metrics = evaluation.to_metrics_json()
     train_metrics = json.loads(Paths.train_metrics.read_text())
-    overfitting = _overfitting(params, oof, evaluation, candidates, centre)
+    overfitting = _overfitting(params, oof, evaluation, candidates, centre, market)
     for family in candidates:
         metrics["models"][family]["interval_coverage"] = coverage_of(
             oof[spec["target"]].to_numpy(dtype=float), oof[f"lower_{family}"].to_numpy(dtype=float),
@@ -371,8 +382,9 @@ def evaluate(params: Params) -> dict[str, Any]:
         metrics["models"][family]["overfitting"] = {
             "dsr": overfitting[family]["dsr"],
             "pbo": {k: v for k, v in overfitting[family]["pbo"].items() if k != "logits"},
+            "n_trials": overfitting[family]["n_trials"],
         }
-    table = leaderboard(evaluation)
+    table = leaderboard(evaluation, overfitting)
     if Paths.rl_metrics.exists():  # the optional rl stage's agents, beside the supervised models
         from alphaforge.rl import rl_leaderboard
 
@@ -382,18 +394,19 @@ def evaluate(params: Params) -> dict[str, Any]:
     write_json_atomic(metrics, Paths.evaluate_metrics)
     write_text_atomic(table + "\n", Paths.leaderboard)
     plots = write_plots(evaluation, Paths.plots_dir)
+    tear_sheets = write_tear_sheets(evaluation, Paths.plots_dir)
     cards = _model_cards(params, oof, spec, metrics, overfitting, train_metrics)
     page = html_report(
         "alphaforge: out-of-sample evaluation",
         [("Leaderboard", f"```\n{table}\n```"), *[(f"Model card: {f}", card) for f, card in cards.items()]],
-        [plots["equity.png"], plots["ic_by_fold.png"],
+        [plots["equity.png"], plots["ic_by_fold.png"], *tear_sheets.values(),
          *[Paths.plots_dir / f"pbo_{f}.png" for f in candidates]],
     )
     write_text_atomic(page, Paths.report_html)
     reference = json.loads(Paths.run_reference.read_text())
     if params.tracking.enabled and reference.get("run_id"):
         with tracking.start_run(params.tracking.experiment, run_id=reference["run_id"]) as run:
-            run.log_metrics({"oos": metrics})
+            run.log_metrics({"oos": {k: v for k, v in metrics.items() if k in ("models", "baselines")}})
             for path in (Paths.evaluate_metrics, Paths.leaderboard, Paths.report_html):
                 run.log_artifact(path, artifact_path="evaluate")
             run.log_artifact(Paths.cards_dir, artifact_path="evaluate/model_cards")
@@ -403,41 +416,58 @@ def evaluate(params: Params) -> dict[str, Any]:
 
 
 def _overfitting(
-    params: Params, oof: pd.DataFrame, evaluation: Any, families: list[str], centre: float
+    params: Params, oof: pd.DataFrame, evaluation: Any, families: list[str], centre: float, market: pd.DataFrame
 ) -> dict[str, dict[str, Any]]:
-    """Deflated Sharpe over the trials tried, and PBO by CSCV over complete trials' OOS returns, per family."""
+    """Deflated Sharpe over the trials tried, and PBO by CSCV over complete trials' OOS returns, per candidate.
+
+    Every trial is traded like the candidate (the gate's strategy, execution, tradability, costs). A family's
+    trials are its tuning study's; the ensemble counts the trials of every family it combines.
+    """
     from alphaforge import tracking
     from alphaforge.evaluate import strategy_returns
     from alphaforge.overfitting import overfitting_summary, trial_return_matrix
+    from alphaforge.promotion import gate_strategy
     from alphaforge.report import plot_pbo_logits
     from alphaforge.tune import trial_predictions_dir
 
     tuned = json.loads(Paths.tune_summary.read_text())["families"] if Paths.tune_summary.exists() else {}
     Paths.plots_dir.mkdir(parents=True, exist_ok=True)
-    trading = oof[["timestamp", "symbol", "forward_return_1"]]
+    strategy = gate_strategy(evaluation, params.promote)
+    keys = oof[["timestamp", "symbol", "fold"]]
+    trial_returns: dict[str, dict[str, pd.Series]] = {}
+    trial_counts: dict[str, int] = {}
+    for family in [f for f in families if f != "ensemble"]:
+        study = tuned.get(family)
+        trial_returns[family], trial_counts[family] = {}, 1
+        if not study:
+            continue
+        trial_counts[family] = max(int(study["n_trials"]), 1)
+        folder = trial_predictions_dir(tracking.state_dir() / "tune_trials", study["study_name"])
+        for path in sorted(folder.glob("trial_*.parquet")):
+            trial = pd.read_parquet(path).merge(keys, on=["timestamp", "symbol"], how="inner")
+            if trial.empty:
+                continue
+            trial["signal"] = trial["prediction"] - centre
+            returns = strategy_returns(trial, "signal", params.evaluate, market, horizon=params.labels.horizon,
+                                       strategy=strategy)
+            trial_returns[family][path.stem] = returns.set_index("timestamp")["net_return"]
     out: dict[str, dict[str, Any]] = {}
     for family in families:
-        candidate = evaluation.returns[family].set_index("timestamp")["net_return"]
-        study = tuned.get(family)
-        trials: dict[str, pd.DataFrame] = {}
-        n_trials = 1
-        if study:
-            n_trials = max(int(study["n_trials"]), 1)
-            folder = trial_predictions_dir(tracking.state_dir() / "tune_trials", study["study_name"])
-            for path in sorted(folder.glob("trial_*.parquet")):
-                trial = pd.read_parquet(path).merge(trading, on=["timestamp", "symbol"], how="inner")
-                trial["signal"] = trial["prediction"] - centre
-                trials[path.stem] = strategy_returns(trial, "signal", params.evaluate)
+        members = [f for f in families if f != "ensemble"] if family == "ensemble" else [family]
+        trials = {f"{m}/{k}": v for m in members for k, v in trial_returns.get(m, {}).items()}
+        n_trials = sum(trial_counts.get(m, 1) for m in members)
+        candidate = evaluation.returns[(family, strategy)].set_index("timestamp")["net_return"]
         matrix = trial_return_matrix(trials) if len(trials) >= 2 else None
         n_trials = max(n_trials, 0 if matrix is None else matrix.shape[1])
         # an untuned candidate is one trial: its deflated Sharpe is the probabilistic Sharpe (E[max] of one is 0)
         summary = overfitting_summary(candidate, matrix, periods_per_year=evaluation.periods_per_year,
                                       n_trials=n_trials, trial_sharpes_variance=0.0 if n_trials == 1 else None)
+        summary["n_trials"] = int(n_trials)
         plot_pbo_logits(summary["pbo"], Paths.plots_dir / f"pbo_{family}.png",
-                        title=f"{family}: CSCV logits over {n_trials} tuning trials")
+                        title=f"{family}: CSCV logits over {len(trials)} tuning trials ({strategy})")
         out[family] = summary
-        log.info("evaluate: %s deflated Sharpe %s, PBO %s (%d trials)", family, summary["dsr"].get("dsr"),
-                 summary["pbo"].get("pbo"), n_trials)
+        log.info("evaluate: %s deflated Sharpe %s, PBO %s (%d trials, %s)", family, summary["dsr"].get("dsr"),
+                 summary["pbo"].get("pbo"), n_trials, strategy)
     return out
 
 
@@ -491,14 +521,16 @@ def _evaluate_volatility(params: Params, oof: pd.DataFrame, spec: dict[str, Any]
 def promote(params: Params) -> dict[str, Any]:
     """Register the ensemble as the challenger; move ``champion`` to it only if it passes every rule.
 
-    Rules (``promote:``): beat the champion on the latest out-of-sample window by ``margin`` on ``metric``,
-    beat every naive baseline there, data validation passed, no blocking drift alert. The decision and its
-    reasons go to reports/promotion/decision.json, the version's tags and the run's tags. The alias switch is
-    the last step: any failure before it leaves the champion as it was, and the stage says so.
+    Rules (``promote:``, see :mod:`alphaforge.promotion`): over the whole out-of-sample span a significant rank
+    IC, a net edge over every naive baseline (same strategy, execution and costs) that survives the count of
+    trials, a PBO within bounds and a plausible P&L; on the latest window, beat the champion; data validation
+    passed; no drift alert that concerns this model. The decision, every rule with its figure, threshold and
+    verdict, goes to reports/promotion/decision.json, the version's tags and the run's tags. The alias switch
+    is the last step: any failure before it leaves the champion as it was, and the stage says so.
     """
     from alphaforge import tracking
     from alphaforge.evaluate import evaluate_oof
-    from alphaforge.promotion import PromotionError, window_scorecards
+    from alphaforge.promotion import PromotionError, gate_evidence, window_scorecards
     from alphaforge.promotion import promote as promote_model
 
     spec = json.loads((Paths.trained_dir / "spec.json").read_text())
@@ -508,8 +540,21 @@ def promote(params: Params) -> dict[str, Any]:
         raise PromotionError("promote: the stack stage logged no model (is tracking.enabled false?); champion unchanged")
     oof, models, centre = candidate_frame(spec)
     candidate_name = "ensemble" if "ensemble" in models else spec["families"][0]
-    evaluation = evaluate_oof(oof, params.evaluate, models=models)
-    card, baselines = window_scorecards(evaluation, oof, candidate_name)
+    market = load_market(params)
+    horizon = params.labels.horizon
+    evaluation = evaluate_oof(oof, params.evaluate, models=models, market=market, horizon=horizon)
+    evaluated = json.loads(Paths.evaluate_metrics.read_text()) if Paths.evaluate_metrics.exists() else {}
+    overfitting = ((evaluated.get("models") or {}).get(candidate_name) or {}).get("overfitting") or {}
+    pbo = overfitting.get("pbo") or {}
+    evidence = gate_evidence(
+        evaluation, candidate_name, params.promote, n_trials=int(overfitting.get("n_trials") or 1),
+        pbo=pbo.get("pbo"), dsr=(overfitting.get("dsr") or {}).get("dsr"),
+        pbo_detail=f"CSCV over {pbo.get('n_trials')} tuning trials" if pbo.get("pbo") is not None
+        else pbo.get("reason"))
+    from alphaforge.promotion import gate_strategy
+
+    strategy = gate_strategy(evaluation, params.promote)
+    card = window_scorecards(evaluation, oof, candidate_name, strategy=strategy)
     validation = json.loads(Paths.validation_summary.read_text())
     drift = json.loads(Paths.drift_alert.read_text()) if Paths.drift_alert.exists() else None
     reference = json.loads(Paths.run_reference.read_text())
@@ -536,19 +581,21 @@ def promote(params: Params) -> dict[str, Any]:
                             on=["timestamp", "symbol"], how="inner")
         scored["signal_champion"] = scored["champ"] - centre
         scored["fold"] = 0
-        champion_eval = evaluate_oof(scored, params.evaluate, models={"champion": "signal_champion"})
-        return window_scorecards(champion_eval, scored, "champion")[0].metrics
+        champion_eval = evaluate_oof(scored, params.evaluate, models={"champion": "signal_champion"}, market=market,
+                                     horizon=horizon)
+        return window_scorecards(champion_eval, scored, "champion", strategy=strategy).metrics
 
     outcome = promote_model(
-        model_uri, card, baselines,
+        model_uri, card, evidence,
         validation_passed=bool(validation.get("success")),
-        drift_alert=bool(drift and drift.get("blocking")),
+        drift_rules=list((drift or {}).get("rules") or []),
         drift_detail=(drift or {}).get("detail", "no drift report in this pipeline yet"),
         params=params.promote, run_id=reference.get("run_id"), rescore_champion=rescore_champion,
         decision_path=Paths.decision,
     )
     result = outcome.model_dump(mode="json")
-    log.info("promote: %s", result.get("status"))
+    log.info("promote: %s%s", result.get("status"),
+             f" ({outcome.decision.diagnosis})" if outcome.decision.diagnosis else "")
     return result
 
 

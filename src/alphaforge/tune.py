@@ -592,6 +592,7 @@ class _Objective:
         self.handle = handle
         self.tune = tune
         self.splitter = splitter
+        self.horizon = max(int(splitter.purge), 1)  # the purge is the label horizon
         self.target = target
         self.task = task_of(target)
         self.base_params = dict(base_params)
@@ -631,11 +632,12 @@ class _Objective:
                 usable = np.isfinite(prediction) & np.isfinite(realised) & (prediction != 0)
                 hits = np.sign(prediction[usable]) == np.sign(realised[usable])
             return float(hits.mean()) if hits.size else math.nan
-        from alphaforge.evaluate import strategy_returns
+        from alphaforge.evaluate import market_from_labels, strategy_returns
 
         signal = prediction - 0.5 if self.task == "classification" else prediction
         frame = self.dataset.loc[mask, ["timestamp", "symbol", "forward_return_1"]].assign(signal=signal)
-        returns = strategy_returns(frame, "signal", self.evaluation)
+        returns = strategy_returns(frame, "signal", self.evaluation, market_from_labels(frame, self.evaluation),
+                                   horizon=self.horizon)
         return _sharpe(returns["net_return"].to_numpy(dtype=float), self.periods_per_year)
 
     def __call__(self, trial: optuna.Trial) -> float:
