@@ -148,7 +148,7 @@ def market_frame(
         volume = ordered["volume"].to_numpy(dtype=float)
         traded = ~(volume <= 0)  # NaN volume: unknown, counted as traded
         dollar_volume = _rolling(close * np.where(np.isfinite(volume), volume, np.nan), codes, liquidity_window,
-                                 "median", max(1, liquidity_window // 2))
+                                 "median", 1)
     else:
         volume = None
         if {"open", "high", "low"} <= set(ordered.columns):
@@ -165,7 +165,7 @@ def market_frame(
     if min_price > 0:
         tradable &= next_price >= min_price
     if has_volume and min_dollar_volume > 0:
-        tradable &= ~(dollar_volume < min_dollar_volume)  # NaN (too little history yet) is not refused
+        tradable &= ~(dollar_volume < min_dollar_volume)  # NaN (no volume reported at all yet) is not refused
 
     if {"bid", "ask"} <= set(ordered.columns) and ordered[["bid", "ask"]].notna().any().all():
         with np.errstate(invalid="ignore", divide="ignore"):

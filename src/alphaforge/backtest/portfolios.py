@@ -188,7 +188,7 @@ def band_targets(panel: Panel, signal: np.ndarray, *, band: float, long_only: bo
         up = z[t] > band
         down = z[t] < -band
         position = np.where(up, 1.0, np.where(down, low, position))
-        position = np.where(np.isfinite(z[t]), position, 0.0)
+        position = np.where(np.isnan(z[t]), 0.0, position)
         targets[t] = position / N
     return targets
 
