@@ -173,7 +173,8 @@ def test_a_performance_drop_blocks_and_a_steady_model_does_not(tmp_path: Path) -
     broken = run_drift(dataset, predictions_frame(dataset, truth, broken_from=current_start), params(tmp_path),
                        tmp_path / "broken", write_html=False)
     before, after = steady.summary["performance"], broken.summary["performance"]
-    assert before["checked"] and before["current"]["bars"] == WINDOW - 5  # the newest 5 bars have no label yet
+    # the newest 6 bars have no label yet (5-bar horizon, entered at the next bar's open)
+    assert before["checked"] and before["current"]["bars"] == WINDOW - 6
     assert before["reference"]["rank_ic"] > 0.1 and abs(before["reference"]["rank_ic"] - before["current"]["rank_ic"]) < 0.05
     assert "performance" not in steady.alert["rules"] and not steady.blocking
     assert after["current"]["rank_ic"] < after["reference"]["rank_ic"] - 0.05
@@ -186,23 +187,35 @@ def test_a_performance_drop_blocks_and_a_steady_model_does_not(tmp_path: Path) -
 # ---------------------------------------------------------------------------------------------- promotion
 
 
-def test_the_blocking_alert_stops_promotion(tmp_path: Path) -> None:
-    """What the promote stage does with reports/drift/alert.json, on a real drift run's file."""
+def test_data_drift_is_reported_to_the_gate_but_only_a_performance_drop_blocks_the_challenger(tmp_path: Path) -> None:
+    """What the promote stage does with reports/drift/alert.json, on a real drift run's file: the challenger was
+    just retrained on the drifted bars, so data drift is answered, not blocking; a performance drop blocks."""
+    from alphaforge.promotion import BaselineTest, GateEvidence
+
     run_drift(make_dataset(plant(stationary_bars(0), vol_multiple=2.0)), None, params(tmp_path), tmp_path / "bad",
               write_html=False)
     run_drift(make_dataset(stationary_bars(0)), None, params(tmp_path), tmp_path / "good", write_html=False)
     candidate = Scorecard(window=OOSWindow(start="2013-01-01", end="2013-06-30"), metrics={"sharpe": 1.2})
-    baselines = {"buy_and_hold": {"sharpe": 0.3}, "momentum": {"sharpe": 0.1}}
+    passing = BaselineTest(baseline_sharpe=0.3, mean_difference=1e-3, annual_difference=0.25, t_stat=5.0,
+                           p_value=1e-6, adjusted_p_value=1e-5, n=500, lags=4)
+    evidence = GateEvidence(candidate="ensemble", strategy="long_short", mode="cross_sectional",
+                            execution="next_open", periods_per_year=252.0, n_periods=500, n_trials=10,
+                            net_sharpe=1.2, gross_sharpe=1.5, rank_ic_mean=0.03, rank_ic_tstat=4.0,
+                            baselines={"equal_weight": passing, "momentum_20": passing}, pbo=0.2)
 
-    def decision(folder: str) -> Any:
+    def decision(folder: str, *extra: str) -> Any:
         drift = json.loads((tmp_path / folder / "alert.json").read_text())
-        return decide(candidate, None, baselines, validation_passed=True, drift_alert=bool(drift.get("blocking")),
+        return decide(candidate, None, evidence, validation_passed=True, drift_rules=[*drift["rules"], *extra],
                       drift_detail=drift.get("detail", ""), params=PromotionParams())
 
-    refused, allowed = decision("bad"), decision("good")
-    assert not refused.promote
-    assert any(r.startswith("FAIL drift report raised a blocking alert (data drift:") for r in refused.reasons)
-    assert allowed.promote, allowed.reasons
+    drifted, steady = decision("bad"), decision("good")
+    assert "data_drift" in json.loads((tmp_path / "bad" / "alert.json").read_text())["rules"]
+    assert drifted.promote, drifted.reasons
+    assert any(r.startswith("PASS drift alert 'data_drift' does not block") for r in drifted.reasons)
+    assert steady.promote, steady.reasons
+    dropped = decision("bad", "performance")
+    assert not dropped.promote
+    assert any(r.startswith("FAIL drift alert 'performance' blocks") for r in dropped.reasons)
 
 
 # ---------------------------------------------------------------------------------------------- windows, quality

@@ -305,10 +305,11 @@ def test_labels_by_hand_on_a_tiny_frame() -> None:
     assert list(labels.columns) == ["timestamp", "symbol", *LABEL_COLUMNS]
     nan = math.nan
     log = math.log
-    expected_return = [log(99 / 100), log(99 / 110), log(121 / 99), nan, nan, log(50 / 50), nan, nan]
-    expected_direction = [0.0, 0.0, 1.0, nan, nan, 0.0, nan, nan]  # a zero return is not "up"
-    expected_return_1 = [log(110 / 100), log(99 / 110), log(99 / 99), log(121 / 99), nan,
-                         log(25 / 50), log(50 / 25), nan]
+    # closes only: a signal from bar t trades at bar t+1's close (next_close), so labels start there
+    assert labels.attrs["execution"] == "next_close"
+    expected_return = [log(99 / 110), log(121 / 99), nan, nan, nan, nan, nan, nan]
+    expected_direction = [0.0, 1.0, nan, nan, nan, nan, nan, nan]
+    expected_return_1 = [log(99 / 110), log(99 / 99), log(121 / 99), nan, nan, log(50 / 25), nan, nan]
     expected_volatility = [
         statistics.stdev([log(110 / 100), log(99 / 110)]),
         statistics.stdev([log(99 / 110), log(99 / 99)]),
@@ -326,14 +327,17 @@ def test_labels_by_hand_on_a_tiny_frame() -> None:
 def test_labels_never_reach_into_the_next_symbol(ohlcv: pd.DataFrame) -> None:
     horizon = 5
     labels = compute_labels(ohlcv, horizon)
-    tails = ohlcv.groupby("symbol").tail(horizon).index
-    assert labels.loc[tails, ["forward_return", "forward_direction", "forward_volatility"]].isna().all().all()
-    last = ohlcv.groupby("symbol").tail(1).index
+    assert labels.attrs["execution"] == "next_open"
+    tails = ohlcv.groupby("symbol").tail(horizon + 1).index
+    assert labels.loc[tails, ["forward_return", "forward_direction"]].isna().all().all()
+    assert labels.loc[ohlcv.groupby("symbol").tail(horizon).index, "forward_volatility"].isna().all()
+    last = ohlcv.groupby("symbol").tail(2).index
     assert labels.loc[last, "forward_return_1"].isna().all()
     others = labels.index.difference(tails)
     assert labels.loc[others, list(LABEL_COLUMNS)].notna().all().all()
-    # and they are the per-symbol shift, computed the plain way
-    expected = np.log(ohlcv.groupby("symbol")["close"].shift(-horizon) / ohlcv["close"])
+    # and they are the per-symbol shift of the next bar's open, computed the plain way
+    opens = ohlcv.groupby("symbol")["open"]
+    expected = np.log(opens.shift(-horizon - 1) / opens.shift(-1))
     np.testing.assert_allclose(labels["forward_return"], expected, rtol=1e-12, atol=1e-15, equal_nan=True)
     one_bar = np.log(ohlcv["close"] / ohlcv.groupby("symbol")["close"].shift(1))
     expected_volatility = (

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from scipy.stats import norm
 
-from alphaforge.evaluate import EvaluationParams, strategy_returns
+from alphaforge.evaluate import EvaluationParams, market_for, strategy_returns
 from alphaforge.overfitting import (
     EULER_GAMMA,
     deflated_sharpe_ratio,
@@ -246,13 +246,15 @@ def test_a_real_search_over_momentum_lookbacks() -> None:
     index = pd.DatetimeIndex(closes.index).tz_localize("UTC")
     forward = (log_close.shift(-1) - log_close).set_axis(index)
     params = EvaluationParams(cost_bps=5.0)
+    bars = closes.set_axis(index).stack().rename("close").rename_axis(["timestamp", "symbol"]).reset_index()
+    market = market_for(bars, params)
     trials = {}
     for lookback in (5, 10, 15, 20, 30, 40, 60, 80, 100, 120, 160, 200):
         signal = log_close.diff(lookback).set_axis(index)
         frame = pd.concat({"signal": signal, "forward_return_1": forward}, axis=1).stack(
             level=1, future_stack=True).rename_axis(["timestamp", "symbol"]).reset_index()
         frame = frame.dropna(subset=["forward_return_1"]).iloc[len(closes.columns) * 200:]
-        trials[f"lookback_{lookback}"] = strategy_returns(frame, "signal", params)
+        trials[f"lookback_{lookback}"] = strategy_returns(frame, "signal", params, market, horizon=1)
     matrix = trial_return_matrix(trials)
     assert matrix.shape[1] == 12 and len(matrix) > 600
     chosen = matrix.apply(sharpe_ratio).idxmax()

@@ -117,7 +117,9 @@ def test_regimes_run_before_features_and_the_served_model_carries_the_regime_mod
 
 def test_metrics_compare_model_with_baselines(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
     metrics = json.loads((workspace / "reports/evaluate/metrics.json").read_text())
-    assert set(metrics["baselines"]) == {"buy_and_hold", "momentum_20", "last_return"}
+    assert set(metrics["baselines"]) == {"equal_weight", "momentum_20", "momentum_12_1", "reversal_1", "reversal_5",
+                                         "low_volatility"}
+    assert metrics["execution"] == "next_close" and metrics["primary_strategy"] == "long_short"  # closes only
     assert set(metrics["models"]) == {"lightgbm", "ridge", "ensemble"}
     assert 0.5 < metrics["models"]["lightgbm"]["interval_coverage"] < 1
     overfitting = metrics["models"]["lightgbm"]["overfitting"]
@@ -128,7 +130,8 @@ def test_metrics_compare_model_with_baselines(workspace: Path, first_repro: subp
     shown = run(["dvc", "metrics", "show", "--json"], workspace)
     assert shown.returncode == 0 and "mean_fold_rank_ic" in shown.stdout
     board = run(["alphaforge", "leaderboard"], workspace)
-    assert board.returncode == 0 and "lightgbm *" in board.stdout and "buy_and_hold" in board.stdout
+    assert board.returncode == 0 and "lightgbm *" in board.stdout and "equal_weight" in board.stdout
+    assert (workspace / "reports/evaluate/plots/tearsheet_ensemble.png").stat().st_size > 0
 
 
 def test_the_run_is_tracked_in_mlflow(workspace: Path, first_repro: subprocess.CompletedProcess) -> None:
@@ -148,7 +151,10 @@ def test_promotion_decision_is_recorded(workspace: Path, first_repro: subprocess
     decision = json.loads((workspace / "reports/promotion/decision.json").read_text())
     assert decision["status"] in {"promoted", "refused"}
     reasons = "\n".join(decision["decision"]["reasons"])
-    assert "baseline buy_and_hold" in reasons and "data validation passed" in reasons
+    assert "baseline equal_weight" in reasons and "data validation passed" in reasons
+    rules = {rule["rule"]: rule for rule in decision["decision"]["rules"]}
+    assert {"ic_tstat", "beats_equal_weight", "beats_reversal_1", "pbo", "plausible_sharpe", "champion"} <= set(rules)
+    assert rules["ic_tstat"]["threshold"] == 2.0 and rules["ic_tstat"]["verdict"] in {"PASS", "FAIL"}
     shown = run(["alphaforge", "registry", "show"], workspace)
     assert shown.returncode == 0, shown.stderr
     assert "challenger" in shown.stdout

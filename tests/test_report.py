@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alphaforge.evaluate import BASELINES, EvaluationParams, evaluate_oof, write_plots
+from alphaforge.evaluate import BASELINES, EvaluationParams, evaluate_oof, market_for, write_plots
 from alphaforge.overfitting import overfitting_summary
 from alphaforge.report import (
     TrustedHtml,
@@ -55,7 +55,10 @@ def evaluation_and_oof() -> tuple[Any, pd.DataFrame]:
     frame["fold"] = fold_of.reindex(frame["timestamp"]).to_numpy().astype(int)
     noise = np.random.default_rng(0).normal(0.0, 0.05, len(frame))
     frame["prediction_lightgbm"] = frame["forward_return"] + noise
-    evaluation = evaluate_oof(frame, EvaluationParams(), models={"lightgbm": "prediction_lightgbm"})
+    bars = log_close.set_axis(index).pipe(np.exp).stack().rename("close").rename_axis(["timestamp", "symbol"])
+    market = market_for(bars.reset_index(), EvaluationParams())
+    evaluation = evaluate_oof(frame, EvaluationParams(), models={"lightgbm": "prediction_lightgbm"}, market=market,
+                              horizon=1)
     return evaluation, frame
 
 
@@ -70,7 +73,7 @@ def metrics(evaluation_and_oof: tuple[Any, pd.DataFrame]) -> dict[str, Any]:
 @pytest.fixture(scope="module")
 def overfitting(evaluation_and_oof: tuple[Any, pd.DataFrame]) -> dict[str, Any]:
     evaluation, _ = evaluation_and_oof
-    candidate = evaluation.returns["lightgbm"].set_index("timestamp")["net_return"]
+    candidate = evaluation.returns[("lightgbm", "long_short")].set_index("timestamp")["net_return"]
     rng = np.random.default_rng(1)
     trials = pd.DataFrame(rng.normal(0.0, 0.01, (len(candidate), 7)), index=candidate.index)
     trials[7] = candidate
