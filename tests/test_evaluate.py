@@ -98,7 +98,11 @@ def test_spreads_come_from_bid_ask_else_high_low_else_the_fallback(bokeh_bars: p
     assert quoted.attrs["spread_source"] == "bid_ask"
     np.testing.assert_allclose(quoted["half_spread"], 0.001, rtol=1e-3)
     fallback = market_frame(aapl[["timestamp", "symbol", "close"]], fallback_spread_bps=12.0)
-    assert fallback.attrs["spread_source"] == "fallback"
+    assert fallback.attrs["spread_source"] == "fixed"
+    fixed = market_frame(aapl, spread_estimator="fixed", fallback_spread_bps=12.0)
+    np.testing.assert_allclose(fixed["half_spread"], 0.0006)
+    with pytest.raises(DataError, match="bid_ask needs bid and ask"):
+        market_frame(aapl, spread_estimator="bid_ask")
     np.testing.assert_allclose(fallback["half_spread"], 0.0006)
     assert "min_dollar_volume (no volume column)" in market_for(
         aapl[["timestamp", "symbol", "close"]], EvaluationParams()).pipe(

@@ -113,6 +113,9 @@ class EvaluationParams(BaseModel):
     cost_bps: float = Field(default=5.0, ge=0.0, description="Commission per side, in basis points of value traded.")
     fallback_spread_bps: float = Field(
         default=10.0, ge=0.0, description="Full bid-ask spread assumed where neither bid/ask nor high/low exist.")
+    spread_estimator: Literal["auto", "bid_ask", "corwin_schultz", "fixed"] = Field(
+        default="auto", description="Bid-ask spread source; auto: bid/ask when present, else Corwin-Schultz from "
+                                    "high/low, else fixed (fallback_spread_bps).")
     spread_window: int = Field(default=20, ge=2, description="Bars in the rolling spread estimate.")
     impact_coefficient: float = Field(
         default=0.1, ge=0.0, description="k in the square-root impact k * sigma * sqrt(traded value / ADV); 0: off.")
@@ -416,6 +419,7 @@ def market_for(bars: pd.DataFrame, params: EvaluationParams) -> pd.DataFrame:
     """:func:`alphaforge.backtest.market_frame` of ``bars`` with the execution, cost and tradability settings."""
     return market_frame(
         bars, execution=params.execution, cost_bps=params.cost_bps, fallback_spread_bps=params.fallback_spread_bps,
+        spread_estimator=params.spread_estimator,
         spread_window=params.spread_window, liquidity_window=params.liquidity_window, min_price=params.min_price,
         min_dollar_volume=params.min_dollar_volume, impact_coefficient=params.impact_coefficient,
         capital=params.capital,

@@ -14,7 +14,7 @@ lacks (close-only data has no volume) is not applied, and :func:`tradability_sum
 
 Costs per unit of traded weight: the commission ``cost_bps`` per side plus half the bid-ask spread, taken
 from ``bid``/``ask`` when present, else estimated per symbol from daily highs and lows with Corwin and Schultz
-(2012), else ``fallback_spread_bps``; plus, with ``impact_coefficient`` > 0, a square-root market impact
+(2012), else ``fallback_spread_bps`` (``spread_estimator`` picks one explicitly); plus, with ``impact_coefficient`` > 0, a square-root market impact
 ``k * sigma * sqrt(traded value / ADV)`` per unit traded (Almgren et al. 2005). Every estimate uses bars up to t.
 
 Naive baseline signals are computed here too, from closes up to t, so every baseline is traded exactly like a
@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 Execution = Literal["auto", "next_open", "next_close"]
+SpreadEstimator = Literal["auto", "bid_ask", "corwin_schultz", "fixed"]
 ResolvedExecution = Literal["next_open", "next_close"]
 BASELINE_SIGNALS: tuple[str, ...] = ("momentum_20", "momentum_12_1", "reversal_1", "reversal_5", "low_volatility")
 _CS_DENOMINATOR = 3.0 - 2.0 * math.sqrt(2.0)
@@ -100,15 +101,25 @@ def _rolling(values: np.ndarray, codes: np.ndarray, window: int, how: str, min_p
     return result.reset_index(level=0, drop=True).sort_index().to_numpy(dtype=float)
 
 
-def _corwin_schultz(high: np.ndarray, low: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """The Corwin-Schultz (2012) spread from the high and low of bars t-1 and t; negative estimates become 0."""
+def _corwin_schultz(high: np.ndarray, low: np.ndarray, close: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """The raw Corwin-Schultz (2012) two-bar spread estimates from the highs and lows of bars t-1 and t.
+
+    Negative estimates are kept: the caller averages over a window, then floors at zero (the paper's less biased
+    variant; flooring each two-day estimate first biases the average up, most for liquid names).
+    With their overnight adjustment: when bar t opens above (below) bar t-1's close without trading back to it,
+    bar t's high and low are shifted down (up) by the gap, so a move between sessions is not read as spread.
+    """
+    prev_high, prev_low, prev_close = _shift(high, codes, -1), _shift(low, codes, -1), _shift(close, codes, -1)
+    gap_up = np.where(low > prev_close, low - prev_close, 0.0)
+    gap_down = np.where(high < prev_close, prev_close - high, 0.0)
+    high = high - gap_up + gap_down
+    low = low - gap_up + gap_down
     with np.errstate(invalid="ignore", divide="ignore"):
-        prev_high, prev_low = _shift(high, codes, -1), _shift(low, codes, -1)
         beta = np.log(high / low) ** 2 + np.log(prev_high / prev_low) ** 2
         gamma = np.log(np.maximum(high, prev_high) / np.minimum(low, prev_low)) ** 2
         alpha = (np.sqrt(2.0 * beta) - np.sqrt(beta)) / _CS_DENOMINATOR - np.sqrt(gamma / _CS_DENOMINATOR)
         spread = 2.0 * (np.exp(alpha) - 1.0) / (1.0 + np.exp(alpha))
-    return np.where(np.isfinite(spread), np.maximum(spread, 0.0), np.nan)
+    return np.where(np.isfinite(spread), spread, np.nan)
 
 
 def market_frame(
@@ -117,6 +128,7 @@ def market_frame(
     execution: str = "auto",
     cost_bps: float = 5.0,
     fallback_spread_bps: float = 10.0,
+    spread_estimator: str = "auto",
     spread_window: int = 20,
     liquidity_window: int = 20,
     min_price: float = 0.0,
@@ -167,19 +179,28 @@ def market_frame(
     if has_volume and min_dollar_volume > 0:
         tradable &= ~(dollar_volume < min_dollar_volume)  # NaN (no volume reported at all yet) is not refused
 
-    if {"bid", "ask"} <= set(ordered.columns) and ordered[["bid", "ask"]].notna().any().all():
+    has_quotes = {"bid", "ask"} <= set(ordered.columns) and bool(ordered[["bid", "ask"]].notna().any().all())
+    has_range = {"high", "low"} <= set(ordered.columns)
+    if spread_estimator == "auto":
+        spread_estimator = "bid_ask" if has_quotes else "corwin_schultz" if has_range else "fixed"
+    if (spread_estimator == "bid_ask" and not has_quotes) or (spread_estimator == "corwin_schultz" and not has_range):
+        needs = "bid and ask" if spread_estimator == "bid_ask" else "high and low"
+        raise DataError(f"evaluate.spread_estimator: {spread_estimator} needs {needs} columns and the bars have "
+                        f"{sorted(ordered.columns)}; rule: use auto or fixed (fallback_spread_bps)")
+    if spread_estimator == "bid_ask":
         with np.errstate(invalid="ignore", divide="ignore"):
             quoted = (ordered["ask"].to_numpy(dtype=float) - ordered["bid"].to_numpy(dtype=float)) / (
                 0.5 * (ordered["ask"].to_numpy(dtype=float) + ordered["bid"].to_numpy(dtype=float)))
         spread = _rolling(np.where(quoted >= 0, quoted, np.nan), codes, spread_window, "median", 1)
         source = "bid_ask"
-    elif {"high", "low"} <= set(ordered.columns):
+    elif spread_estimator == "corwin_schultz":
         spread = _rolling(_corwin_schultz(ordered["high"].to_numpy(dtype=float), ordered["low"].to_numpy(dtype=float),
-                                          codes), codes, spread_window, "mean", 2)
+                                          close, codes), codes, spread_window, "mean", 2)
+        spread = np.maximum(spread, 0.0)
         source = "corwin_schultz"
     else:
         spread = np.full(len(ordered), np.nan)
-        source = "fallback"
+        source = "fixed"
     spread = np.where(np.isfinite(spread), spread, fallback_spread_bps / 1e4)
     half_spread = 0.5 * spread
 

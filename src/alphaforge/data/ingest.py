@@ -51,7 +51,8 @@ class IngestParams(BaseModel):
 
 def _from_wide_ohlcv(frame: pd.DataFrame, symbol: str) -> pd.DataFrame:
     """A single-symbol OHLCV frame indexed by date with capitalised columns, as canonical bars."""
-    out = frame.rename(columns=str.lower)[["open", "high", "low", "close", "volume"]].copy()
+    lowered = frame.rename(columns=str.lower)
+    out = lowered[[c for c in ("open", "high", "low", "close", "volume") if c in lowered.columns]].copy()
     out.index = _to_utc(pd.DatetimeIndex(out.index), "UTC")
     out = out.rename_axis("timestamp").reset_index()
     out.insert(1, "symbol", symbol)
@@ -107,7 +108,10 @@ def _load_arch() -> pd.DataFrame:
 def _load_backtesting(name: str) -> pd.DataFrame:
     from backtesting import test
 
-    return _from_wide_ohlcv(getattr(test, name), name)
+    raw = getattr(test, name)
+    if name == "EURUSD":  # spot FX has no traded volume: the column counts ticks, which liquidity rules would misread
+        raw = raw.drop(columns=["Volume"])
+    return _from_wide_ohlcv(raw, name)
 
 
 def read_bars_file(path: str | Path, *, naive_timezone: str = "UTC") -> pd.DataFrame:

@@ -80,8 +80,9 @@ def make_synthetic(params: SyntheticParams) -> tuple[pd.DataFrame, pd.DataFrame]
     close = np.exp(log_close)
     prev_close = np.vstack([close[:1], close[:-1]])
     open_ = prev_close * np.exp(0.2 * vol * rng.standard_normal((t_len, n)))
-    upper = np.maximum(open_, close) * np.exp(np.abs(0.5 * vol * rng.standard_normal((t_len, n))))
-    lower = np.minimum(open_, close) * np.exp(-np.abs(0.5 * vol * rng.standard_normal((t_len, n))))
+    # wicks small enough that the high-low spread estimate (Corwin-Schultz) reads a few bps, as on liquid stocks
+    upper = np.maximum(open_, close) * np.exp(np.abs(0.25 * vol * rng.standard_normal((t_len, n))))
+    lower = np.minimum(open_, close) * np.exp(-np.abs(0.25 * vol * rng.standard_normal((t_len, n))))
     volume = np.round(rng.lognormal(mean=12.0, sigma=0.4, size=(t_len, n)) * (vol / params.calm_vol))
 
     timestamps = pd.date_range(params.start, periods=t_len, freq=params.freq, tz="UTC")
