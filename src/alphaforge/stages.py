@@ -195,12 +195,17 @@ def features(params: Params) -> dict[str, Any]:
     """Indicators and labels for every validated bar."""
     from alphaforge.features import FEATURE_VERSION, compute_features, compute_labels, feature_columns
 
+    from alphaforge.validate import as_series
+
     bars = pd.read_parquet(Paths.validated_bars)
+    series = as_series(bars)  # a suspended symbol's series restart: no indicator or label reaches across
     regime_model = load_regime_model() if params.features.regimes else None
-    feats = compute_features(bars, params.features, regime_model=regime_model)
-    labels = compute_labels(bars, params.labels.horizon)
+    feats = compute_features(series.drop(columns="segment", errors="ignore"), params.features,
+                             regime_model=regime_model)
+    labels = compute_labels(series.drop(columns="segment", errors="ignore"), params.labels.horizon)
     label_cols = [c for c in labels.columns if c not in ("timestamp", "symbol")]
     dataset = pd.concat([feats, labels[label_cols]], axis=1)
+    dataset["symbol"] = bars["symbol"].to_numpy()
     write_parquet_atomic(dataset, Paths.dataset)
     names = feature_columns(dataset)
     summary = {
@@ -694,9 +699,12 @@ def regimes(params: Params) -> dict[str, Any]:
     """Fit the market regime model on the first training window; causal regime features for every bar."""
     from alphaforge.regimes import current_regime, market_returns, plot_regimes, regime_features
 
-    bars = pd.read_parquet(Paths.validated_bars)
+    from alphaforge.validate import as_series
+
+    bars = as_series(pd.read_parquet(Paths.validated_bars))  # no market return across a suspension
     fit_end = first_training_end(params, bars["timestamp"])
     model, frame = regime_features(bars, params.regimes, fit_end)
+    frame["symbol"] = pd.read_parquet(Paths.validated_bars, columns=["symbol"])["symbol"].to_numpy()
     model.save(Paths.regime_model)
     write_parquet_atomic(frame, Paths.regime_features)
     plot_regimes(market_returns(bars), model, Paths.regime_plot)

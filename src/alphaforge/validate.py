@@ -634,6 +634,23 @@ def assign_segments(bars: pd.DataFrame, params: ValidationParams) -> pd.Series:
     return breaks.astype(np.int64).groupby(bars["symbol"], sort=False).cumsum().rename("segment")
 
 
+SERIES_SEPARATOR = "\x1f"  # sorts before every printable character, so "MSFT", "MSFT\x1f1" keep the symbol order
+
+
+def as_series(bars: pd.DataFrame) -> pd.DataFrame:
+    """``bars`` with each later segment of a split symbol as its own series: ``symbol`` becomes ``MSFT\x1f1``.
+
+    Per-symbol computations (indicators, labels, returns) run on this view so that nothing reaches across a
+    suspension; put the real ``symbol`` back afterwards. Bars without a ``segment`` column come back as they are.
+    """
+    if "segment" not in bars.columns or not (bars["segment"] > 0).any():
+        return bars
+    later = bars["segment"] > 0
+    symbol = bars["symbol"].astype(object).where(
+        ~later, bars["symbol"].astype(str) + SERIES_SEPARATOR + bars["segment"].astype(str))
+    return bars.assign(symbol=symbol)
+
+
 _EXPECTED_DTYPE: dict[str, str] = {
     "timestamp": "timestamp must be a timezone-aware datetime",
     "symbol": "symbol must be text (str)",
