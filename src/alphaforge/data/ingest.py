@@ -295,15 +295,15 @@ def repair_bars(bars: pd.DataFrame, repair: RepairParams) -> RepairOutcome:
     if repair.drop_exact_duplicates:
         frame, keys_present = frame[~exact], keys_present[~exact]
 
-    repeated = frame[keys_present].duplicated(subset=["symbol", "timestamp"], keep=False) if len(frame) else \
-        pd.Series(dtype=bool)
-    repeated = repeated.reindex(frame.index, fill_value=False)
     keep = "last" if repair.dedupe_keep == "last" else "first"
-    extra = frame[keys_present].duplicated(subset=["symbol", "timestamp"], keep=keep).reindex(
-        frame.index, fill_value=False)
+    keyed = frame[keys_present]
+    extra = keyed.duplicated(subset=["symbol", "timestamp"], keep=keep).reindex(frame.index, fill_value=False)
+    distinct = keyed[~keyed.duplicated(subset=value_columns, keep="first")]  # exact copies are the other repair's
+    conflicts = distinct[distinct.duplicated(subset=["symbol", "timestamp"], keep=False)]
     counts["dedupe_keep"] = {
-        "allowed": repair.dedupe_keep, "keys": int(frame.loc[repeated, ["symbol", "timestamp"]].drop_duplicates().shape[0]),
-        "found": int(extra.sum()), "rows_dropped": int(extra.sum()) if repair.dedupe_keep != "none" else 0,
+        "allowed": repair.dedupe_keep, "keys": int(conflicts[["symbol", "timestamp"]].drop_duplicates().shape[0]),
+        "found": int(len(conflicts) - conflicts[["symbol", "timestamp"]].drop_duplicates().shape[0]),
+        "rows_dropped": int(extra.sum()) if repair.dedupe_keep != "none" else 0,
     }
     if repair.dedupe_keep != "none" and extra.any():
         dropped.append(frame[extra].assign(repair=f"dedupe_keep={repair.dedupe_keep}"))
