@@ -13,6 +13,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from alphaforge.config import Params
@@ -389,6 +390,14 @@ def _permutation_scorer(repeats: int, target: str) -> Any:
     from alphaforge.models.importance import permutation_importance
 
     def score(model: Any, frame: pd.DataFrame, mask: Any) -> pd.Series:
+        from alphaforge.models.importance import rank_ic
+
+        baseline = rank_ic(model.predict(frame, predict_mask=mask), frame[target].to_numpy(dtype=float)[mask],
+                           frame["timestamp"].to_numpy()[mask])
+        if not np.isfinite(baseline):  # e.g. a model that could not split its (short, early) training window
+            log.warning("train: permutation importance skipped on a fold: the fold model's rank IC on its test rows "
+                        "is undefined (constant predictions or too few rows), so there is nothing to compare with")
+            return pd.Series(dtype=float)
         table = permutation_importance(model, frame, frame[target], predict_mask=mask, n_repeats=repeats)
         return table.set_index("feature")["importance_mean"]
 
