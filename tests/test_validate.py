@@ -180,10 +180,6 @@ def empty_frame(bars: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
     return bars.iloc[0:0]
 
 
-def two_week_hole(bars: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
-    return bars.drop(index=range(CORRUPT_ROW, CORRUPT_ROW + 12)).reset_index(drop=True)
-
-
 def negative_volume(bars: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
     out = bars.copy()
     out.loc[CORRUPT_ROW, "volume"] = -100.0
