@@ -76,7 +76,8 @@ def test_clean_real_data_passes_every_error_rule(source: str) -> None:
     assert report.failures == [] and report.skipped == []
     assert report.n_rows == len(bars) and report.n_symbols == bars["symbol"].nunique()
     evaluated = {r.label for r in report.results}
-    expected = {"unique_symbol_timestamp", "increasing_time[timestamp]", "max_gap[timestamp]",
+    expected = {"unique_symbol_timestamp", "increasing_time[timestamp]", "suspension[timestamp]",
+                "market_closure[timestamp]", "finite_values[close]",
                 "positive_prices[close]", "nan_budget[close]", "dtype[close]", "extreme_move[close]"}
     if "high" in bars.columns:
         expected |= {"low_le_open_close[low]", "high_ge_open_close[high]", "non_negative_volume[volume]"}
@@ -179,10 +180,6 @@ def empty_frame(bars: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
     return bars.iloc[0:0]
 
 
-def two_week_hole(bars: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
-    return bars.drop(index=range(CORRUPT_ROW, CORRUPT_ROW + 12)).reset_index(drop=True)
-
-
 def negative_volume(bars: pd.DataFrame, tmp_path: Path) -> pd.DataFrame:
     out = bars.copy()
     out.loc[CORRUPT_ROW, "volume"] = -100.0
@@ -225,16 +222,13 @@ CORRUPTIONS: dict[str, Corruption] = {
         empty_frame, "ohlcv", "non_empty", None, None, [], {"non_empty"},
         skipped={"unique_symbol_timestamp", "increasing_time[timestamp]", "positive_prices[close]", "dtype[close]"},
     ),
-    "gap_over_max": Corruption(
-        two_week_hole, "ohlcv", "max_gap", "timestamp", 1, [K], {"max_gap[timestamp]"},
-    ),
     "negative_volume": Corruption(
         negative_volume, "ohlcv", "non_negative_volume", "volume", 1, [K], {"non_negative_volume[volume]"},
         example_values={"volume": -100.0},
     ),
     "naive_timestamp": Corruption(
         naive_timestamps, "close_only", "dtype", "timestamp", EVERY_ROW, [0, 1, 2, 3, 4], {"dtype[timestamp]"},
-        skipped={"increasing_time[timestamp]", "max_gap[timestamp]"},
+        skipped={"increasing_time[timestamp]", "suspension[timestamp]"},
     ),
 }
 
@@ -327,10 +321,12 @@ def test_report_escapes_values_from_the_data(ohlcv_slice: pd.DataFrame, tmp_path
 def test_params_reject_unknown_keys_and_bad_values() -> None:
     with pytest.raises(ValidationError, match="extra"):
         ValidationParams(nan_budgett=0.1)
-    with pytest.raises(ValidationError, match="max_gap"):
-        ValidationParams(max_gap="ten days")
+    with pytest.raises(ValidationError, match="max_closure"):
+        ValidationParams(max_closure="ten days")
     with pytest.raises(ValidationError, match="positive"):
-        ValidationParams(max_gap="-1D")
+        ValidationParams(max_closure="-1D")
     with pytest.raises(ValidationError):
         ValidationParams(nan_budget=1.5)
-    assert ValidationParams(max_gap="90min").max_gap_days == pytest.approx(90 / 1440)
+    with pytest.raises(ValidationError, match="policy"):
+        ValidationParams(policy="drop")
+    assert ValidationParams(max_closure="90min").max_closure_days == pytest.approx(90 / 1440)

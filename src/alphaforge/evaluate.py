@@ -68,6 +68,7 @@ __all__ = [
     "infer_periods_per_year",
     "information_coefficients",
     "leaderboard",
+    "load_market_frame",
     "market_for",
     "market_from_labels",
     "metrics_json_text",
@@ -424,6 +425,23 @@ def market_for(bars: pd.DataFrame, params: EvaluationParams) -> pd.DataFrame:
         min_dollar_volume=params.min_dollar_volume, impact_coefficient=params.impact_coefficient,
         capital=params.capital,
     )
+
+
+def load_market_frame(bars: pd.DataFrame, params: EvaluationParams) -> pd.DataFrame:
+    """:func:`market_for` of validated bars, per series: each segment of a symbol split by a suspension (the
+    ``segment`` column validate writes) is its own series, so no return or position crosses the suspension;
+    the real symbol is put back."""
+    from alphaforge.validate import as_series
+
+    series = as_series(bars)
+    market = market_for(series.drop(columns="segment", errors="ignore"), params)
+    if "segment" in bars.columns and len(series) == len(bars):
+        original = bars[["timestamp"]].assign(series=series["symbol"].to_numpy(), symbol=bars["symbol"].to_numpy())
+        names = dict(zip(original["series"], original["symbol"], strict=False))
+        attrs = dict(market.attrs)
+        market = market.assign(symbol=market["symbol"].map(names))
+        market.attrs = attrs
+    return market
 
 
 def market_from_labels(dataset: pd.DataFrame, params: EvaluationParams) -> pd.DataFrame:

@@ -344,7 +344,7 @@ def _trading_metrics(result: StackResult, spec: Mapping[str, Any], evaluation: A
                      ) -> dict[str, Any]:
     """evaluate_oof of the ensemble and every family on the meta-test rows (signals centred for classification),
     traded through the validated bars' market like the evaluate stage."""
-    from alphaforge.evaluate import evaluate_oof, market_for
+    from alphaforge.evaluate import evaluate_oof, load_market_frame
 
     frame = result.evaluation.oof.copy()
     centre = 0.5 if spec.get("task") == "classification" else 0.0
@@ -353,7 +353,7 @@ def _trading_metrics(result: StackResult, spec: Mapping[str, Any], evaluation: A
                          *[(f, f"prediction_{f}") for f in result.families]]:
         frame[f"signal_{name}"] = frame[column] - centre
         models[name] = f"signal_{name}"
-    market = market_for(pd.read_parquet(bars_path), evaluation)
+    market = load_market_frame(pd.read_parquet(bars_path), evaluation)
     return evaluate_oof(frame, evaluation, models=models, market=market,
                         horizon=int(spec.get("horizon") or 1)).to_metrics_json()
 

@@ -33,6 +33,7 @@ Scores, on the test origins (the realised proxy for the variance of ``r[t+1]`` i
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -56,8 +57,11 @@ __all__ = [
     "qlike",
     "realised_volatility_features",
     "risk_forecasts",
+    "risk_history_shortfall",
     "value_at_risk",
 ]
+
+log = logging.getLogger(__name__)
 
 MODELS: tuple[str, ...] = ("garch", "lightgbm", "ewma")
 _PERCENT = 100.0
@@ -325,12 +329,29 @@ def compare_risk_panel(bars: pd.DataFrame, train_end: Any, params: RiskParams | 
     if missing:
         raise DataError(f"compare_risk_panel: missing column(s) {missing}; rule: canonical bars")
     per_symbol: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
     frames = []
-    for symbol, rows in bars.sort_values(["symbol", "timestamp"], kind="stable").groupby("symbol", sort=True):
-        returns = np.log(rows.set_index("timestamp")["close"].astype(float)).diff().dropna()
+    # a return is taken within one series only: never across a suspension (validated bars' ``segment``)
+    series = ["symbol", "segment"] if "segment" in bars.columns else ["symbol"]
+    ordered = bars.sort_values(["symbol", "timestamp"], kind="stable")
+    log_close = np.log(ordered["close"].astype(float))
+    ordered = ordered.assign(log_return=log_close - log_close.groupby([ordered[c] for c in series], sort=False).shift())
+    for symbol, rows in ordered.groupby("symbol", sort=True):
+        returns = rows.set_index("timestamp")["log_return"].dropna()
+        reason = risk_history_shortfall(returns, train_end, params.min_train)
+        if reason is not None:
+            skipped[str(symbol)] = reason
+            log.info("risk: %s skipped: %s", symbol, reason)
+            continue
         metrics, forecasts = compare_risk_models(returns, train_end, params)
         per_symbol[str(symbol)] = metrics
         frames.append(forecasts.rename_axis("timestamp").reset_index().assign(symbol=str(symbol)))
+    if skipped:
+        log.warning("risk: %d of %d symbol(s) skipped for too little history around train_end=%s: %s",
+                    len(skipped), len(skipped) + len(per_symbol), train_end, sorted(skipped))
+    if not per_symbol:
+        raise DataError(f"compare_risk_panel: no symbol has at least {params.min_train} returns up to "
+                        f"train_end={train_end} and one after it; rule: risk.min_train. Skipped: {skipped}")
     mean: dict[str, Any] = {}
     for name in MODELS:
         blocks = [m["models"][name] for m in per_symbol.values()]
@@ -343,8 +364,22 @@ def compare_risk_panel(bars: pd.DataFrame, train_end: Any, params: RiskParams | 
         }
     ranked = sorted((m for m in mean if mean[m]["qlike"] is not None), key=lambda m: mean[m]["qlike"])
     forecasts = pd.concat(frames, ignore_index=True)
-    ordered = ["timestamp", "symbol", *[c for c in forecasts.columns if c not in ("timestamp", "symbol")]]
-    return {"symbols": per_symbol, "mean": mean, "best_by_qlike": ranked[0] if ranked else None}, forecasts[ordered]
+    columns = ["timestamp", "symbol", *[c for c in forecasts.columns if c not in ("timestamp", "symbol")]]
+    return {"symbols": per_symbol, "mean": mean, "best_by_qlike": ranked[0] if ranked else None,
+            "n_symbols": len(per_symbol), "n_skipped": len(skipped), "skipped": skipped}, forecasts[columns]
+
+
+def risk_history_shortfall(returns: pd.Series, train_end: Any, min_train: int) -> str | None:
+    """Why a symbol's returns cannot be modelled with a fit up to ``train_end`` (None when they can).
+
+    A symbol that lists late has too few returns before ``train_end``; one delisted before it has none after.
+    """
+    stop = int(np.searchsorted(returns.index, train_end, side="right"))
+    if stop < min_train:
+        return f"{stop} returns up to train_end (risk.min_train={min_train}): listed too late"
+    if stop >= len(returns):
+        return "no returns after train_end to forecast: delisted or suspended before the test span"
+    return None
 
 
 def _number(value: float) -> float | None:

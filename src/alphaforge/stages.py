@@ -13,10 +13,12 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 
 from alphaforge.config import Params
 from alphaforge.io import write_json_atomic, write_parquet_atomic, write_text_atomic
+from alphaforge.schema import DataError
 
 if TYPE_CHECKING:
     from alphaforge.regimes import RegimeModel
@@ -28,6 +30,9 @@ class Paths:
     """Every file a stage reads or writes, relative to the repository root."""
 
     raw_bars = Path("data/raw/bars.parquet")
+    external_dir = Path("data/external")
+    ingest_dropped = Path("data/quarantine/duplicates.parquet")
+    quarantine = Path("data/quarantine/rows.parquet")
     ingest_summary = Path("reports/ingest/summary.json")
     validated_bars = Path("data/validated/bars.parquet")
     validation_json = Path("reports/validation/result.json")
@@ -75,54 +80,133 @@ def _describe(bars: pd.DataFrame) -> dict[str, Any]:
     }
 
 
-def ingest(params: Params) -> dict[str, Any]:
-    """Read the configured source and write canonical bars."""
-    from alphaforge.data.ingest import load_source
+def _warn_if_untracked(path: str) -> bool:
+    """Whether DVC tracks ``path`` (it is under data/external/, a dependency of the ingest stage); warns if not."""
+    inside = Path(path).resolve().is_relative_to(Paths.external_dir.resolve())
+    if not inside:
+        log.warning("ingest: %s is outside %s/, which is the only folder dvc.yaml declares as the ingest stage's "
+                    "data dependency: `dvc repro` will NOT rerun the pipeline when this file changes. Move it into "
+                    "%s/ (and point ingest.path there), or run `dvc repro -f ingest` after editing it.",
+                    path, Paths.external_dir, Paths.external_dir)
+    return inside
 
-    bars = load_source(params.ingest)
+
+def ingest(params: Params) -> dict[str, Any]:
+    """Read the configured source, apply the repairs ``ingest.repair`` allows, and write canonical bars."""
+    from alphaforge.data.ingest import load_source, repair_bars
+
+    tracked = _warn_if_untracked(params.ingest.path) if params.ingest.source == "file" and params.ingest.path else None
+    loaded = load_source(params.ingest)
+    outcome = repair_bars(loaded, params.ingest.repair) if {"symbol", "timestamp"} <= set(loaded.columns) else None
+    bars = loaded if outcome is None else outcome.bars
     write_parquet_atomic(bars, Paths.raw_bars)
+    write_parquet_atomic(pd.DataFrame() if outcome is None else outcome.dropped, Paths.ingest_dropped)
     summary = {"source": params.ingest.source, **_describe(bars)} if "timestamp" in bars else {
         "source": params.ingest.source, "rows": int(len(bars)), "columns": list(bars.columns)}
+    summary["rows_read"] = int(len(loaded))
+    summary["repairs"] = {} if outcome is None else outcome.counts
+    if tracked is not None:
+        summary["path_tracked_by_dvc"] = tracked
     write_json_atomic(summary, Paths.ingest_summary)
     log.info("ingest: %s rows of %s -> %s", len(bars), params.ingest.source, Paths.raw_bars)
     return summary
 
 
 def validate(params: Params) -> dict[str, Any]:
-    """Run the expectation suite; on failure write the reports and raise, passing nothing downstream."""
-    from alphaforge.validate import validate_bars, write_report
+    """Run the expectation suite; quarantine bad rows if the policy allows, else fail passing nothing downstream.
 
+    With ``validate.policy: quarantine`` the rows that break a row-level rule go to data/quarantine/rows.parquet
+    (with their rules), the rest is validated again and continues, unless the quarantined share is over
+    ``validate.max_quarantine_share`` overall or for a symbol. Validated bars carry ``segment``: a symbol's
+    series restarts after a suspension or a market closure (:func:`alphaforge.validate.assign_segments`).
+    """
+    from alphaforge.validate import (
+        ROW_LEVEL_RULES,
+        ValidationFailed,
+        assign_segments,
+        quarantine_rows,
+        validate_bars,
+        write_report,
+    )
+
+    settings = params.validate_
     Paths.validated_bars.unlink(missing_ok=True)
     bars = pd.read_parquet(Paths.raw_bars)
-    source = params.ingest.path if params.ingest.source == "file" else params.ingest.source
-    report = validate_bars(bars, params.validate_, source=str(source))
+    source = str(params.ingest.path if params.ingest.source == "file" else params.ingest.source)
+    report = validate_bars(bars, settings, source=source)
+    row_faults = [r for r in report.failures if r.rule in ROW_LEVEL_RULES]
+    kept, quarantine, verdict = bars, None, report
+    if settings.policy == "quarantine":
+        kept, quarantine = quarantine_rows(bars, report, settings.max_quarantine_share)
+        report.quarantine = quarantine.to_json()
+        if len(quarantine.rows):
+            verdict = validate_bars(kept, settings, source=f"{source} (after quarantine)")
+            report.after_quarantine = {"success": verdict.success, "rows": verdict.n_rows,
+                                       "failed_rules": [r.label for r in verdict.failures]}
+            log.warning("validate: %s -> %s", quarantine.describe(), Paths.quarantine)
+    quarantined = bars.iloc[:0].assign(input_row=pd.Series(dtype="int64"), rules=pd.Series(dtype=str)) \
+        if quarantine is None else quarantine.rows
+    write_parquet_atomic(quarantined, Paths.quarantine)
     write_report(report, Paths.validation_json, Paths.validation_html)
+    over_limit = quarantine.over_limit if quarantine is not None else []
+    success = verdict.success and not over_limit
+    warnings = {r.label: r.unexpected_count for r in verdict.warnings}
     summary = {
-        "success": report.success,
+        "success": success,
+        "policy": settings.policy,
         "rows": report.n_rows,
+        "rows_validated": verdict.n_rows,
         "symbols": report.n_symbols,
-        "failed_rules": [r.rule for r in report.failures],
-        "warnings": [r.rule for r in report.warnings],
+        "failed_rules": [r.rule for r in verdict.failures],
+        "warnings": list(dict.fromkeys(r.rule for r in verdict.warnings)),
+        "warning_rows": warnings,
+        "quarantine": {"rows": 0, "share": 0.0, "by_rule": {}, "by_symbol": {}} if quarantine is None
+        else quarantine.to_json(),
     }
-    write_json_atomic(summary, Paths.validation_summary)
-    report.raise_if_failed()
-    for warning in report.warnings:
+    if not success:
+        write_json_atomic(summary, Paths.validation_summary)
+        if over_limit:
+            raise DataError(f"validate: quarantine over validate.max_quarantine_share="
+                            f"{settings.max_quarantine_share:g}: {'; '.join(over_limit)}\n{quarantine.describe()}\n"
+                            f"the rows are in {Paths.quarantine}; fix the file or raise the limit knowingly")
+        hint = ""
+        if settings.policy == "fail" and row_faults:
+            count = len({row for r in row_faults for row in r.rows})
+            hint = (f"\n{count} row(s) break row-level rules ({', '.join(r.label for r in row_faults)}); with "
+                    f"validate.policy: quarantine they would be set aside in {Paths.quarantine} and the rest would "
+                    "continue")
+        raise ValidationFailed(verdict) if not hint else DataError(verdict.summary() + hint)
+    for warning in verdict.warnings:
         log.warning("validate: warning %s on %s: %d rows", warning.rule, warning.column, warning.unexpected_count)
-    write_parquet_atomic(bars, Paths.validated_bars)
-    log.info("validate: %d rows passed %d rules; report %s", report.n_rows, len(report.results), Paths.validation_html)
+    validated = kept.assign(segment=assign_segments(kept, settings).to_numpy())
+    splits = validated.groupby("symbol")["segment"].max()
+    summary["segments"] = {"series": int((splits + 1).sum()), "symbols_split": int((splits > 0).sum())}
+    if (splits > 0).any():
+        log.warning("validate: %d symbol(s) split into %d series at suspensions/market closures (features restart, "
+                    "no position is carried across): %s", int((splits > 0).sum()), int((splits + 1).sum()),
+                    {str(k): int(v) + 1 for k, v in splits[splits > 0].items()})
+    write_json_atomic(summary, Paths.validation_summary)
+    write_parquet_atomic(validated, Paths.validated_bars)
+    log.info("validate: %d rows passed %d rules; report %s", verdict.n_rows, len(verdict.results),
+             Paths.validation_html)
     return summary
 
 
 def features(params: Params) -> dict[str, Any]:
     """Indicators and labels for every validated bar."""
     from alphaforge.features import FEATURE_VERSION, compute_features, compute_labels, feature_columns
+    from alphaforge.validate import as_series
 
     bars = pd.read_parquet(Paths.validated_bars)
+    series = as_series(bars)  # a suspended symbol's series restart: no indicator or label reaches across
     regime_model = load_regime_model() if params.features.regimes else None
-    feats = compute_features(bars, params.features, regime_model=regime_model)
-    labels = compute_labels(bars, params.labels.horizon, params.evaluate.execution)
+    feats = compute_features(series.drop(columns="segment", errors="ignore"), params.features,
+                             regime_model=regime_model)
+    labels = compute_labels(series.drop(columns="segment", errors="ignore"), params.labels.horizon,
+                            params.evaluate.execution)
     label_cols = [c for c in labels.columns if c not in ("timestamp", "symbol")]
     dataset = pd.concat([feats, labels[label_cols]], axis=1)
+    dataset["symbol"] = bars["symbol"].to_numpy()
     write_parquet_atomic(dataset, Paths.dataset)
     names = feature_columns(dataset)
     summary = {
@@ -307,6 +391,14 @@ def _permutation_scorer(repeats: int, target: str) -> Any:
     from alphaforge.models.importance import permutation_importance
 
     def score(model: Any, frame: pd.DataFrame, mask: Any) -> pd.Series:
+        from alphaforge.models.importance import rank_ic
+
+        baseline = rank_ic(model.predict(frame, predict_mask=mask), frame[target].to_numpy(dtype=float)[mask],
+                           frame["timestamp"].to_numpy()[mask])
+        if not np.isfinite(baseline):  # e.g. a model that could not split its (short, early) training window
+            log.warning("train: permutation importance skipped on a fold: the fold model's rank IC on its test rows "
+                        "is undefined (constant predictions or too few rows), so there is nothing to compare with")
+            return pd.Series(dtype=float)
         table = permutation_importance(model, frame, frame[target], predict_mask=mask, n_repeats=repeats)
         return table.set_index("feature")["importance_mean"]
 
@@ -349,10 +441,13 @@ def candidate_frame(spec: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, str],
 
 
 def load_market(params: Params) -> pd.DataFrame:
-    """The market frame of the validated bars: execution returns, tradability, costs, baseline signals."""
-    from alphaforge.evaluate import market_for
+    """The market frame of the validated bars: execution returns, tradability, costs, baseline signals.
 
-    return market_for(pd.read_parquet(Paths.validated_bars), params.evaluate)
+    Computed per series (a suspension splits a symbol): a position is closed at the last price before a
+    suspension, never carried across it."""
+    from alphaforge.evaluate import load_market_frame
+
+    return load_market_frame(pd.read_parquet(Paths.validated_bars), params.evaluate)
 
 
 def evaluate(params: Params) -> dict[str, Any]:
@@ -663,9 +758,12 @@ def regimes(params: Params) -> dict[str, Any]:
     """Fit the market regime model on the first training window; causal regime features for every bar."""
     from alphaforge.regimes import current_regime, market_returns, plot_regimes, regime_features
 
-    bars = pd.read_parquet(Paths.validated_bars)
+    from alphaforge.validate import as_series
+
+    bars = as_series(pd.read_parquet(Paths.validated_bars))  # no market return across a suspension
     fit_end = first_training_end(params, bars["timestamp"])
     model, frame = regime_features(bars, params.regimes, fit_end)
+    frame["symbol"] = pd.read_parquet(Paths.validated_bars, columns=["symbol"])["symbol"].to_numpy()
     model.save(Paths.regime_model)
     write_parquet_atomic(frame, Paths.regime_features)
     plot_regimes(market_returns(bars), model, Paths.regime_plot)

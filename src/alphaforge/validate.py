@@ -53,7 +53,13 @@ class ValidationParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     nan_budget: float = Field(0.01, ge=0.0, le=1.0, description="max fraction of NaN per numeric column present")
-    max_gap: str = Field("10D", description="pandas Timedelta string: max time between consecutive bars of a symbol")
+    max_gap_bars: float = Field(
+        10, gt=0, description="a symbol that misses more than this many of its own bars on the panel's calendar "
+        "(sessions when other symbols traded, in the symbol's usual spacing) is suspended: its series is split "
+        "there (a warning, rule suspension)")
+    max_closure: str = Field(
+        "30D", description="pandas Timedelta string: the WHOLE panel without a bar for longer than this splits "
+        "every series (a warning, rule market_closure); shorter closures are holidays, weekends, nights: no gap")
     extreme_move: float = Field(0.5, gt=0.0, description="|log(close_t/close_{t-1})| above this is a warning")
     max_examples: int = Field(5, ge=1, le=1000, description="example rows kept per rule")
     ohlc_tolerance: float = Field(
@@ -63,22 +69,28 @@ class ValidationParams(BaseModel):
         description="relative slack for low <= min(open, close) <= max(open, close) <= high; absorbs float "
         "rounding of split/dividend adjustment (bokeh's adjusted OHLC is off by ~1e-15 relative)",
     )
+    policy: Literal["fail", "quarantine"] = Field(
+        "fail", description="fail: any failed error rule stops the stage; quarantine: rows that break a row-level "
+        "rule go to data/quarantine/rows.parquet with their rules and the rest continue")
+    max_quarantine_share: float = Field(
+        0.01, ge=0.0, le=1.0, description="quarantine: the stage still fails when more than this share of the rows, "
+        "overall or of any one symbol, is quarantined")
 
-    @field_validator("max_gap")
+    @field_validator("max_closure")
     @classmethod
-    def _max_gap_is_positive_timedelta(cls, value: str) -> str:
+    def _max_closure_is_positive_timedelta(cls, value: str) -> str:
         try:
             gap = pd.Timedelta(value)
         except (ValueError, TypeError) as err:
-            raise ValueError(f"max_gap {value!r} is not a pandas Timedelta string such as '10D' or '90min'") from err
+            raise ValueError(f"max_closure {value!r} is not a pandas Timedelta string such as '30D' or '90min'") from err
         if gap <= pd.Timedelta(0):
-            raise ValueError(f"max_gap {value!r} must be a positive duration")
+            raise ValueError(f"max_closure {value!r} must be a positive duration")
         return value
 
     @property
-    def max_gap_days(self) -> float:
-        """``max_gap`` in (fractional) days, the unit of the ``gap_days`` helper column."""
-        return pd.Timedelta(self.max_gap) / pd.Timedelta(days=1)
+    def max_closure_days(self) -> float:
+        """``max_closure`` in (fractional) days."""
+        return pd.Timedelta(self.max_closure) / pd.Timedelta(days=1)
 
 
 @dataclass
@@ -100,6 +112,7 @@ class RuleResult:
     examples: list[dict[str, Any]]
     detail: str
     skipped: bool = False
+    rows: list[int] = field(default_factory=list)  # every offending position (row-level rules), for quarantine
 
     @property
     def label(self) -> str:
@@ -132,6 +145,15 @@ class ValidationReport:
     results: list[RuleResult]
     params: ValidationParams = field(default_factory=ValidationParams)
     great_expectations: dict[str, Any] = field(default_factory=dict)
+    quarantine: dict[str, Any] | None = None  # Quarantine.to_json() under validate.policy: quarantine
+    after_quarantine: dict[str, Any] | None = None  # the verdict on the rows left after the quarantine
+
+    @property
+    def final_success(self) -> bool:
+        """The verdict on what continues: this report's, or the one on the rows left after a quarantine."""
+        if self.after_quarantine is not None:
+            return bool(self.after_quarantine["success"]) and not (self.quarantine or {}).get("over_limit")
+        return self.success
 
     @property
     def failures(self) -> list[RuleResult]:
@@ -167,6 +189,10 @@ class ValidationReport:
             column = "" if result.column is None else f" column {result.column!r}"
             line = f"  {result.severity.upper()} rule {result.rule}{column}:{count} {result.detail}"
             lines.append(line + (f" -- e.g. {examples}" if examples else ""))
+        if self.quarantine is not None:
+            q = self.quarantine
+            lines.append(f"  QUARANTINE {q['rows']} row(s) ({q['share']:.2%}); by rule {q['by_rule']}; "
+                         f"by symbol {q['by_symbol']}")
         if self.skipped:
             reasons: dict[str, list[str]] = {}
             for result in self.skipped:
@@ -180,7 +206,10 @@ class ValidationReport:
         return _plain(
             {
                 "source": self.source,
-                "success": self.success,
+                "success": self.final_success,
+                "success_before_quarantine": self.success,
+                "quarantine": self.quarantine,
+                "after_quarantine": self.after_quarantine,
                 "n_rows": self.n_rows,
                 "n_symbols": self.n_symbols,
                 "n_failures": len(self.failures),
@@ -200,6 +229,86 @@ class ValidationReport:
         """Raise :class:`ValidationFailed` when an error rule failed."""
         if not self.success:
             raise ValidationFailed(self)
+
+
+MISSING_SYMBOL = "<missing>"  # how a quarantined row without a symbol is counted in by_symbol
+
+
+@dataclass
+class Quarantine:
+    """Rows set aside by ``validate.policy: quarantine``, with every row-level rule each broke, and the counts.
+
+    ``rows`` holds the quarantined rows as they were in the input, plus ``input_row`` (0-based position in
+    the validated frame, i.e. in data/raw/bars.parquet) and ``rules`` (the labels of every rule the row broke,
+    ``"; "``-joined). ``by_rule`` counts rows per rule label (a row that broke two rules counts under both);
+    ``by_symbol`` counts rows per symbol (``<missing>`` for rows without one).
+    """
+
+    rows: pd.DataFrame
+    n_input_rows: int
+    by_rule: dict[str, int]
+    by_symbol: dict[str, int]
+    symbol_shares: dict[str, float]
+    max_share: float
+
+    @property
+    def share(self) -> float:
+        """Quarantined share of all input rows."""
+        return len(self.rows) / self.n_input_rows if self.n_input_rows else 0.0
+
+    @property
+    def over_limit(self) -> list[str]:
+        """Why the quarantine is too big to continue (empty when within ``max_quarantine_share``)."""
+        reasons = []
+        if self.share > self.max_share:
+            reasons.append(f"{len(self.rows)} of {self.n_input_rows} rows ({self.share:.2%}) quarantined overall")
+        for symbol, share in self.symbol_shares.items():
+            if share > self.max_share:
+                reasons.append(f"symbol {symbol!r}: {self.by_symbol[symbol]} rows ({share:.2%}) quarantined")
+        return reasons
+
+    def to_json(self) -> dict[str, Any]:
+        """Counts for the report and the DVC metrics."""
+        return _plain({"rows": len(self.rows), "share": self.share, "max_share": self.max_share,
+                       "by_rule": self.by_rule, "by_symbol": self.by_symbol, "over_limit": self.over_limit})
+
+    def describe(self) -> str:
+        """One line: how many rows, by rule and by symbol."""
+        rules = ", ".join(f"{rule} {count}" for rule, count in self.by_rule.items())
+        symbols = ", ".join(f"{symbol} {count}" for symbol, count in self.by_symbol.items())
+        return (f"{len(self.rows)} of {self.n_input_rows} rows ({self.share:.2%}) quarantined; by rule: {rules or '-'}; "
+                f"by symbol: {symbols or '-'}")
+
+
+def quarantine_rows(bars: pd.DataFrame, report: ValidationReport, max_share: float) -> tuple[pd.DataFrame, Quarantine]:
+    """Split ``bars`` into the rows that broke no row-level rule and the quarantine, from ``report`` on ``bars``.
+
+    Only failed error rules in :data:`ROW_LEVEL_RULES` quarantine rows; nothing is removed without a row in
+    the quarantine. The kept rows must be validated again (table and per-symbol rules see a new frame).
+    """
+    frame = bars.reset_index(drop=True)
+    broken: dict[int, list[str]] = {}
+    by_rule: dict[str, int] = {}
+    for result in report.results:
+        if result.rule in ROW_LEVEL_RULES and result.severity == "error" and not result.success and not result.skipped:
+            by_rule[result.label] = len(result.rows)
+            for row in result.rows:
+                broken.setdefault(row, []).append(result.label)
+    positions = np.array(sorted(broken), dtype=np.int64)
+    rows = frame.iloc[positions].copy()
+    rows.insert(0, "input_row", positions)
+    rows["rules"] = ["; ".join(broken[int(p)]) for p in positions]
+    if "symbol" in rows:
+        named = rows["symbol"].notna() & (rows["symbol"].astype(str).str.strip() != "")
+        symbols = rows["symbol"].where(named, MISSING_SYMBOL)
+    else:
+        symbols = pd.Series(MISSING_SYMBOL, index=rows.index)
+    by_symbol = {str(k): int(v) for k, v in symbols.value_counts().sort_index().items()}
+    totals = frame["symbol"].value_counts() if "symbol" in frame else pd.Series(dtype=int)
+    shares = {symbol: count / int(totals[symbol]) for symbol, count in by_symbol.items()
+              if symbol != MISSING_SYMBOL and symbol in totals.index}
+    kept = frame.drop(index=positions).reset_index(drop=True)
+    return kept, Quarantine(rows.reset_index(drop=True), len(frame), by_rule, by_symbol, shares, max_share)
 
 
 class ValidationFailed(DataError):
@@ -244,7 +353,7 @@ def validate_bars(bars: pd.DataFrame, params: ValidationParams, *, source: str) 
         n_symbols=n_symbols,
         results=results,
         params=params,
-        great_expectations=_plain(gx_result.to_json_dict()),
+        great_expectations=_plain(_without_row_lists(gx_result.to_json_dict())),
     )
 
 
@@ -255,13 +364,21 @@ _RULE_ORDER: tuple[str, ...] = (
     "non_null_key",
     "unique_symbol_timestamp",
     "increasing_time",
+    "finite_values",
     "positive_prices",
     "low_le_open_close",
     "high_ge_open_close",
     "non_negative_volume",
     "nan_budget",
-    "max_gap",
+    "suspension",
+    "market_closure",
     "extreme_move",
+)
+
+# Rules a single row breaks on its own: with validate.policy quarantine, such rows are set aside, not fatal.
+ROW_LEVEL_RULES: tuple[str, ...] = (
+    "non_null_key", "finite_values", "positive_prices", "low_le_open_close", "high_ge_open_close",
+    "non_negative_volume",
 )
 
 
@@ -323,12 +440,34 @@ def _plan(frame: pd.DataFrame, params: ValidationParams) -> tuple[list[_Check], 
 
     for column in KEY_COLUMNS:
         if (reason := usable(column)) is None:
+            helper = f"present__{column}"
+            values = frame[column]
+            if column == "symbol":  # a blank symbol is as missing as an empty cell
+                values = values.where(values.isna() | (values.astype(str).str.strip() != ""), None)
+            gx_frame[helper] = values
             checks.append(
-                _Check("non_null_key", column, "error", expect.ExpectColumnValuesToNotBeNull(column=column),
-                       f"{column} is part of the key and must not be null", example_columns=(column,))
+                _Check("non_null_key", column, "error", expect.ExpectColumnValuesToNotBeNull(column=helper),
+                       f"{column} is part of the key and must not be missing or blank", example_columns=(column,))
             )
         else:
             skip("non_null_key", column, "error", reason)
+
+    # Non-finite values get their own rule; every other value rule sees only finite values (a helper column with
+    # NaN for +-inf), so an infinite price is reported once, as finite_values, never as a broken OHLC bracket.
+    finite: dict[str, str] = {}
+    for column in NUMERIC_COLUMNS:
+        if column not in frame.columns or usable(column) is not None:
+            continue
+        values = frame[column].astype(float)
+        infinite = np.isinf(values.to_numpy())
+        finite[column] = f"finite__{column}"
+        gx_frame[finite[column]] = values.where(~infinite)
+        gx_frame[f"finite_ok__{column}"] = _flags(pd.Series(~infinite, index=frame.index), values.isna())
+        checks.append(
+            _Check("finite_values", column, "error",
+                   expect.ExpectColumnValuesToBeInSet(column=f"finite_ok__{column}", value_set=[True]),
+                   f"{column} must be finite (inf or -inf is not a number a model can use)", example_columns=(column,))
+        )
 
     if (reason := usable("symbol", "timestamp")) is None:
         checks.append(
@@ -345,22 +484,36 @@ def _plan(frame: pd.DataFrame, params: ValidationParams) -> tuple[list[_Check], 
                    "timestamps must strictly increase within each symbol, in row order",
                    example_columns=("previous_timestamp", "timestamp"))
         )
+        calendar = calendar_gaps(frame, params)
+        gx_frame["gap_bars"] = calendar["gap_bars"]
+        gx_frame["crosses_closure"] = _flags(calendar["crosses_closure"], calendar["gap_bars"].isna())
         checks.append(
-            _Check("max_gap", "timestamp", "error",
-                   expect.ExpectColumnValuesToBeBetween(column="gap_days", max_value=params.max_gap_days),
-                   f"consecutive bars of a symbol must be at most {params.max_gap} apart",
-                   example_columns=("previous_timestamp", "timestamp", "gap_days"))
+            _Check("suspension", "timestamp", "warning",
+                   expect.ExpectColumnValuesToBeBetween(column="gap_bars", max_value=params.max_gap_bars,
+                                                        severity="warning"),
+                   f"a symbol missed more than {params.max_gap_bars:g} of its own bars while the rest of the panel "
+                   "traded (a suspension, a delisting and relisting, thin trading): its series is split there, "
+                   "features restart and no position is carried across",
+                   example_columns=("previous_timestamp", "timestamp", "gap_bars"))
+        )
+        checks.append(
+            _Check("market_closure", "timestamp", "warning",
+                   expect.ExpectColumnValuesToBeInSet(column="crosses_closure", value_set=[False], severity="warning"),
+                   f"the whole panel had no bar for more than {params.max_closure} between these two bars of a "
+                   "symbol: every series is split there",
+                   example_columns=("previous_timestamp", "timestamp"))
         )
     else:
-        for rule in ("unique_symbol_timestamp", "increasing_time", "max_gap"):
-            skip(rule, None if rule == "unique_symbol_timestamp" else "timestamp", "error", reason)
+        for rule in ("unique_symbol_timestamp", "increasing_time", "suspension", "market_closure"):
+            severity: Severity = "warning" if rule in ("suspension", "market_closure") else "error"
+            skip(rule, None if rule == "unique_symbol_timestamp" else "timestamp", severity, reason)
 
     for column in POSITIVE_COLUMNS:
         if column in frame.columns or column == "close":
             if (reason := usable(column)) is None:
                 checks.append(
                     _Check("positive_prices", column, "error",
-                           expect.ExpectColumnValuesToBeBetween(column=column, min_value=0, strict_min=True),
+                           expect.ExpectColumnValuesToBeBetween(column=finite[column], min_value=0, strict_min=True),
                            f"{column} must be > 0", example_columns=(column,))
                 )
             else:
@@ -378,15 +531,15 @@ def _plan(frame: pd.DataFrame, params: ValidationParams) -> tuple[list[_Check], 
         if (reason := usable(column, *body)) is not None:
             skip(rule, column, "error", reason)
             continue
-        sides = frame[body].astype(float)
+        sides = gx_frame[[finite[c] for c in body]]
         if column == "low":
             gx_frame[helper] = sides.min(axis=1, skipna=False) * (1 + tolerance)
             pair = expect.ExpectColumnPairValuesAToBeGreaterThanB(
-                column_A=helper, column_B="low", or_equal=True, ignore_row_if="either_value_is_missing")
+                column_A=helper, column_B=finite["low"], or_equal=True, ignore_row_if="either_value_is_missing")
         else:
             gx_frame[helper] = sides.max(axis=1, skipna=False) * (1 - tolerance)
             pair = expect.ExpectColumnPairValuesAToBeGreaterThanB(
-                column_A="high", column_B=helper, or_equal=True, ignore_row_if="either_value_is_missing")
+                column_A=finite["high"], column_B=helper, or_equal=True, ignore_row_if="either_value_is_missing")
         checks.append(_Check(rule, column, "error", pair, detail, example_columns=(column, *body)))
 
     for column in NON_NEGATIVE_COLUMNS:
@@ -395,7 +548,7 @@ def _plan(frame: pd.DataFrame, params: ValidationParams) -> tuple[list[_Check], 
         if (reason := usable(column)) is None:
             checks.append(
                 _Check("non_negative_volume", column, "error",
-                       expect.ExpectColumnValuesToBeBetween(column=column, min_value=0),
+                       expect.ExpectColumnValuesToBeBetween(column=finite[column], min_value=0),
                        f"{column} must be >= 0", example_columns=(column,))
             )
         else:
@@ -415,7 +568,7 @@ def _plan(frame: pd.DataFrame, params: ValidationParams) -> tuple[list[_Check], 
             skip("nan_budget", column, "error", reason)
 
     if (reason := usable("symbol", "close")) is None:
-        close = frame["close"].astype(float)
+        close = gx_frame[finite["close"]]
         previous_close = close.groupby(frame["symbol"], sort=False).shift()
         both_positive = (close > 0) & (previous_close > 0)
         gx_frame["previous_close"] = previous_close
@@ -433,6 +586,71 @@ def _plan(frame: pd.DataFrame, params: ValidationParams) -> tuple[list[_Check], 
     return checks, skipped, gx_frame
 
 
+def calendar_gaps(bars: pd.DataFrame, params: ValidationParams) -> pd.DataFrame:
+    """Each bar's gap from the symbol's previous bar, measured on the market's own calendar.
+
+    The calendar is the panel's sessions: the sorted timestamps at which any symbol has a bar. So a day on
+    which the whole panel is closed (a holiday, a weekend, a night between intraday sessions) is not in it
+    and is no gap; a 24/7 market simply has every hour in it. A symbol's step is the number of sessions it
+    advances between two of its bars; divided by the symbol's usual step (the median: 1 for a symbol that
+    trades every session, 5 for weekly bars in a daily panel) it is counted in the symbol's own bars, and
+    ``gap_bars = step / usual - 1`` is how many of its own bars it missed (0 for a regular bar).
+
+    ``crosses_closure`` is True when the panel had no bar at all for longer than ``max_closure`` between
+    the two bars (a market shut for months, or a one-symbol file with a hole: nothing else trades then).
+
+    Rows keep their order (per-symbol rules follow the input row order); a row with a missing key, and each
+    symbol's first row, have NaN ``gap_bars`` and False ``crosses_closure``.
+    """
+    valid = bars["timestamp"].notna() & bars["symbol"].notna()
+    stamps = bars["timestamp"][valid]
+    sessions = np.unique(stamps.to_numpy(dtype="datetime64[ns]")) if valid.any() else np.array([], "datetime64[ns]")
+    position = pd.Series(np.nan, index=bars.index)
+    position[valid] = np.searchsorted(sessions, stamps.to_numpy(dtype="datetime64[ns]"))
+    session_gap = np.diff(sessions).astype("timedelta64[ns]").astype(np.int64) / 86_400e9 if len(sessions) else []
+    closures = np.concatenate(([0], np.cumsum(np.asarray(session_gap) > params.max_closure_days)))
+    symbols = bars["symbol"].where(valid)
+    previous = position.groupby(symbols, sort=False).shift()
+    step = position - previous
+    usual = step.where(step > 0).groupby(symbols, sort=False).transform("median").fillna(1.0).clip(lower=1.0)
+    gap_bars = step / usual - 1.0
+    crossed = pd.Series(False, index=bars.index)
+    both = previous.notna() & position.notna() & (step > 0)
+    if both.any():
+        now, before = position[both].astype(np.int64).to_numpy(), previous[both].astype(np.int64).to_numpy()
+        crossed[both] = closures[now] > closures[before]
+    return pd.DataFrame({"gap_bars": gap_bars.where(valid), "crosses_closure": crossed}, index=bars.index)
+
+
+def assign_segments(bars: pd.DataFrame, params: ValidationParams) -> pd.Series:
+    """Per row, the 0-based number of the symbol's uninterrupted series it belongs to.
+
+    A new segment starts after a suspension (more than ``max_gap_bars`` of the symbol's own bars missed on
+    the panel's calendar) or a market closure longer than ``max_closure``: features restart there, labels
+    and positions are never carried across. ``bars`` must have passed validation (keys present, sorted).
+    """
+    gaps = calendar_gaps(bars, params)
+    breaks = (gaps["gap_bars"] > params.max_gap_bars) | gaps["crosses_closure"]
+    return breaks.astype(np.int64).groupby(bars["symbol"], sort=False).cumsum().rename("segment")
+
+
+SERIES_SEPARATOR = "\x1f"  # sorts before every printable character, so "MSFT", "MSFT\x1f1" keep the symbol order
+
+
+def as_series(bars: pd.DataFrame) -> pd.DataFrame:
+    """``bars`` with each later segment of a split symbol as its own series: ``symbol`` becomes ``MSFT\x1f1``.
+
+    Per-symbol computations (indicators, labels, returns) run on this view so that nothing reaches across a
+    suspension; put the real ``symbol`` back afterwards. Bars without a ``segment`` column come back as they are.
+    """
+    if "segment" not in bars.columns or not (bars["segment"] > 0).any():
+        return bars
+    later = bars["segment"] > 0
+    symbol = bars["symbol"].astype(object).where(
+        ~later, bars["symbol"].astype(str) + SERIES_SEPARATOR + bars["segment"].astype(str))
+    return bars.assign(symbol=symbol)
+
+
 _EXPECTED_DTYPE: dict[str, str] = {
     "timestamp": "timestamp must be a timezone-aware datetime",
     "symbol": "symbol must be text (str)",
@@ -444,12 +662,14 @@ def _all_row_rules(present: list[str]) -> list[tuple[str, str | None, Severity]]
     rules: list[tuple[str, str | None, Severity]] = [("dtype", c, "error") for c in present]
     rules += [("non_null_key", c, "error") for c in KEY_COLUMNS]
     rules += [("unique_symbol_timestamp", None, "error"), ("increasing_time", "timestamp", "error")]
+    rules += [("finite_values", c, "error") for c in NUMERIC_COLUMNS if c in present]
     rules += [("positive_prices", c, "error") for c in POSITIVE_COLUMNS if c in present]
     ohlc_rules = (("low_le_open_close", "low"), ("high_ge_open_close", "high"))
     rules += [(rule, column, "error") for rule, column in ohlc_rules if column in present]
     rules += [("non_negative_volume", c, "error") for c in NON_NEGATIVE_COLUMNS if c in present]
     rules += [("nan_budget", c, "error") for c in NUMERIC_COLUMNS if c in present]
-    rules += [("max_gap", "timestamp", "error"), ("extreme_move", "close", "warning")]
+    rules += [("suspension", "timestamp", "warning"), ("market_closure", "timestamp", "warning")]
+    rules += [("extreme_move", "close", "warning")]
     return rules
 
 
@@ -535,7 +755,7 @@ def _run_suite(gx_frame: pd.DataFrame, checks: list[_Check], params: ValidationP
     result = batch.validate(
         suite,
         result_format={
-            "result_format": "SUMMARY",
+            "result_format": "COMPLETE",  # every offending row's index: quarantine needs all of them
             "partial_unexpected_count": params.max_examples,
             "include_unexpected_rows": True,
         },
@@ -567,7 +787,18 @@ def _to_rule_result(check: _Check, gx_items: dict[int, Any], params: ValidationP
         unexpected_count=None if count is None else int(count),
         examples=_examples(check, result, params.max_examples),
         detail=detail,
+        rows=[int(r) for r in result.get("unexpected_index_list") or []],
     )
+
+
+def _without_row_lists(raw: Any) -> Any:
+    """GX's raw result without the complete per-row lists (they can hold every row; the examples stay)."""
+    if isinstance(raw, dict):
+        return {k: _without_row_lists(v) for k, v in raw.items()
+                if k not in ("unexpected_list", "unexpected_index_list", "unexpected_index_query", "unexpected_rows")}
+    if isinstance(raw, list):
+        return [_without_row_lists(v) for v in raw]
+    return raw
 
 
 def _examples(check: _Check, result: dict[str, Any], max_examples: int) -> list[dict[str, Any]]:
@@ -606,7 +837,9 @@ def _plain(value: Any) -> Any:
     if isinstance(value, (int, np.integer)):
         return int(value)
     if isinstance(value, (float, np.floating)):
-        return float(value) if math.isfinite(value) else None
+        if math.isnan(value):
+            return None
+        return float(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")  # JSON has no inf
     if isinstance(value, (pd.Timestamp, datetime, date)):
         return value.isoformat()
     if isinstance(value, (pd.Timedelta, np.timedelta64)):
@@ -643,7 +876,20 @@ code { font-size: .9em; }
 def _render_html(report: ValidationReport) -> str:
     """The report as one self-contained HTML page; every value is escaped."""
     esc = html.escape
-    verdict = "pass" if report.success else "fail"
+    verdict = "pass" if report.final_success else "fail"
+    quarantine = ""
+    if report.quarantine is not None:
+        q = report.quarantine
+        after = report.after_quarantine
+        quarantine = (
+            f"<h2>Quarantine</h2><p>{q['rows']} row(s) ({q['share']:.2%}, limit {q['max_share']:.2%}) broke a "
+            "row-level rule and were set aside in <code>data/quarantine/rows.parquet</code> with their rules. "
+            f"By rule: {esc(str(q['by_rule']))}. By symbol: {esc(str(q['by_symbol']))}."
+            + (f" Over the limit: {esc('; '.join(q['over_limit']))}." if q["over_limit"] else "")
+            + ("" if after is None else f" The {after['rows']} remaining rows were validated again: "
+               f"{'PASSED' if after['success'] else 'FAILED ' + esc(', '.join(after['failed_rules']))}.")
+            + "</p>"
+        )
     rows = []
     for result in report.results:
         if result.skipped:
@@ -665,12 +911,12 @@ def _render_html(report: ValidationReport) -> str:
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>Validation: {esc(report.source)}</title><style>{_CSS}</style></head><body>"
         f"<h1>Data validation: {esc(report.source)}</h1>"
-        f'<p><span class="verdict {verdict}">{"PASSED" if report.success else "FAILED"}</span> '
+        f'<p><span class="verdict {verdict}">{"PASSED" if report.final_success else "FAILED"}</span> '
         f"{len(report.failures)} failed error rule(s), {len(report.warnings)} warning(s), "
         f"{len(report.skipped)} skipped; {report.n_rows} rows, {report.n_symbols} symbols.</p>"
         f"<p>Parameters: {params}. Rows are 0-based positions in the validated frame; "
         "per-symbol rules follow its row order. Checks run as one Great Expectations suite; "
-        "its raw result is in the JSON report.</p>"
+        "its raw result is in the JSON report.</p>" + quarantine +
         "<table><thead><tr><th>Status</th><th>Rule</th><th>Column</th><th>Severity</th>"
         "<th>Unexpected rows</th><th>Detail</th><th>Examples</th></tr></thead><tbody>"
         + "".join(rows)

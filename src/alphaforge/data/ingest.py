@@ -9,8 +9,9 @@ within each symbol, so that validation can see time going backwards.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,22 @@ SOURCES: dict[str, str] = {
 }
 
 
+class RepairParams(BaseModel):
+    """Repairs ingest may make, each only when allowed here; each counts what it changed (summary and log).
+
+    Off by default: a repair changes the user's data, so it is the user's decision. Whatever is off and
+    would have changed something is still counted (``found``), so the summary says which repair would help.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sort: bool = Field(False, description="order rows by time within each symbol (rows with a missing key last)")
+    drop_exact_duplicates: bool = Field(False, description="drop rows identical to an earlier row in every column")
+    dedupe_keep: Literal["none", "first", "last"] = Field(
+        "none", description="repeated (symbol, timestamp) rows with different values: keep the first or last "
+        "in file order (the others go to data/quarantine/duplicates.parquet), or none: leave them to validate")
+
+
 class IngestParams(BaseModel):
     """Which source to read and which slice of it to keep."""
 
@@ -46,6 +63,7 @@ class IngestParams(BaseModel):
     end: str | None = None
     symbols: tuple[str, ...] | None = None
     naive_timezone: str = Field("UTC", description="time zone assumed for timestamps written without one")
+    repair: RepairParams = RepairParams()
     synthetic: SyntheticParams = SyntheticParams()
 
 
@@ -151,9 +169,20 @@ def read_bars_file(path: str | Path, *, naive_timezone: str = "UTC") -> pd.DataF
     if "timestamp" in frame.columns:
         frame["timestamp"] = _parse_timestamps(frame["timestamp"], path, naive_timezone)
     if "symbol" in frame.columns:
-        frame["symbol"] = frame["symbol"].astype(str)
-        frame = frame.iloc[np.argsort(frame["symbol"].to_numpy(), kind="stable")]
+        frame["symbol"] = normalise_symbols(frame["symbol"])
+        frame = frame.sort_values("symbol", kind="stable", na_position="last")
     return frame.reset_index(drop=True)
+
+
+def normalise_symbols(values: pd.Series) -> pd.Series:
+    """Symbols as stripped text; an empty or blank cell stays missing (None), never the text ``nan``.
+
+    Validation refuses (or quarantines) a missing symbol under its own rule, ``non_null_key[symbol]``.
+    """
+    missing = values.isna()
+    text = values.where(missing, values.astype(str).str.strip())
+    text = text.where(~missing & (text != ""), None)
+    return text.astype(object)
 
 
 def _parse_timestamps(values: pd.Series, path: Path, naive_timezone: str) -> pd.Series:
@@ -161,25 +190,30 @@ def _parse_timestamps(values: pd.Series, path: Path, naive_timezone: str) -> pd.
         return values.dt.tz_convert("UTC")
     if pd.api.types.is_datetime64_dtype(values):
         return values.dt.tz_localize(naive_timezone).dt.tz_convert("UTC")
+    # An empty cell is a missing timestamp: a row-level fault that validation names (non_null_key[timestamp])
+    # and may quarantine. A value that is there but is no timestamp is a format fault of the file: refused here.
+    missing = values.isna() | (values.astype(str).str.strip() == "")
     text = values.astype(str).str.strip()
-    parsed = pd.to_datetime(text, errors="coerce", utc=True, format="mixed")
-    bad = parsed.isna() | values.isna()
+    parsed = pd.to_datetime(text.where(~missing, None), errors="coerce", utc=True, format="mixed")
+    bad = parsed.isna() & ~missing
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise DataError(
             f"{path}: column 'timestamp', row {row}: value {values.iloc[row]!r} is not a timestamp "
             "(rule dtype; use ISO 8601, e.g. 2024-01-31 or 2024-01-31T15:30:00+00:00)"
         )
-    has_zone = text.str.contains(r"(?:[+-]\d\d:?\d\d|Z|UTC)$", regex=True)
-    if has_zone.all():
+    if missing.all():
         return parsed
-    if has_zone.any():
-        row = int(np.flatnonzero(~has_zone)[0])
+    has_zone = text.str.contains(r"(?:[+-]\d\d:?\d\d|Z|UTC)$", regex=True)
+    if has_zone[~missing].all():
+        return parsed
+    if has_zone[~missing].any():
+        row = int(np.flatnonzero(~has_zone & ~missing)[0])
         raise DataError(
             f"{path}: column 'timestamp', row {row}: {values.iloc[row]!r} has no time zone while other rows "
             "do (rule dtype); write every timestamp with its offset, or none"
         )
-    naive = pd.to_datetime(text, format="mixed")
+    naive = pd.to_datetime(text.where(~missing, None), format="mixed")
     return naive.dt.tz_localize(naive_timezone, ambiguous="raise", nonexistent="raise").dt.tz_convert("UTC")
 
 
@@ -206,16 +240,19 @@ def load_source(params: IngestParams) -> pd.DataFrame:
 
 
 def _slice(bars: pd.DataFrame, params: IngestParams) -> pd.DataFrame:
+    # Rows with a missing symbol or timestamp belong to no slice but are kept: validation must see them.
     if params.symbols:
-        missing = sorted(set(params.symbols) - set(bars["symbol"].unique()))
+        missing = sorted(set(params.symbols) - set(bars["symbol"].dropna().unique()))
         if missing:
             raise DataError(f"ingest.symbols: {missing} not in source {params.source!r}")
-        bars = bars[bars["symbol"].isin(params.symbols)]
+        bars = bars[bars["symbol"].isin(params.symbols) | bars["symbol"].isna()]
     if "timestamp" in bars.columns and isinstance(bars["timestamp"].dtype, pd.DatetimeTZDtype):
+        unknown = bars["timestamp"].isna()
         if params.start:
-            bars = bars[bars["timestamp"] >= pd.Timestamp(params.start, tz="UTC")]
+            bars = bars[(bars["timestamp"] >= pd.Timestamp(params.start, tz="UTC")) | unknown]
+            unknown = bars["timestamp"].isna()
         if params.end:
-            bars = bars[bars["timestamp"] <= pd.Timestamp(params.end, tz="UTC")]
+            bars = bars[(bars["timestamp"] <= pd.Timestamp(params.end, tz="UTC")) | unknown]
     if bars.empty:
         raise DataError(
             f"ingest: source {params.source!r} has no rows between start={params.start} and end={params.end}"
@@ -224,3 +261,76 @@ def _slice(bars: pd.DataFrame, params: IngestParams) -> pd.DataFrame:
     return bars
 
 
+
+
+@dataclass
+class RepairOutcome:
+    """Bars after the allowed repairs, the rows a repair removed that differ from the row kept, and the counts."""
+
+    bars: pd.DataFrame
+    dropped: pd.DataFrame
+    counts: dict[str, dict[str, Any]]
+
+
+def repair_bars(bars: pd.DataFrame, repair: RepairParams) -> RepairOutcome:
+    """Apply the repairs ``ingest.repair`` allows, in a fixed order, counting what each found and changed.
+
+    1. ``drop_exact_duplicates``: a row equal to an earlier row in every column (overlapping export chunks)
+       carries no information; the later copies are dropped.
+    2. ``dedupe_keep``: (symbol, timestamp) repeated with different values; the first or last row in FILE
+       order is kept (a later chunk is usually the corrected one), the others are returned in ``dropped``
+       (with ``repair`` and ``file_row``) so that nothing disappears unrecorded.
+    3. ``sort``: a stable sort by (symbol, timestamp): a step back in time becomes the right order.
+
+    Rows with a missing symbol or timestamp are never deduplicated or reordered among themselves: they go
+    last, and validation names them. A repair that is off still counts what it would have found.
+    """
+    frame = bars.reset_index(drop=True).copy()
+    frame["file_row"] = np.arange(len(frame))
+    keys_present = frame["symbol"].notna() & frame["timestamp"].notna() if {"symbol", "timestamp"} <= set(
+        frame.columns) else pd.Series(False, index=frame.index)
+    value_columns = [c for c in frame.columns if c != "file_row"]
+    counts: dict[str, dict[str, Any]] = {}
+    dropped: list[pd.DataFrame] = []
+
+    exact = frame.duplicated(subset=value_columns, keep="first")
+    counts["drop_exact_duplicates"] = {"allowed": repair.drop_exact_duplicates, "found": int(exact.sum()),
+                                       "rows_dropped": int(exact.sum()) if repair.drop_exact_duplicates else 0}
+    if repair.drop_exact_duplicates:
+        frame, keys_present = frame[~exact], keys_present[~exact]
+
+    keep = "last" if repair.dedupe_keep == "last" else "first"
+    keyed = frame[keys_present]
+    extra = keyed.duplicated(subset=["symbol", "timestamp"], keep=keep).reindex(frame.index, fill_value=False)
+    distinct = keyed[~keyed.duplicated(subset=value_columns, keep="first")]  # exact copies are the other repair's
+    conflicts = distinct[distinct.duplicated(subset=["symbol", "timestamp"], keep=False)]
+    counts["dedupe_keep"] = {
+        "allowed": repair.dedupe_keep, "keys": int(conflicts[["symbol", "timestamp"]].drop_duplicates().shape[0]),
+        "found": int(len(conflicts) - conflicts[["symbol", "timestamp"]].drop_duplicates().shape[0]),
+        "rows_dropped": int(extra.sum()) if repair.dedupe_keep != "none" else 0,
+    }
+    if repair.dedupe_keep != "none" and extra.any():
+        dropped.append(frame[extra].assign(repair=f"dedupe_keep={repair.dedupe_keep}"))
+        frame, keys_present = frame[~extra], keys_present[~extra]
+
+    steps_back = 0
+    if {"symbol", "timestamp"} <= set(frame.columns):
+        present = frame[keys_present]
+        previous = present.groupby("symbol", sort=False)["timestamp"].shift()
+        steps_back = int((present["timestamp"] <= previous).sum())
+    order = frame.sort_values(["symbol", "timestamp"], kind="stable", na_position="last").index \
+        if {"symbol", "timestamp"} <= set(frame.columns) else frame.index
+    moved = int((order.to_numpy() != frame.index.to_numpy()).sum())
+    counts["sort"] = {"allowed": repair.sort, "found": steps_back, "rows_moved": moved if repair.sort else 0}
+    if repair.sort:
+        frame = frame.loc[order]
+
+    for name, count in counts.items():
+        changed = count.get("rows_dropped", count.get("rows_moved", 0))
+        if changed:
+            log.info("ingest: repair %s (allowed in ingest.repair) changed %d row(s): %s", name, changed, count)
+        elif count["found"]:
+            log.warning("ingest: %d row(s) need repair %s, which ingest.repair does not allow; validate will "
+                        "refuse them (%s)", count["found"], name, count)
+    removed = pd.concat(dropped, ignore_index=True) if dropped else frame.iloc[:0].assign(repair=pd.Series(dtype=str))
+    return RepairOutcome(frame.drop(columns="file_row").reset_index(drop=True), removed.reset_index(drop=True), counts)
