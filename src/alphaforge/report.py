@@ -171,7 +171,9 @@ def model_card(candidate: str, *, spec: Mapping[str, Any], data_summary: Mapping
     lines += [
         f"- rows: {data_summary.get('rows', 'n/a')}, symbols: {data_summary.get('symbols', 'n/a')}",
         f"- evaluation: {metrics.get('mode', 'n/a')}, {_plain(metrics.get('periods_per_year'))} periods per year, "
-        f"cost {_plain(metrics.get('cost_bps'))} bps one-way",
+        f"traded at {metrics.get('execution', 'n/a')} (a signal never trades at the price it was computed from), "
+        f"strategy {metrics.get('primary_strategy', 'n/a')}; commission {_plain(metrics.get('cost_bps'))} bps per "
+        "side plus half the spread and market impact",
         "",
         f"## Features ({len(features)})",
         "",
