@@ -112,6 +112,13 @@ class Params(BaseModel):
     airflow: AirflowParams = AirflowParams()
 
 
+# Keys that an older params.yaml may still hold, and what replaced them.
+RENAMED_KEYS: dict[str, str] = {
+    "validate.max_gap": "replaced by validate.max_gap_bars (missed sessions on the panel's own calendar) and "
+                        "validate.max_closure (a market-wide closure); a longer gap now splits the series",
+}
+
+
 class ConfigError(ValueError):
     """params.yaml is missing, unreadable or has a key or value the stages do not accept."""
 
@@ -131,5 +138,6 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         lines = [f"{path}: {len(err.errors())} invalid setting(s):"]
         for problem in err.errors():
             key = ".".join(str(part) for part in problem["loc"])
-            lines.append(f"  {key}: {problem['msg']} (got {problem.get('input')!r})")
+            hint = RENAMED_KEYS.get(key.replace("validate_", "validate"))
+            lines.append(f"  {key}: {problem['msg']} (got {problem.get('input')!r})" + (f"; {hint}" if hint else ""))
         raise ConfigError("\n".join(lines)) from err
