@@ -164,3 +164,21 @@ def test_more_trials_need_more_evidence(tradeable: pd.DataFrame) -> None:
     many = gate_evidence(evaluation, "planted", PromotionParams(), n_trials=1000).baselines["momentum_20"]
     assert many.adjusted_p_value == pytest.approx(min(1.0, few.p_value * 1000))
     assert few.t_stat == many.t_stat
+
+
+def test_pbo_gates_only_with_enough_complete_trials(tradeable: pd.DataFrame) -> None:
+    evaluation, oof = evaluate_market(tradeable, {"planted": tradeable["signal"]})
+    params = PromotionParams()
+    card = window_scorecards(evaluation, oof, "planted")
+
+    def pbo_rule(pbo: float, trials: int):
+        evidence = gate_evidence(evaluation, "planted", params, n_trials=trials, pbo=pbo, pbo_trials=trials)
+        decision = decide(card, None, evidence, validation_passed=True, params=params)
+        return next(r for r in decision.rules if r.rule == "pbo"), decision.promote
+
+    (rule, promoted) = pbo_rule(0.8, 12)
+    assert rule.verdict == "FAIL" and rule.figure == pytest.approx(0.8) and not promoted
+    (rule, promoted) = pbo_rule(0.2, 12)
+    assert rule.verdict == "PASS" and promoted
+    (rule, promoted) = pbo_rule(0.9, 3)
+    assert rule.verdict == "SKIP" and "too few to judge" in rule.detail and promoted

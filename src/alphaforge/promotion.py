@@ -140,6 +140,8 @@ class PromotionParams(BaseModel):
     alpha: float = Field(0.05, gt=0.0, lt=1.0, description="significance of the edge over each baseline, after "
                          "multiplying the p-value by the number of trials")
     max_pbo: float = Field(0.5, ge=0.0, le=1.0, description="largest probability of backtest overfitting")
+    min_pbo_trials: int = Field(6, ge=2, description="tuning trials with complete out-of-sample returns needed for a "
+                                "PBO worth gating on; fewer: the rule is skipped and says so")
     max_plausible_sharpe: float = Field(4.0, gt=0.0, description="net Sharpe above this (daily bars; scaled by "
                                         "sqrt(bars a year / 252)) is a bug until shown otherwise")
     max_illiquid_pnl_share: float = Field(0.5, gt=0.0, le=1.0, description="largest share of gross P&L from the "
@@ -241,6 +243,7 @@ class GateEvidence(BaseModel):
     rank_ic_tstat: float | None
     baselines: dict[str, BaselineTest]
     pbo: float | None = None
+    pbo_trials: int = 0
     pbo_detail: str = "no tuning trials to measure it on"
     dsr: float | None = None
     illiquid_share: float | None = None
@@ -400,6 +403,10 @@ def decide(
 
     if evidence.pbo is None:
         rule("pbo", None, f"probability of backtest overfitting not measured: {evidence.pbo_detail}")
+    elif evidence.pbo_trials < params.min_pbo_trials:
+        rule("pbo", None, f"probability of backtest overfitting {_fmt(evidence.pbo)} over only {evidence.pbo_trials} "
+                          f"complete tuning trial(s) (< min_pbo_trials {params.min_pbo_trials}): too few to judge; "
+                          "not gated")
     else:
         rule("pbo", evidence.pbo <= params.max_pbo,
              f"probability of backtest overfitting {_fmt(evidence.pbo)} "
@@ -491,7 +498,8 @@ def gate_strategy(evaluation: Evaluation, params: PromotionParams) -> str:
 
 
 def gate_evidence(evaluation: Evaluation, candidate: str, params: PromotionParams, *, n_trials: int = 1,
-                  pbo: float | None = None, pbo_detail: str | None = None, dsr: float | None = None) -> GateEvidence:
+                  pbo: float | None = None, pbo_trials: int = 0, pbo_detail: str | None = None,
+                  dsr: float | None = None) -> GateEvidence:
     """The gate's figures for ``candidate`` over every out-of-sample bar: the HAC test of its net return against
     every baseline (same strategy, same bars), its rank-IC t-stat and where its P&L came from.
 
@@ -520,7 +528,8 @@ def gate_evidence(evaluation: Evaluation, candidate: str, params: PromotionParam
         gross_sharpe=evaluation.overall.at[(candidate, strategy), "gross_sharpe"],
         rank_ic_mean=evaluation.signals.at[candidate, "rank_ic_mean"],
         rank_ic_tstat=evaluation.signals.at[candidate, "rank_ic_tstat"],
-        baselines=tests, pbo=pbo, pbo_detail=pbo_detail or "no tuning trials to measure it on", dsr=dsr,
+        baselines=tests, pbo=pbo, pbo_trials=int(pbo_trials), dsr=dsr,
+        pbo_detail=pbo_detail or "no tuning trials to measure it on",
         illiquid_share=attribution.get("illiquid_share"), stale_share=attribution.get("stale_share"),
         top_symbols_share=attribution.get("top_symbols_share"), top_symbols=tuple(attribution.get("top_symbols", ())),
         n_symbols=int(attribution.get("n_symbols", 0)),

@@ -643,7 +643,7 @@ def promote(params: Params) -> dict[str, Any]:
     pbo = overfitting.get("pbo") or {}
     evidence = gate_evidence(
         evaluation, candidate_name, params.promote, n_trials=int(overfitting.get("n_trials") or 1),
-        pbo=pbo.get("pbo"), dsr=(overfitting.get("dsr") or {}).get("dsr"),
+        pbo=pbo.get("pbo"), pbo_trials=int(pbo.get("n_trials") or 0), dsr=(overfitting.get("dsr") or {}).get("dsr"),
         pbo_detail=f"CSCV over {pbo.get('n_trials')} tuning trials" if pbo.get("pbo") is not None
         else pbo.get("reason"))
     from alphaforge.promotion import gate_strategy
