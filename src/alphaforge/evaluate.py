@@ -493,15 +493,11 @@ def _targets(panel: Panel, name: str, signal: np.ndarray, strategy: str, params:
                     "long_short_band")
 
 
-def _signal_matrix(panel: Panel, frame: pd.DataFrame, market: pd.DataFrame, name: str, column: str | None
-                   ) -> np.ndarray:
+def _signal_matrix(panel: Panel, frame: pd.DataFrame, name: str) -> np.ndarray:
+    """The (T, N) signal of a model or baseline column of ``frame``; the benchmark is a constant (hold all)."""
     if name == BENCHMARK:
         return np.where(panel.present, 1.0, np.nan)
-    if column is not None:
-        return panel.matrix(frame, column)
-    keyed = frame[["timestamp", "symbol"]].merge(market[["timestamp", "symbol", name]], on=["timestamp", "symbol"],
-                                                 how="left")
-    return panel.matrix(keyed, name)
+    return panel.matrix(frame, name)
 
 
 def _attribution(panel: Panel, simulation: Simulation) -> dict[str, Any]:
@@ -629,7 +625,7 @@ def evaluate_oof(oof: pd.DataFrame, params: EvaluationParams, models: dict[str, 
         signal_rows.append({"signal": name, **stats})
         ic_tested[name] = tested
         fold_ic[name] = _fold_ic_stats(ic, rank_ic, fold_of_stamp, mode, horizon)
-        matrix = _signal_matrix(panel, frame, market, name, name)
+        matrix = _signal_matrix(panel, frame, name)
         for strategy in strategies:
             simulation = simulate(panel, _targets(panel, name, matrix, strategy, params, holding))
             returns[(name, strategy)] = simulation.returns
