@@ -182,6 +182,19 @@ def test_a_performance_drop_blocks_and_a_steady_model_does_not(tmp_path: Path) -
     assert "rank_ic fell from" in broken.alert["detail"]
     # the shuffled predictions keep their distribution: no prediction drift, only the skill is gone
     assert not broken.check.prediction.drifted  # type: ignore[union-attr]
+    assert "standard errors" in broken.alert["detail"]
+    # a steady model whose current window is a little worse by chance: past any threshold, but within the noise
+    hair_trigger = params(tmp_path).model_copy(update={"rank_ic_drop_threshold": 1e-4, "accuracy_drop_threshold": 1e-4})
+    blurred = predictions_frame(dataset, truth)
+    late = blurred["timestamp"] >= current_start
+    spread = blurred["prediction_lightgbm"].std()
+    blurred.loc[late, "prediction_lightgbm"] += np.random.default_rng(2).normal(0.0, 0.6 * spread, int(late.sum()))
+    noisy = run_drift(dataset, blurred, hair_trigger, tmp_path / "noisy", write_html=False, horizon=5)
+    dipped = noisy.summary["performance"]
+    assert dipped["current"]["rank_ic"] < dipped["reference"]["rank_ic"]  # it did get worse, a little
+    assert "performance" not in noisy.alert["rules"], noisy.alert
+    assert "performance" in run_drift(dataset, blurred, hair_trigger.model_copy(update={"performance_z": 0.0}),
+                                      tmp_path / "trigger", write_html=False, horizon=5).alert["rules"]
 
 
 # ---------------------------------------------------------------------------------------------- promotion

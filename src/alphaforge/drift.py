@@ -131,6 +131,8 @@ class DriftParams(BaseModel):
     performance_min_bars: int = Field(20, ge=2, description="matured bars each window needs for the check")
     rank_ic_drop_threshold: float = Field(0.05, gt=0, description="alert when reference - current rank IC > this")
     accuracy_drop_threshold: float = Field(0.05, gt=0, description="same for directional accuracy")
+    performance_z: float = Field(1.645, ge=0, description="a drop also needs this many standard errors (Newey-West "
+                                 "over the per-bar figures, lags >= label horizon - 1): noise is no measured drop")
     stale_after_bars: int = Field(5, ge=1, description="no bar, or a flat close, for this many bars: stale")
     max_nan_rate: float = Field(0.05, ge=0, le=1, description="per feature, current window")
     max_missing_share: float = Field(0.05, ge=0, le=1, description="bars missing against the calendar")
@@ -434,13 +436,15 @@ def _directional_accuracy(prediction: np.ndarray, target: np.ndarray) -> float:
 
 
 def performance_metrics(frame: pd.DataFrame, prediction_column: str, target_column: str, *, centre: float = 0.0,
-                        min_cross_section: int = 3) -> dict[str, Any]:
+                        min_cross_section: int = 3, lags: int = 0) -> dict[str, Any]:
     """How good the predictions were on rows whose label has matured (finite ``target_column``).
 
     ``ic`` / ``rank_ic``: mean over timestamps of the cross-sectional Pearson / Spearman correlation (one
     correlation over all rows when there are fewer than ``min_cross_section`` symbols per timestamp);
     ``directional_accuracy``: share of rows where sign(prediction - centre) equals the sign of the target;
-    ``rmse`` / ``mae``: prediction against target (meaningful for return forecasts); ``bars``: matured timestamps.
+    ``rmse`` / ``mae``: prediction against target (meaningful for return forecasts); ``bars``: matured timestamps;
+    ``rank_ic_se`` / ``directional_accuracy_se``: Newey-West standard errors of the per-timestamp figures' means
+    (at least ``lags`` lags: overlapping labels; None for a single series).
     """
     from alphaforge.evaluate import information_coefficients
 
@@ -450,14 +454,23 @@ def performance_metrics(frame: pd.DataFrame, prediction_column: str, target_colu
     if matured.empty:
         return out | {"ic": None, "rank_ic": None, "directional_accuracy": None, "rmse": None, "mae": None}
     matured = matured.assign(fold=0)
+    from alphaforge.stats import newey_west
+
     for name, method in (("ic", "pearson"), ("rank_ic", "spearman")):
         series = information_coefficients(matured, prediction_column, target_column, method=method,
                                           min_cross_section=min_cross_section)
         out[name] = _finite(series.mean())
+        if name == "rank_ic":
+            per_bar = series.to_numpy(dtype=float) if series.index.name == "timestamp" else np.array([])
+            out["rank_ic_se"] = _finite(newey_west(per_bar, min_lags=lags).std_error)
     prediction = matured[prediction_column].to_numpy(dtype=float)
     target = matured[target_column].to_numpy(dtype=float)
     error = prediction - target
     out["directional_accuracy"] = _finite(_directional_accuracy(prediction - centre, target))
+    usable = (prediction - centre != 0) & np.isfinite(target)
+    hits = pd.Series(np.sign(prediction - centre) == np.sign(target)).where(usable)
+    per_bar_hits = hits.groupby(matured["timestamp"].to_numpy()).mean().dropna().to_numpy()
+    out["directional_accuracy_se"] = _finite(newey_west(per_bar_hits, min_lags=lags).std_error)
     out["rmse"] = _finite(float(np.sqrt(np.mean(error ** 2))))
     out["mae"] = _finite(float(np.mean(np.abs(error))))
     return out
@@ -475,14 +488,22 @@ def _performance_alert(reference: Mapping[str, Any], current: Mapping[str, Any],
     for metric, limit in (("rank_ic", params.rank_ic_drop_threshold),
                           ("directional_accuracy", params.accuracy_drop_threshold)):
         before, now = reference.get(metric), current.get(metric)
-        if before is None or now is None:
+        if before is None or now is None or before - now <= limit:
             continue
-        if before - now > limit:
-            drops.append(f"{metric} fell from {before:.4f} (reference) to {now:.4f} (current), "
-                         f"a drop of {before - now:.4f} > {limit:g}")
+        errors = [block.get(f"{metric}_se") for block in (reference, current)]
+        if all(e is not None for e in errors):
+            z = (before - now) / max(math.sqrt(errors[0] ** 2 + errors[1] ** 2), 1e-12)
+            if z < params.performance_z:
+                continue  # within the noise of the two windows
+            significance = f", {z:.1f} standard errors"
+        else:
+            significance = " (no standard error: a single series)"
+        drops.append(f"{metric} fell from {before:.4f} (reference) to {now:.4f} (current), "
+                     f"a drop of {before - now:.4f} > {limit:g}{significance}")
     if drops:
         return True, "performance: " + "; ".join(drops)
-    return False, (f"performance held: rank IC {_fmt(reference.get('rank_ic'))} -> {_fmt(current.get('rank_ic'))}, "
+    return False, (f"performance held (no drop beyond the thresholds and {params.performance_z:g} standard errors): "
+                   f"rank IC {_fmt(reference.get('rank_ic'))} -> {_fmt(current.get('rank_ic'))}, "
                    f"directional accuracy {_fmt(reference.get('directional_accuracy'))} -> "
                    f"{_fmt(current.get('directional_accuracy'))}")
 
@@ -648,13 +669,15 @@ def pick_prediction_column(frame: pd.DataFrame, params: DriftParams) -> str | No
 
 def run_drift(dataset: pd.DataFrame, predictions: pd.DataFrame | None, params: DriftParams, out_dir: str | Path, *,
               features: Sequence[str] | None = None, reference_end: Any = None, prediction_centre: float = 0.0,
+              horizon: int = 1,
               write_html: bool = True, now: datetime | None = None) -> DriftResult:
     """The drift stage: windows, drift per feature and of the predictions, performance, data quality, alerts.
 
     ``dataset``: the features dataset (timestamp, symbol, features, labels); ``predictions``: out-of-sample
     predictions (timestamp, symbol, ``prediction_*``, ``target_column``) or None; ``features``: the model's
     feature list (``params.features`` wins); ``reference_end``: the champion's train end (None: no champion);
-    ``prediction_centre``: 0.5 for a classifier's P(up). Writes under ``out_dir`` (see the module docstring),
+    ``prediction_centre``: 0.5 for a classifier's P(up); ``horizon``: the label horizon (overlapping labels make
+    consecutive performance figures dependent: the drop test uses at least ``horizon - 1`` Newey-West lags). Writes under ``out_dir`` (see the module docstring),
     appends alerts to ``params.alerts_path`` and posts them to ``params.webhook_url``; a failed post raises
     :class:`AlertDeliveryError` after every file is written.
     """
@@ -688,7 +711,8 @@ def run_drift(dataset: pd.DataFrame, predictions: pd.DataFrame | None, params: D
     perf_detail = "performance not checked: no predictions"
     if prediction_column is not None and params.target_column in predictions.columns:  # type: ignore[union-attr]
         blocks = {name: performance_metrics(frame, prediction_column, params.target_column, centre=prediction_centre,
-                                            min_cross_section=params.min_cross_section)
+                                            min_cross_section=params.min_cross_section,
+                                            lags=horizon - 1)
                   for name, frame in (("reference", ref_pred), ("current", cur_pred))}
         perf_fired, perf_detail = _performance_alert(blocks["reference"], blocks["current"], params)
         performance |= blocks | {"checked": perf_fired is not None}

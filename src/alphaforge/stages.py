@@ -710,7 +710,7 @@ def drift(params: Params) -> dict[str, Any]:
                                                http_timeout_seconds=params.promote.http_timeout_seconds)
     centre = 0.5 if task_of(spec["target"]) == "classification" else 0.0
     result = run_drift(dataset, predictions, params.drift, Paths.drift_dir, features=spec["features"],
-                       reference_end=reference_end, prediction_centre=centre)
+                       reference_end=reference_end, prediction_centre=centre, horizon=params.labels.horizon)
     return result.summary
 
 
