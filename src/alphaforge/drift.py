@@ -131,7 +131,7 @@ class DriftParams(BaseModel):
     performance_min_bars: int = Field(20, ge=2, description="matured bars each window needs for the check")
     rank_ic_drop_threshold: float = Field(0.05, gt=0, description="alert when reference - current rank IC > this")
     accuracy_drop_threshold: float = Field(0.05, gt=0, description="same for directional accuracy")
-    performance_z: float = Field(1.645, ge=0, description="a drop also needs this many standard errors (Newey-West "
+    performance_z: float = Field(2.33, ge=0, description="a drop also needs this many standard errors (Newey-West "
                                  "over the per-bar figures, lags >= label horizon - 1): noise is no measured drop")
     stale_after_bars: int = Field(5, ge=1, description="no bar, or a flat close, for this many bars: stale")
     max_nan_rate: float = Field(0.05, ge=0, le=1, description="per feature, current window")
