@@ -182,10 +182,11 @@ def test_fit_mask_fits_exactly_the_masked_rows(
 
 
 def test_rows_without_a_known_target_are_dropped_from_fitting(market: Market) -> None:
-    """Each symbol's last HORIZON bars have no forward return yet; fitting on everything skips them."""
+    """Each symbol's last HORIZON + 1 bars have no forward return yet (entered at the next bar's open, held HORIZON
+    bars); fitting on everything skips them."""
     y = market.data["forward_return"]
     unlabelled = int(y.isna().sum())
-    assert unlabelled == 30 * HORIZON
+    assert unlabelled == 30 * (HORIZON + 1)
     everything = make("ridge").fit(market.data, y)
     labelled = market.data[y.notna()]
     only_labelled = make("ridge").fit(labelled, labelled["forward_return"])
