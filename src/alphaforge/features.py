@@ -257,6 +257,26 @@ def process_rows(block: np.ndarray, method: str) -> np.ndarray:
     return out
 
 
+LabelNormalise = Literal["none", "cs_rank", "cs_zscore"]
+
+
+def normalised_label(label: pd.Series, timestamps: pd.Series | np.ndarray, method: LabelNormalise) -> pd.Series:
+    """``labels.normalise``: the training label transformed among the symbols of each timestamp (``cs_rank``:
+    (percentile rank - 0.5) * 3.46; ``cs_zscore``: (y - mean) / sample std), so a model learns the cross-section
+    rather than the market's move. Unknown labels stay NaN (never trained on; no Fillna here), as does a timestamp
+    whose labels are all equal (cs_zscore) or a lone one (cs_zscore). Only labels of the same timestamp meet."""
+    if method == "none":
+        return label
+    values = pd.Series(label.to_numpy(dtype=np.float64), index=label.index)
+    grouped = values.groupby(np.asarray(timestamps), sort=False)
+    if method == "cs_rank":
+        return (grouped.rank(pct=True) - 0.5) * 3.46
+    if method == "cs_zscore":
+        std = grouped.transform("std")
+        return (values - grouped.transform("mean")) / std.where(std > 0)
+    raise ValueError(f"labels.normalise: unknown method {method!r}; choose none, cs_rank or cs_zscore")
+
+
 def regime_probability_columns(n_regimes: int) -> list[str]:
     """The regime feature columns: the causal probability of each regime, ``regime_prob_0`` (calmest) first."""
     return [f"regime_prob_{k}" for k in range(n_regimes)]

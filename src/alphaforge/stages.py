@@ -252,6 +252,7 @@ def tune(params: Params, workers: int = 1) -> dict[str, Any]:
         walk_forward=params.train.walk_forward,
         purge=params.labels.horizon,
         target=params.labels.target,
+        label_normalise=params.labels.normalise,
         base_params={family: dict(params.train.models.get(family, {})) for family in params.tune.families},
         evaluation=params.evaluate,
         experiment=params.tracking.experiment if params.tracking.enabled else None,
@@ -303,7 +304,7 @@ def train(params: Params) -> dict[str, Any]:
         )
         result = walk_forward_train(
             dataset, splitter, make_model, target=target, fit_final_model=params.train.fit_final_model,
-            importance=importance, label=family,
+            importance=importance, label=family, label_normalise=params.labels.normalise,
         )
         family_dir = Paths.trained_dir / family
         for fold, model in zip(result.folds, result.models, strict=True):
