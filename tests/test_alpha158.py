@@ -237,3 +237,32 @@ def test_processing_one_symbol_is_refused(ohlcv: pd.DataFrame) -> None:
     params = FeatureParams(set="alpha158", cross_sectional_ranks=(), regimes=False, processing="cs_rank")
     with pytest.raises(DataError, match="one symbol"):
         compute_features(ohlcv[ohlcv["symbol"] == "AAPL"].reset_index(drop=True), params)
+
+
+@pytest.mark.parametrize("processing", ["cs_rank", "cs_zscore"])
+def test_processing_on_a_cross_sectional_market_never_reaches_across_timestamps(processing: str) -> None:
+    """A market whose edge lives in the cross-sectional order of a known-at-t signal (gate_markets): the processed
+    features, and the normalised label, of every timestamp up to a cut are the same when everything after the cut
+    is removed, and the processed features keep the cross-sectional order they were given."""
+    from gate_markets import tradeable_market
+
+    from alphaforge.features import compute_labels, normalised_label
+
+    market = tradeable_market(n_symbols=25, n_bars=160, seed=2)
+    bars = market.drop(columns=["signal"]).sort_values(["symbol", "timestamp"], kind="stable").reset_index(drop=True)
+    params = FeatureParams(set="alpha158", cross_sectional_ranks=(), regimes=False, calendar=False,
+                           processing=processing)
+    full = compute_features(bars, params)
+    raw = compute_features(bars, params.model_copy(update={"processing": "none"}))
+    label = compute_labels(bars, 5)["forward_return"]
+    full_label = normalised_label(label, bars["timestamp"], "cs_zscore")
+    for cut in np.sort(bars["timestamp"].unique())[[70, 120]]:
+        kept = (bars["timestamp"] <= cut).to_numpy()
+        truncated = compute_features(bars[kept], params)
+        np.testing.assert_array_equal(truncated[feature_columns(full)].to_numpy(),
+                                      full.loc[kept, feature_columns(full)].to_numpy())
+        cut_label = normalised_label(label[kept], bars.loc[kept, "timestamp"], "cs_zscore")
+        pd.testing.assert_series_equal(cut_label, full_label[kept])
+    last = (bars["timestamp"] == bars["timestamp"].max()).to_numpy()
+    order = np.argsort(raw.loc[last, "ROC5"].to_numpy())
+    assert (np.diff(full.loc[last, "ROC5"].to_numpy()[order]) >= 0).all()
