@@ -46,6 +46,13 @@ full gives NaN):
   P(regime k | market bars up to t) of :mod:`alphaforge.regimes` (regime 0 the calmest); one market-wide
   value per timestamp, the same for every symbol; NaN until the model's volatility window is full.
 
+**Feature sets and processing.** ``features.set: alpha158`` replaces the per-symbol indicators above with
+Qlib's Alpha158 factors (:mod:`alphaforge.alpha158`, one window kernel shared with the incremental engine);
+the calendar, rank, exogenous, sentiment and regime columns follow either set. ``features.processing``
+(``cs_rank``/``cs_zscore``, :func:`process_rows`) then transforms each per-symbol feature among the symbols
+of its timestamp and fills NaN with 0: no fitted state, one timestamp at a time, so it stays causal and the
+same in training and serving. ``labels.normalise`` (:func:`normalised_label`) is the training label's analogue.
+
 Features whose input columns the bars lack are skipped, with one INFO log line naming
 the feature and the missing column (skfolio's data, for one, has closes only).
 Inputs are checked first: bars sorted by (symbol, timestamp), close/high/low finite
