@@ -336,7 +336,8 @@ def train(params: Params) -> dict[str, Any]:
     write_parquet_atomic(oof, Paths.oof)
     write_json_atomic(
         {"feature_version": FEATURE_VERSION, "features": result.feature_names, "horizon": params.labels.horizon,
-         "target": target, "task": task, "families": list(params.train.families),
+         "target": target, "label_normalise": params.labels.normalise, "task": task,
+         "families": list(params.train.families),
          "feature_params": params.features.model_dump(mode="json"),
          "regime_model": regime_model_of(result.feature_names)},
         Paths.trained_dir / "spec.json",
