@@ -184,17 +184,37 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0",
                         help="the Redis server for the store latencies; 'none' leaves them out")
     parser.add_argument("--store-repeats", type=int, default=20, help="write/read rounds timed (default 20)")
+    parser.add_argument("--feature-set", choices=("basic", "alpha158"), default="basic",
+                        help="features.set (default basic); alpha158 has no pandas reference here (its per-operator "
+                             "reference is tests/test_alpha158.py), so only the library and incremental engine are timed")
     args = parser.parse_args(argv)
 
     bars = random_ohlcv(args.symbols, args.bars, args.seed)
-    params = FeatureParams()
+    params = (FeatureParams() if args.feature_set == "basic"
+              else FeatureParams(set="alpha158", cross_sectional_ranks=("ROC5", "ROC20", "STD20")))
     compute_features(bars.iloc[: args.bars * 2], params)  # warm-up: lazy imports, first-call costs
 
     load_before = os.getloadavg()[0]
     library_s, library_cpu_s, features = _timed(lambda: compute_features(bars, params), args.repeats)
+    columns = feature_columns(features)
+    n_rows = len(bars)
+    if args.feature_set == "alpha158":
+        result = {
+            "benchmark": "features", "feature_set": "alpha158", "feature_version": FEATURE_VERSION,
+            "n_symbols": args.symbols, "n_bars_per_symbol": args.bars, "n_rows": n_rows, "n_features": len(columns),
+            "library_seconds": round(library_s, 4), "library_rows_per_s": round(n_rows / library_s),
+            "library_cpu_seconds": round(library_cpu_s, 4), "library_repeats": args.repeats,
+            "incremental": incremental_benchmark(bars, features, args.symbols, args.bars,
+                                                 min(args.timed_bars, args.bars - 1), params),
+            "load_average_1min_at_start": round(load_before, 2), "cpu_count": os.cpu_count(),
+            "timestamp": datetime.now(UTC).isoformat(timespec="seconds"),
+        }
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print(json.dumps(result, indent=2))
+        return 0
     reference_s, reference_cpu_s, reference = _timed(lambda: reference_features(bars, params), args.reference_repeats)
 
-    columns = feature_columns(features)
     if columns != feature_columns(reference):
         raise SystemExit(f"library and reference columns differ: {columns} vs {feature_columns(reference)}")
     lib_values = features[columns].to_numpy()
@@ -204,7 +224,6 @@ def main(argv: list[str] | None = None) -> int:
     both = ~np.isnan(lib_values)
     max_abs_diff = float(np.max(np.abs(lib_values[both] - ref_values[both])))
 
-    n_rows = len(bars)
     result = {
         "benchmark": "features",
         "feature_version": FEATURE_VERSION,

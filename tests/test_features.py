@@ -254,6 +254,24 @@ def test_every_feature_is_causal(dataset: str, request: pytest.FixtureRequest) -
     _assert_causal(lambda frame: compute_features(frame, FeatureParams()), bars)
 
 
+@pytest.mark.parametrize("processing", ["none", "cs_rank", "cs_zscore"])
+@pytest.mark.parametrize("dataset", ["ohlcv_quotes", "closes"])
+def test_every_alpha158_factor_is_causal_with_each_processing(dataset: str, processing: str,
+                                                              request: pytest.FixtureRequest) -> None:
+    """Alpha158 (and the per-timestamp processing, which must never mix timestamps) on data cut at t equals
+    the full run up to t; small alpha158 panels too."""
+    bars = request.getfixturevalue(dataset)
+    params = FeatureParams(set="alpha158", cross_sectional_ranks=("ROC5", "RANK20"), regimes=False,
+                           processing=processing)
+    _assert_causal(lambda frame: compute_features(frame, params), bars, n_cuts=3)
+
+
+def test_alpha158_is_causal_in_panels_of_a_few_symbols(ohlcv: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(features_module, "_ALPHA158_CELL_BUDGET", 700)
+    params = FeatureParams(set="alpha158", cross_sectional_ranks=(), regimes=False)
+    _assert_causal(lambda frame: compute_features(frame, params), ohlcv, n_cuts=3)
+
+
 def test_every_feature_is_causal_on_hourly_bars_and_small_panels(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(features_module, "_PANEL_CELL_BUDGET", 600)
     _assert_causal(lambda frame: compute_features(frame, FeatureParams()), _hourly_bars())

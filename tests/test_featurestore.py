@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+from alphaforge import alpha158
 from alphaforge.cli import app
 from alphaforge.data.ingest import IngestParams, load_source
 from alphaforge.features import FEATURE_VERSION, FeatureParams, compute_features, feature_columns
@@ -123,6 +124,66 @@ def test_incremental_equals_batch_with_other_windows_and_ragged_symbols(bokeh_ba
     batch = compute_features(bars, params)
     names = feature_columns(batch)
     _assert_same(_incremental(bars, params, names), batch, names)
+
+
+ALPHA158_SETS = {
+    "alpha158": FeatureParams(set="alpha158", cross_sectional_ranks=("ROC5", "STD20", "CORD10"), regimes=False),
+    "alpha158_cs_rank": FeatureParams(set="alpha158", cross_sectional_ranks=("ROC5",), regimes=False,
+                                      processing="cs_rank"),
+    "alpha158_cs_zscore": FeatureParams(set="alpha158", cross_sectional_ranks=(), regimes=False,
+                                        processing="cs_zscore"),
+    "basic_cs_zscore": FeatureParams(regimes=False, processing="cs_zscore"),
+}
+
+
+@pytest.mark.parametrize("variant", list(ALPHA158_SETS))
+def test_incremental_equals_batch_for_every_alpha158_factor_and_processing(variant: str,
+                                                                          bokeh_bars: pd.DataFrame) -> None:
+    """Every Alpha158 factor (and the processed columns) from the ring buffers equals batch; FB starts in 2012."""
+    bars = _with_quotes(bokeh_bars[bokeh_bars["timestamp"] >= pd.Timestamp("2010-01-01", tz="UTC")]
+                        .reset_index(drop=True))
+    params = ALPHA158_SETS[variant]
+    batch = compute_features(bars, params)
+    names = feature_columns(batch)
+    assert names == plan_for(params, columns=set(bars.columns), multi_symbol=True, intraday=False)
+    if params.set == "alpha158":
+        assert len(set(names) & set(alpha158.all_names())) == 157
+    _assert_same(_incremental(bars, params, names), batch, names)
+
+
+def test_incremental_alpha158_on_close_only_data_in_any_row_order(skfolio_bars: pd.DataFrame) -> None:
+    bars = skfolio_bars[skfolio_bars["timestamp"] >= pd.Timestamp("2021-01-01", tz="UTC")].reset_index(drop=True)
+    params = ALPHA158_SETS["alpha158_cs_rank"]
+    batch = compute_features(bars, params)
+    names = feature_columns(batch)
+    assert "KMID" not in names and "RANK60" in names
+    shuffled = bars.sample(frac=1.0, random_state=5)
+    _assert_same(_incremental(shuffled, params, names).loc[bars.index], batch, names)
+
+
+def test_a_restored_alpha158_state_continues_bit_for_bit(bokeh_bars: pd.DataFrame) -> None:
+    bars = bokeh_bars[bokeh_bars["timestamp"] >= pd.Timestamp("2012-01-01", tz="UTC")].reset_index(drop=True)
+    params = ALPHA158_SETS["alpha158_cs_zscore"]
+    names = plan_for(params, columns=set(bars.columns), multi_symbol=True, intraday=False)
+    cut = pd.Timestamp("2012-09-03", tz="UTC")
+    engine = IncrementalEngine(params, names)
+    engine.replay(bars[bars["timestamp"] < cut])
+    restored = IncrementalEngine.from_state_bytes(params, names, engine.state_bytes())
+    late = bars[bars["timestamp"] >= cut]
+    continued = restored.replay(late)
+    uninterrupted = IncrementalEngine(params, names).replay(bars).loc[late.index]
+    np.testing.assert_array_equal(continued[names].to_numpy(), uninterrupted[names].to_numpy())
+
+
+def test_alpha158_definitions_carry_their_inputs_and_history() -> None:
+    params = ALPHA158_SETS["alpha158_cs_rank"]
+    definitions = {d.name: d for d in feature_definitions(params)}
+    assert definitions["ROC60"].window == 61 and definitions["SUMP5"].window == 6 and definitions["MA5"].window == 5
+    assert definitions["KMID"].inputs == ("open", "high", "low", "close")
+    assert definitions["CORD20"].inputs == ("close", "volume") and definitions["IMAX5"].inputs == ("high",)
+    assert "cs_rank among the symbols" in definitions["MA5"].description and definitions["MA5"].cross_sectional
+    assert "cs_rank" not in definitions["month"].description
+    assert "VWAP0" not in definitions
 
 
 def test_bars_may_arrive_in_any_row_order_and_symbols_in_any_order(skfolio_bars: pd.DataFrame) -> None:

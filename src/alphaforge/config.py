@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from alphaforge.data.ingest import IngestParams
 from alphaforge.drift import DriftParams
@@ -37,6 +37,16 @@ class LabelParams(BaseModel):
 
     horizon: int = Field(5, ge=1)
     target: Literal["forward_return", "forward_direction", "forward_volatility"] = "forward_return"
+    # The label the models fit, transformed among the symbols of each timestamp (metrics and backtests keep the raw
+    # label): none | cs_rank | cs_zscore (alphaforge.features.normalised_label). Regression targets only.
+    normalise: Literal["none", "cs_rank", "cs_zscore"] = "none"
+
+    @model_validator(mode="after")
+    def _normalise_needs_regression(self) -> LabelParams:
+        if self.normalise != "none" and self.target == "forward_direction":
+            raise ValueError(f"labels.normalise {self.normalise!r} transforms a regression target; labels.target "
+                             "forward_direction is a class")
+        return self
 
 
 class UncertaintyParams(BaseModel):

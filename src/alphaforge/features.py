@@ -46,6 +46,13 @@ full gives NaN):
   P(regime k | market bars up to t) of :mod:`alphaforge.regimes` (regime 0 the calmest); one market-wide
   value per timestamp, the same for every symbol; NaN until the model's volatility window is full.
 
+**Feature sets and processing.** ``features.set: alpha158`` replaces the per-symbol indicators above with
+Qlib's Alpha158 factors (:mod:`alphaforge.alpha158`, one window kernel shared with the incremental engine);
+the calendar, rank, exogenous, sentiment and regime columns follow either set. ``features.processing``
+(``cs_rank``/``cs_zscore``, :func:`process_rows`) then transforms each per-symbol feature among the symbols
+of its timestamp and fills NaN with 0: no fitted state, one timestamp at a time, so it stays causal and the
+same in training and serving. ``labels.normalise`` (:func:`normalised_label`) is the training label's analogue.
+
 Features whose input columns the bars lack are skipped, with one INFO log line naming
 the feature and the missing column (skfolio's data, for one, has closes only).
 Inputs are checked first: bars sorted by (symbol, timestamp), close/high/low finite
@@ -63,7 +70,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
@@ -71,6 +78,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 from scipy.signal import lfilter
 
+from alphaforge import alpha158
 from alphaforge.featurestore.exogenous import ExogenousParams, load_exogenous
 from alphaforge.featurestore.sentiment import SentimentParams, load_headlines
 from alphaforge.schema import KEY_COLUMNS, NUMERIC_COLUMNS, DataError
@@ -87,6 +95,8 @@ LABEL_COLUMNS: tuple[str, ...] = ("forward_return", "forward_direction", "forwar
 _PANEL_CELL_BUDGET: int = 1 << 17
 # Rolling sums restart every _MIN_BLOCK bars (or the largest window, if longer).
 _MIN_BLOCK: int = 128
+# Alpha158 works on (symbols, bars, window) views: smaller panels keep its temporaries (x 60 bars) small.
+_ALPHA158_CELL_BUDGET: int = 1 << 14
 _NANOS_PER_DAY: int = 86_400_000_000_000
 _NANOS_PER_HOUR: int = 3_600_000_000_000
 
@@ -96,6 +106,15 @@ class FeatureParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    # Which per-symbol feature family: "basic" (the indicators below, the default) or "alpha158" (Qlib's
+    # Alpha158 factors, alphaforge.alpha158; the basic windows are then unused). Calendar, cross-sectional
+    # ranks, exogenous, sentiment and regime columns follow either set.
+    set: Literal["basic", "alpha158"] = "basic"
+    # Per-timestamp cross-sectional processing of the per-symbol features, after they are computed (no fitted
+    # state: each timestamp sees only its own rows): "cs_rank" = (percentile rank - 0.5) * 3.46 (Qlib's
+    # CSRankNorm), "cs_zscore" = (x - mean) / std (ddof 1, Qlib's CSZScoreNorm); both then fill NaN with 0
+    # (Qlib's Fillna). Calendar, exogenous, regime and *_cs_rank columns are left as they are.
+    processing: Literal["none", "cs_rank", "cs_zscore"] = "none"
     return_horizons: tuple[int, ...] = Field((1, 5, 10, 20), min_length=1)
     ma_windows: tuple[int, ...] = (5, 10, 20, 50)
     rsi_window: int = Field(14, ge=1)
@@ -173,21 +192,10 @@ def _plan(
     ``n_regimes``: the regime model's number of regimes (0: no regime model, so no regime columns).
     """
     present = set(NUMERIC_COLUMNS) if all_columns else (columns or set())
-    names = [f"log_return_{h}" for h in params.return_horizons]
-    names += [f"sma_ratio_{w}" for w in params.ma_windows]
-    names += [f"ema_ratio_{w}" for w in params.ma_windows]
-    names += ["rsi", "macd", "macd_signal", "macd_hist", "bollinger_position"]
-    names += [f"volatility_{w}" for w in params.volatility_windows]
-    skipped: list[str] = []
-    for group, needed in _NEEDS.items():
-        missing = [c for c in needed if c not in present]
-        if missing:
-            skipped.append(
-                f"features: skipping {', '.join(_GROUP_NAMES[group])}: the bars have no "
-                f"{', '.join(repr(c) for c in missing)} column"
-            )
-        else:
-            names += _GROUP_NAMES[group]
+    if params.set == "alpha158":
+        names, skipped = alpha158.plan(present)
+    else:
+        names, skipped = _basic_plan(params, present)
     if params.calendar:
         names += ["day_of_week", "month"] + (["hour"] if intraday else [])
     if multi_symbol:
@@ -205,6 +213,75 @@ def _plan(
             skipped.append("features: skipping regime_prob_*: no regime model was given "
                            "(the features stage loads models/regimes/model.json)")
     return names, skipped
+
+
+def _basic_plan(params: FeatureParams, present: set[str]) -> tuple[list[str], list[str]]:
+    """The basic set's per-symbol features for bar columns ``present``, and the log lines of the skipped ones."""
+    names = [f"log_return_{h}" for h in params.return_horizons]
+    names += [f"sma_ratio_{w}" for w in params.ma_windows]
+    names += [f"ema_ratio_{w}" for w in params.ma_windows]
+    names += ["rsi", "macd", "macd_signal", "macd_hist", "bollinger_position"]
+    names += [f"volatility_{w}" for w in params.volatility_windows]
+    skipped: list[str] = []
+    for group, needed in _NEEDS.items():
+        missing = [c for c in needed if c not in present]
+        if missing:
+            skipped.append(
+                f"features: skipping {', '.join(_GROUP_NAMES[group])}: the bars have no "
+                f"{', '.join(repr(c) for c in missing)} column"
+            )
+        else:
+            names += _GROUP_NAMES[group]
+    return names, skipped
+
+
+def processed_columns(names: list[str]) -> list[str]:
+    """The columns ``features.processing`` transforms: the per-symbol features (not calendar, exogenous,
+    regime or already cross-sectional ``*_cs_rank`` columns, which are the same for every symbol or ranks)."""
+    market_wide = {"day_of_week", "month", "hour"}
+    return [n for n in names if n not in market_wide and not n.startswith(("exo_", "regime_prob_"))
+            and not n.endswith("_cs_rank")]
+
+
+def process_rows(block: np.ndarray, method: str) -> np.ndarray:
+    """``features.processing`` of each row of ``block`` (one feature at one timestamp across its symbols; NaN
+    cells are absent or unknown values), NaN filled with 0 afterwards. Shared by the batch and incremental engines."""
+    missing = np.isnan(block)
+    if method == "cs_rank":
+        out = (_pct_rank_rows(block) - 0.5) * 3.46
+    elif method == "cs_zscore":
+        count = (~missing).sum(axis=1, keepdims=True).astype(np.float64)
+        known = np.where(missing, 0.0, block)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            mean = known.sum(axis=1, keepdims=True) / count
+            deviations = np.where(missing, 0.0, block - mean)
+            std = np.sqrt((deviations * deviations).sum(axis=1, keepdims=True) / (count - 1.0))
+            out = (block - mean) / std
+        out[np.broadcast_to((std == 0) | ~np.isfinite(std), out.shape)] = np.nan
+    else:
+        raise ValueError(f"features.processing: unknown method {method!r}; choose none, cs_rank or cs_zscore")
+    out[np.isnan(out)] = 0.0
+    return out
+
+
+LabelNormalise = Literal["none", "cs_rank", "cs_zscore"]
+
+
+def normalised_label(label: pd.Series, timestamps: pd.Series | np.ndarray, method: LabelNormalise) -> pd.Series:
+    """``labels.normalise``: the training label transformed among the symbols of each timestamp (``cs_rank``:
+    (percentile rank - 0.5) * 3.46; ``cs_zscore``: (y - mean) / sample std), so a model learns the cross-section
+    rather than the market's move. Unknown labels stay NaN (never trained on; no Fillna here), as does a timestamp
+    whose labels are all equal (cs_zscore) or a lone one (cs_zscore). Only labels of the same timestamp meet."""
+    if method == "none":
+        return label
+    values = pd.Series(label.to_numpy(dtype=np.float64), index=label.index)
+    grouped = values.groupby(np.asarray(timestamps), sort=False)
+    if method == "cs_rank":
+        return (grouped.rank(pct=True) - 0.5) * 3.46
+    if method == "cs_zscore":
+        std = grouped.transform("std")
+        return (values - grouped.transform("mean")) / std.where(std > 0)
+    raise ValueError(f"labels.normalise: unknown method {method!r}; choose none, cs_rank or cs_zscore")
 
 
 def regime_probability_columns(n_regimes: int) -> list[str]:
@@ -369,7 +446,7 @@ class _Chunk:
         return np.arange(self.width)[None, :] < self.lengths[:, None]
 
 
-def _chunks(groups: _Groups, block: int) -> Iterator[_Chunk]:
+def _chunks(groups: _Groups, block: int, budget: int = _PANEL_CELL_BUDGET) -> Iterator[_Chunk]:
     """Consecutive symbols, grouped so that each panel stays within the cell budget.
 
     The loop only partitions the symbols (cheap integer bookkeeping); all arithmetic
@@ -380,7 +457,7 @@ def _chunks(groups: _Groups, block: int) -> Iterator[_Chunk]:
     widest = 0
     for index, width in enumerate(padded):
         widest_with = max(widest, width)
-        if index > first and widest_with * (index - first + 1) > _PANEL_CELL_BUDGET:
+        if index > first and widest_with * (index - first + 1) > budget:
             yield _make_chunk(groups, first, index, widest)
             first, widest_with = index, width
         widest = widest_with
@@ -719,6 +796,12 @@ def _cross_sectional_pct_rank(values: np.ndarray, timestamps: _TimestampGrid) ->
     The rows are laid out as a (timestamps, slots) grid and ranked a block of timestamps at
     a time (small blocks stay in the CPU cache); each timestamp only ever sees its own rows.
     """
+    return _cross_sectional_apply(values, timestamps, _pct_rank_rows)
+
+
+def _cross_sectional_apply(values: np.ndarray, timestamps: _TimestampGrid,
+                           transform: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    """``transform`` (rows of a (timestamps, slots) grid -> same shape) applied per timestamp to a long column."""
     n_times, width, cells = len(timestamps.uniques_ns), timestamps.width, timestamps.cells
     grid = np.full(n_times * width, np.nan)
     grid[cells] = values
@@ -726,7 +809,7 @@ def _cross_sectional_pct_rank(values: np.ndarray, timestamps: _TimestampGrid) ->
     rows_per_block = max(1, _PANEL_CELL_BUDGET // width)
     for start in range(0, n_times, rows_per_block):
         block = grid[start : start + rows_per_block]
-        block[...] = _pct_rank_rows(block)
+        block[...] = transform(block)
     return grid.reshape(-1)[cells]
 
 
@@ -787,7 +870,11 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams, regime_model: Re
     ``bars`` must be in the canonical long schema sorted by (symbol, timestamp), with
     finite positive close (and high/low when present) and finite non-negative volume;
     otherwise :class:`DataError` names the row and the rule. Features whose input
-    columns are absent are skipped with one INFO log line each.
+    columns are absent are skipped with one INFO log line each; ``frame.attrs["skipped"]`` keeps those lines.
+
+    ``params.set`` picks the per-symbol family (``basic`` or ``alpha158``, :mod:`alphaforge.alpha158`, which also
+    needs a finite positive open where its K-bar and OPEN0 factors read it); ``params.processing`` then transforms
+    the per-symbol features among the symbols of each timestamp (:func:`process_rows`; needs several symbols).
 
     ``regime_model`` (fitted, :class:`alphaforge.regimes.RegimeModel`): with ``params.regimes`` on, its
     causal regime probabilities (:func:`alphaforge.regimes.apply_regime_features`, filtered from the first
@@ -806,13 +893,25 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams, regime_model: Re
     slot = {name: i for i, name in enumerate(names)}
     name_set = set(names)
 
+    if params.processing != "none" and not multi_symbol:
+        raise DataError(f"compute_features: features.processing {params.processing!r} transforms each feature among "
+                        "the symbols of a timestamp, and the bars have one symbol; set features.processing: none")
+    known_factors = set(alpha158.all_names())
+    factors = [name for name in names if name in known_factors]
+    needed = {"close", *(c for n in factors for c in alpha158.NEEDS[alpha158.operator_of(n)[0]])}
+    if "open" in needed:  # the basic set never reads the open; Alpha158 divides by it
+        _check_numeric(bars, "open", "compute_features", positive=True, allow_nan=False)
     long_columns = {
         c: bars[c].to_numpy(dtype=np.float64, na_value=np.nan)
-        for c in ("close", "high", "low", "volume")
+        for c in ("open", "close", "high", "low", "volume")
         if c in columns
     }
+    for chunk in _chunks(groups, 1, budget=_ALPHA158_CELL_BUDGET) if factors else ():
+        inputs = {c: chunk.panel(long_columns[c]) for c in needed}
+        for name, result in alpha158.alpha158_values(inputs, factors, last_only=False).items():
+            chunk.write(values[slot[name]], result)
     block = _feature_block(params)
-    for chunk in _chunks(groups, block):
+    for chunk in _chunks(groups, block) if params.set == "basic" else ():
         panels: dict[str, np.ndarray] = {}
 
         def panel(column: str, chunk: _Chunk = chunk, panels: dict[str, np.ndarray] = panels) -> np.ndarray:
@@ -857,8 +956,15 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams, regime_model: Re
         regimes = apply_regime_features(bars, regime_model)
         for name in regime_probability_columns(n_regimes):
             values[slot[name]] = regimes[name].to_numpy(dtype=np.float64)
+    if params.processing != "none":
+        timestamps = _TimestampGrid.build(groups)
+        for name in processed_columns(names):
+            values[slot[name]] = _cross_sectional_apply(values[slot[name]], timestamps,
+                                                        lambda block: process_rows(block, params.processing))
 
-    return _with_keys(bars, pd.DataFrame(values.T, columns=names, index=bars.index, copy=False))
+    frame = _with_keys(bars, pd.DataFrame(values.T, columns=names, index=bars.index, copy=False))
+    frame.attrs["skipped"] = list(skipped)
+    return frame
 
 
 def _with_keys(bars: pd.DataFrame, frame: pd.DataFrame) -> pd.DataFrame:

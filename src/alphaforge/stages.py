@@ -213,6 +213,9 @@ def features(params: Params) -> dict[str, Any]:
         "feature_version": FEATURE_VERSION,
         "n_features": len(names),
         "features": names,
+        "feature_set": params.features.set,
+        "processing": params.features.processing,
+        "skipped": feats.attrs.get("skipped", []),
         "rows": int(len(dataset)),
         "rows_with_label": int(dataset["forward_return"].notna().sum()),
         "horizon": params.labels.horizon,
@@ -249,6 +252,7 @@ def tune(params: Params, workers: int = 1) -> dict[str, Any]:
         walk_forward=params.train.walk_forward,
         purge=params.labels.horizon,
         target=params.labels.target,
+        label_normalise=params.labels.normalise,
         base_params={family: dict(params.train.models.get(family, {})) for family in params.tune.families},
         evaluation=params.evaluate,
         experiment=params.tracking.experiment if params.tracking.enabled else None,
@@ -300,7 +304,7 @@ def train(params: Params) -> dict[str, Any]:
         )
         result = walk_forward_train(
             dataset, splitter, make_model, target=target, fit_final_model=params.train.fit_final_model,
-            importance=importance, label=family,
+            importance=importance, label=family, label_normalise=params.labels.normalise,
         )
         family_dir = Paths.trained_dir / family
         for fold, model in zip(result.folds, result.models, strict=True):
@@ -332,7 +336,8 @@ def train(params: Params) -> dict[str, Any]:
     write_parquet_atomic(oof, Paths.oof)
     write_json_atomic(
         {"feature_version": FEATURE_VERSION, "features": result.feature_names, "horizon": params.labels.horizon,
-         "target": target, "task": task, "families": list(params.train.families),
+         "target": target, "label_normalise": params.labels.normalise, "task": task,
+         "families": list(params.train.families),
          "feature_params": params.features.model_dump(mode="json"),
          "regime_model": regime_model_of(result.feature_names)},
         Paths.trained_dir / "spec.json",

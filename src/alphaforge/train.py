@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from alphaforge.features import feature_columns
+from alphaforge.features import LabelNormalise, feature_columns, normalised_label
 from alphaforge.models.base import Forecaster, Task
 from alphaforge.models.importance import rank_ic
 from alphaforge.splits import Fold, WalkForward
@@ -113,12 +113,15 @@ def walk_forward_train(
     on_fold: Callable[[FoldReport], None] | None = None,
     importance: Callable[[Forecaster, pd.DataFrame, np.ndarray], pd.Series] | None = None,
     label: str = "",
+    label_normalise: LabelNormalise = "none",
 ) -> WalkForwardResult:
     """Train one model per fold on ``dataset`` (features + labels, sorted by symbol then time).
 
     Rows whose target is not yet known (the last ``horizon`` bars) are not trained on.
     ``on_fold`` sees each fold's report as it completes (the tuner prunes there);
     ``importance`` scores a fold model on its test rows (permutation importance).
+    ``label_normalise`` (``labels.normalise``) transforms the label the models fit among the symbols of each
+    timestamp (:func:`alphaforge.features.normalised_label`); the fold metrics and the OOF frame keep the raw label.
     """
     names = feature_columns(dataset)
     if not names:
@@ -126,7 +129,9 @@ def walk_forward_train(
     if target not in dataset.columns:
         raise ValueError(f"the dataset has no label column {target!r}; rerun the features stage")
     folds: list[Fold] = splitter.split(dataset["timestamp"])
-    y = dataset[target]
+    if label_normalise != "none" and task_of(target) != "regression":
+        raise ValueError(f"labels.normalise {label_normalise!r} transforms a regression target, not {target!r}")
+    y = normalised_label(dataset[target], dataset["timestamp"], label_normalise)
     known = np.isfinite(y.to_numpy(dtype=float))
     timestamps = dataset["timestamp"].to_numpy()
     reports, models, pieces, importances = [], [], [], []

@@ -90,6 +90,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from alphaforge.evaluate import EvaluationParams
+from alphaforge.features import LabelNormalise
 from alphaforge.io import write_json_atomic as _write_json_atomic
 from alphaforge.io import write_parquet_atomic as _write_parquet_atomic
 from alphaforge.models.registry import FAMILIES
@@ -282,6 +283,8 @@ class TuneJob(BaseModel):
     walk_forward: WalkForwardParams = WalkForwardParams()
     purge: int = Field(5, ge=0, description="the label horizon in bars")
     target: str = "forward_return"
+    label_normalise: LabelNormalise = Field("none", description="labels.normalise: the training label's per-timestamp "
+                                            "transform (the metrics use the raw label)")
     base_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="family -> fixed hyperparameters that sampled ones are laid over")
     evaluation: EvaluationParams = EvaluationParams()
@@ -362,14 +365,14 @@ def open_storage(url: str, tune: TuneParams) -> optuna.storages.RDBStorage:
 
 def study_fingerprint(
     dataset: pd.DataFrame, family: str, *, tune: TuneParams, splitter: WalkForward, target: str,
-    base_params: Mapping[str, Any], evaluation: EvaluationParams,
+    base_params: Mapping[str, Any], evaluation: EvaluationParams, label_normalise: str = "none",
 ) -> str:
     """A short hash of everything that changes what a trial's value means (see the module docstring)."""
     data_hash = int(pd.util.hash_pandas_object(dataset, index=False).sum())
     identity = {
         "data": [data_hash, len(dataset), list(map(str, dataset.columns))],
         "family": family,
-        "target": target,
+        "target": target if label_normalise == "none" else [target, label_normalise],
         "metric": tune.metric,
         "walk_forward": [splitter.params.model_dump(mode="json"), splitter.purge],
         "base_params": dict(base_params),
@@ -456,7 +459,7 @@ class StudyHandle:
 def open_study(
     dataset: pd.DataFrame, family: str, *, tune: TuneParams, splitter: WalkForward, target: str = "forward_return",
     base_params: Mapping[str, Any] | None = None, evaluation: EvaluationParams | None = None,
-    experiment: str | None = None,
+    experiment: str | None = None, label_normalise: str = "none",
 ) -> StudyHandle:
     """Create or load the family's study, and its MLflow parent run when tracking (created once per study)."""
     import optuna
@@ -467,7 +470,7 @@ def open_study(
     evaluation = evaluation or EvaluationParams()
     url = storage_url(tune)
     fingerprint = study_fingerprint(dataset, family, tune=tune, splitter=splitter, target=target,
-                                    base_params=base_params, evaluation=evaluation)
+                                    base_params=base_params, evaluation=evaluation, label_normalise=label_normalise)
     name = f"{tune.study_prefix}-{family}-{fingerprint}"
     study = optuna.create_study(
         storage=open_storage(url, tune), sampler=_sampler(tune), pruner=_pruner(tune),
@@ -583,7 +586,7 @@ class _Objective:
     def __init__(
         self, dataset: pd.DataFrame, handle: StudyHandle, *, tune: TuneParams, splitter: WalkForward, target: str,
         base_params: Mapping[str, Any], evaluation: EvaluationParams, worker_index: int,
-        trials_dir: Path | None = None,
+        trials_dir: Path | None = None, label_normalise: str = "none",
     ) -> None:
         from alphaforge.train import task_of
 
@@ -594,6 +597,7 @@ class _Objective:
         self.splitter = splitter
         self.horizon = max(int(splitter.purge), 1)  # the purge is the label horizon
         self.target = target
+        self.label_normalise = label_normalise
         self.task = task_of(target)
         self.base_params = dict(base_params)
         self.space = tune.search_spaces[handle.family]
@@ -677,6 +681,7 @@ class _Objective:
         status, value, error = "FAILED", math.nan, None
         try:
             result = walk_forward_train(self.dataset, self.splitter, make_model, target=self.target,
+                                        label_normalise=self.label_normalise,
                                         fit_final_model=False, on_fold=on_fold,
                                         label=f"{self.handle.family} trial {trial.number}")
             value = float(np.mean(fold_values))
@@ -863,6 +868,7 @@ def tune_family(
     experiment: str | None = None,
     worker_index: int = 0,
     trials_dir: str | Path | None = None,
+    label_normalise: str = "none",
 ) -> dict[str, Any]:
     """Run, resume or join the family's study in this process until its budget is spent; its summary.
 
@@ -874,12 +880,12 @@ def tune_family(
     evaluation = evaluation or EvaluationParams()
     _check_inputs(dataset, family, tune, target, base_params)
     handle = open_study(dataset, family, tune=tune, splitter=splitter, target=target, base_params=base_params,
-                        evaluation=evaluation, experiment=experiment)
+                        evaluation=evaluation, experiment=experiment, label_normalise=label_normalise)
     counts = state_counts(handle.study)
     log.info("tune %s: study %s in %s, %d/%d trials finished, metric %s", family, handle.name, redact(handle.url),
              counts.finished, tune.n_trials, tune.metric)
     objective = _Objective(dataset, handle, tune=tune, splitter=splitter, target=target, base_params=base_params,
-                           evaluation=evaluation, worker_index=worker_index,
+                           evaluation=evaluation, worker_index=worker_index, label_normalise=label_normalise,
                            trials_dir=Path(trials_dir) if trials_dir is not None else None)
     started = time.perf_counter()
     _optimize_until_budget(handle, objective, tune)
@@ -902,7 +908,8 @@ def tune_job(job: TuneJob, *, worker_index: int = 0, dataset: pd.DataFrame | Non
     return {
         family: tune_family(dataset, family, tune=job.tune, splitter=job.splitter(), target=job.target,
                             base_params=job.base_params.get(family, {}), evaluation=job.evaluation,
-                            experiment=job.experiment, worker_index=worker_index, trials_dir=job.trials_dir)
+                            experiment=job.experiment, worker_index=worker_index, trials_dir=job.trials_dir,
+                            label_normalise=job.label_normalise)
         for family in job.tune.families
     }
 
@@ -944,7 +951,8 @@ def run_workers(n_workers: int, job: TuneJob, *, dataset: pd.DataFrame | None = 
         base = job.base_params.get(family, {})
         _check_inputs(dataset, family, job.tune, job.target, base)
         handles[family] = open_study(dataset, family, tune=job.tune, splitter=job.splitter(), target=job.target,
-                                     base_params=base, evaluation=job.evaluation, experiment=job.experiment)
+                                     base_params=base, evaluation=job.evaluation, experiment=job.experiment,
+                                     label_normalise=job.label_normalise)
     with tempfile.TemporaryDirectory(prefix="alphaforge-tune-") as folder:
         job_path = Path(folder) / "job.json"
         job_path.write_text(job.model_dump_json())

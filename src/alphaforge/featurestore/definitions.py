@@ -12,7 +12,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from alphaforge.features import FEATURE_VERSION, FeatureParams, feature_plan
+from alphaforge import alpha158
+from alphaforge.features import FEATURE_VERSION, FeatureParams, feature_plan, processed_columns
 from alphaforge.featurestore.exogenous import SERIES
 
 if TYPE_CHECKING:
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 ALL_BAR_COLUMNS: frozenset[str] = frozenset(
     {"open", "high", "low", "close", "volume", "bid", "ask", "bid_size", "ask_size"}
 )
+_ALPHA158: frozenset[str] = frozenset(alpha158.all_names())
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,11 @@ def _base_definition(name: str, params: FeatureParams) -> tuple[str, tuple[str, 
         "month": ("month of the bar, UTC (1..12)", ("timestamp",), 1, False, "calendar"),
         "hour": ("hour of the bar, UTC (intraday data only)", ("timestamp",), 1, False, "calendar"),
     }
+    if name in _ALPHA158:
+        operator, d = alpha158.operator_of(name)
+        needs = tuple(c for c in ("open", "high", "low", "close", "volume", "vwap") if c in alpha158.NEEDS[operator])
+        return (f"Alpha158 {name}: " + alpha158.DESCRIPTIONS[operator].format(d=d), needs, alpha158.window_of(name),
+                False, "alpha158")
     if name.startswith("exo_") and name.removeprefix("exo_") in SERIES:
         return (SERIES[name.removeprefix("exo_")][0] + ", as of the bar", ("timestamp",), 1, False, "exogenous")
     if name == "sentiment_lm_polarity":
@@ -126,6 +133,8 @@ def feature_definitions(
     in its order. A regime probability's ``window`` counts market timestamps (the filter's volatility window)."""
     out = []
     n_regimes = regime_model.params.n_regimes if regime_model is not None else 0
+    planned = feature_plan(params, columns=columns, multi_symbol=multi_symbol, intraday=intraday, n_regimes=n_regimes)
+    processed = set(processed_columns(planned)) if params.processing != "none" else set()
     for name in feature_plan(params, columns=columns, multi_symbol=multi_symbol, intraday=intraday,
                              n_regimes=n_regimes):
         if regime_model is not None and name.startswith("regime_prob_"):
@@ -137,6 +146,9 @@ def feature_definitions(
         if cross_sectional:
             description = f"percentile rank of {base} among the symbols at the same timestamp (ties averaged)"
             group = "cross_sectional"
+        elif name in processed:
+            description += f"; then {params.processing} among the symbols at the same timestamp, NaN -> 0"
+            cross_sectional = True
         out.append(FeatureDefinition(
             name=name, description=description, dtype="float64", inputs=inputs, window=window,
             recursive=recursive, cross_sectional=cross_sectional, group=group, version=FEATURE_VERSION,

@@ -35,12 +35,15 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from alphaforge import alpha158
 from alphaforge.features import (
     FEATURE_VERSION,
     FeatureParams,
     _pct_rank_rows,
     calendar_values,
     feature_plan,
+    process_rows,
+    processed_columns,
     regime_probability_columns,
 )
 from alphaforge.featurestore.definitions import ALL_BAR_COLUMNS, feature_definitions
@@ -49,8 +52,9 @@ from alphaforge.featurestore.sentiment import SentimentState, load_headlines
 from alphaforge.regimes import RegimeFilter, RegimeModel
 from alphaforge.schema import DataError
 
+_FACTOR_COLUMNS = ("open", "high", "low", "close", "volume")
 _STATE_ARRAYS = ("count", "last_ns", "close_hist", "return_hist", "high_hist", "low_hist", "k_hist", "volume_hist",
-                 "dollar_hist", "ema", "signal", "gain", "loss", "atr")
+                 "dollar_hist", "ema", "signal", "gain", "loss", "atr", *(f"factor_{c}" for c in _FACTOR_COLUMNS))
 
 
 def _push(register: np.ndarray, slots: np.ndarray | None, n_known: int, values: np.ndarray) -> np.ndarray:
@@ -149,6 +153,13 @@ class IncrementalEngine:
         self._sentiment = SentimentState(load_headlines(params.sentiment)) if params.sentiment.enabled else None
         self._needs_high_low = "atr_ratio" in self._column or "stochastic_k" in self._column
         self._needs_volume = "volume_ratio" in self._column
+        known_factors = set(alpha158.all_names())
+        self._factors = [n for n in self.names if n in known_factors]
+        self._factor_rows = np.asarray([self._column[n] for n in self._factors], dtype=np.int64)
+        self._factor_inputs = sorted({"close", *(c for n in self._factors
+                                                 for c in alpha158.NEEDS[alpha158.operator_of(n)[0]])})
+        self._processed_rows = (np.asarray([self._column[n] for n in processed_columns(self.names)], dtype=np.int64)
+                                if params.processing != "none" else np.empty(0, dtype=np.int64))
         p = params
         self._close_length = max(max(p.return_horizons) + 1, *p.ma_windows, p.bollinger_window, 2)
         self._return_length = max(p.volatility_windows)
@@ -199,6 +210,10 @@ class IncrementalEngine:
         self.gain = np.zeros(capacity)
         self.loss = np.zeros(capacity)
         self.atr = np.zeros(capacity)
+        # Alpha158: the last alpha158.HISTORY bars of each column the factors read (one bar when unused).
+        width = alpha158.HISTORY if self._factors else 1
+        for c in _FACTOR_COLUMNS:
+            setattr(self, f"factor_{c}", np.full((width, capacity), nan))
 
     def _grow(self, needed: int) -> None:
         old = {name: getattr(self, name) for name in _STATE_ARRAYS}
@@ -419,11 +434,20 @@ class IncrementalEngine:
             finite = returns[np.isfinite(returns)]
             market_return = float(finite.mean()) if finite.size else np.nan
             out[self.regime_rows] = self._regimes.update(market_return)[:, None]
+        if self._factors:  # the batch kernel itself, on each symbol's last alpha158.HISTORY bars
+            panels = {}
+            for c in self._factor_inputs:
+                register = _push(getattr(self, f"factor_{c}"), slots, n_known, np.asarray(columns[c], dtype=np.float64))
+                panels[c] = np.ascontiguousarray(register.T)
+            factors = alpha158.alpha158_values(panels, self._factors, last_only=True)
+            out[self._factor_rows] = np.stack([factors[name] for name in self._factors])
         if self.ranked:
             sources = np.stack([out[column[name.removesuffix("_cs_rank")]] for name in self.ranked])
             ranked = _pct_ranks(sources)
             for i, name in enumerate(self.ranked):
                 out[column[name]] = ranked[i]
+        if self._processed_rows.size:  # across the symbols of this timestamp, after the ranks (as in batch)
+            out[self._processed_rows] = process_rows(out[self._processed_rows], p.processing)
 
         return out
 

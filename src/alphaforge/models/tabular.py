@@ -102,10 +102,13 @@ class LightGBMParams(_Params):
     max_bin: int = Field(63, ge=2)
     num_threads: int = Field(2, ge=1)
     seed: int = 42
-    objective: Literal["regression", "regression_l1", "huber", "quantile"] | None = Field(
-        None, description="regression loss; None: squared error (regression) or log-loss (classification)"
+    objective: Literal["regression", "regression_l1", "huber", "quantile", "lambdarank", "rank_xendcg"] | None = Field(
+        None, description="regression loss, or a ranking objective over the symbols of each timestamp "
+                          "(lambdarank, rank_xendcg); None: squared error (regression) or log-loss (classification)"
     )
     quantile_level: float = Field(0.5, gt=0.0, lt=1.0, description="the quantile fitted when objective='quantile'")
+    rank_buckets: int = Field(5, ge=2, le=31, description="ranking objectives: the relevance of a row is the "
+                              "per-timestamp quantile bucket 0..rank_buckets-1 of its target")
 
 
 class XGBoostParams(_Params):
@@ -343,7 +346,8 @@ class TabularForecaster:
         if empty:
             log.warning("%s: feature column(s) %s are entirely NaN on the fit rows", self.family, empty)
         self.feature_names_ = names
-        self._fit_matrix(x, y_fit)
+        timestamps = frame["timestamp"].to_numpy()[rows] if "timestamp" in frame.columns else None
+        self._fit_rows(x, y_fit, timestamps)
         self.n_fit_rows_ = int(rows.sum())
         self.n_dropped_unlabelled_ = int((requested & ~rows).sum())
         return self
@@ -419,6 +423,11 @@ class TabularForecaster:
 
     # ---------------------------------------------------------------------------- family hooks
 
+    def _fit_rows(self, x: np.ndarray, y: np.ndarray, timestamps: np.ndarray | None) -> None:
+        """Fit on the rows' features and targets; ``timestamps`` (None when the frame has none) group the rows
+        for ranking objectives. Families without one ignore it."""
+        self._fit_matrix(x, y)
+
     def _fit_matrix(self, x: np.ndarray, y: np.ndarray) -> None:
         raise NotImplementedError
 
@@ -452,12 +461,25 @@ class TabularForecaster:
 # --------------------------------------------------------------------------------------------
 
 
+RANKING_OBJECTIVES: frozenset[str] = frozenset({"lambdarank", "rank_xendcg"})
+
+
+def ranking_relevance(y: np.ndarray, groups: np.ndarray, buckets: int) -> np.ndarray:
+    """Integer relevance 0..buckets-1 of each row: the quantile bucket of its target among the rows of its group
+    (its timestamp), from the percentile rank with ties averaged: ``ceil(pct * buckets) - 1``."""
+    pct = pd.Series(y).groupby(groups).rank(method="average", pct=True).to_numpy()
+    return np.clip(np.ceil(pct * buckets) - 1.0, 0, buckets - 1).astype(np.int32)
+
+
 class LightGBMForecaster(TabularForecaster):
     """LightGBM gradient-boosted trees; NaN features are handled natively. ``booster_`` is the fitted booster.
 
     ``objective`` picks the regression loss (squared error by default; ``"quantile"`` with
     ``quantile_level`` fits a conditional quantile, used by
-    :class:`alphaforge.models.uncertainty.QuantileLightGBM`).
+    :class:`alphaforge.models.uncertainty.QuantileLightGBM`), or a ranking objective (``"lambdarank"``,
+    ``"rank_xendcg"``): the rows are grouped by timestamp and the target becomes its per-timestamp quantile
+    bucket (:func:`ranking_relevance`), so the forecast is a score that orders the symbols of a timestamp,
+    not a return.
     """
 
     family: ClassVar[str] = "lightgbm"
@@ -472,17 +494,37 @@ class LightGBMForecaster(TabularForecaster):
                 f"lightgbm: objective {params.objective!r} is a regression loss; leave it unset for classification"
             )
 
-    def _fit_matrix(self, x: np.ndarray, y: np.ndarray) -> None:
+    def _fit_rows(self, x: np.ndarray, y: np.ndarray, timestamps: np.ndarray | None) -> None:
+        if self.params.objective not in RANKING_OBJECTIVES:
+            self._fit_matrix(x, y)
+            return
+        if timestamps is None:
+            raise ValueError(f"lightgbm: objective {self.params.objective!r} ranks the symbols of each timestamp; the "
+                             "frame has no 'timestamp' column to group the rows by")
         import lightgbm as lgb
 
+        order = np.argsort(timestamps, kind="stable")  # LightGBM's groups are runs of consecutive rows
+        codes, _ = pd.factorize(timestamps[order])
+        relevance = ranking_relevance(y[order], codes, self.params.rank_buckets)
+        estimator = lgb.LGBMRanker(objective=self.params.objective, **self._settings())
+        estimator.fit(x[order], relevance, group=np.bincount(codes), feature_name=self.feature_names_)
+        self.booster_ = estimator.booster_
+
+    def _settings(self) -> dict[str, Any]:
         p = self.params
-        settings: dict[str, Any] = dict(
+        return dict(
             n_estimators=p.n_estimators, learning_rate=p.learning_rate, num_leaves=p.num_leaves, max_depth=p.max_depth,
             min_child_samples=p.min_child_samples, subsample=p.subsample, subsample_freq=p.subsample_freq,
             colsample_bytree=p.colsample_bytree, reg_alpha=p.reg_alpha, reg_lambda=p.reg_lambda,
             min_split_gain=p.min_split_gain, max_bin=p.max_bin, n_jobs=p.num_threads, random_state=p.seed,
             verbose=-1, deterministic=True, force_col_wise=True,
         )
+
+    def _fit_matrix(self, x: np.ndarray, y: np.ndarray) -> None:
+        import lightgbm as lgb
+
+        p = self.params
+        settings = self._settings()
         if self.task == "classification":
             estimator = lgb.LGBMClassifier(objective="binary", **settings)
         else:
