@@ -31,7 +31,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from alphaforge.serving import api
-from alphaforge.serving.host import ModelHost, NoModel, serving_params
+from alphaforge.serving.admin import (
+    ADMIN_TOKEN_ENV,
+    AdminTokenMissing,
+    admin_token,
+    authorised,
+    listening_hosts,
+    stop_the_server,
+)
+from alphaforge.serving.host import ModelFault, ModelHost, NoModel, serving_params
 from alphaforge.serving.model import BadRequest
 
 log = logging.getLogger("alphaforge.serving")
@@ -57,6 +65,12 @@ def _unavailable(err: NoModel) -> BentoMLException:
     from bentoml.exceptions import ServiceUnavailable
 
     return ServiceUnavailable(str(err))
+
+
+def _faulted(err: ModelFault) -> BentoMLException:
+    from bentoml.exceptions import InternalServerError
+
+    return InternalServerError(str(err))
 
 
 def _online_store(params_path: str) -> Any:
@@ -114,6 +128,8 @@ async def fast_predict(request: Request) -> Response:
         return JSONResponse({"error": str(err)}, status_code=err.status)
     except NoModel as err:
         return JSONResponse({"error": str(err)}, status_code=503)
+    except ModelFault as err:
+        return JSONResponse({"error": str(err)}, status_code=500)
     return Response(api.to_json(answer), media_type="application/json")
 
 
@@ -132,6 +148,8 @@ async def fast_predict_arrow(request: Request) -> Response:
         return JSONResponse({"error": str(err)}, status_code=err.status)
     except NoModel as err:
         return JSONResponse({"error": str(err)}, status_code=503)
+    except ModelFault as err:
+        return JSONResponse({"error": str(err)}, status_code=500)
     return Response(api.write_arrow(prediction), media_type=api.ARROW_MEDIA_TYPE, headers={
         "x-model-name": model.name, "x-model-version": model.version, "x-variant": prediction.variant,
         "x-feature-version": model.feature_version, "x-request-id": request_id})
@@ -168,6 +186,12 @@ class AlphaforgeService:
 
         logging.getLogger("alphaforge").setLevel(logging.INFO)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # before anything loads: refuse to listen beyond loopback with the admin routes open
+        try:
+            self.admin_token = admin_token(listening_hosts(), os.environ)
+        except AdminTokenMissing as err:
+            stop_the_server(str(err))
+            raise
         params_path = os.environ.get("ALPHAFORGE_PARAMS", "params.yaml")
         self.params = serving_params(params_path)
         self.feature_params = load_params(params_path).features if os.path.isfile(params_path) else FeatureParams()
@@ -219,6 +243,8 @@ class AlphaforgeService:
             raise _refuse(self.host, err) from None
         except NoModel as err:
             raise _unavailable(err) from None
+        except ModelFault as err:
+            raise _faulted(err) from None
 
     @bentoml.api(route="/predict_bars")
     def predict_bars(
@@ -237,6 +263,8 @@ class AlphaforgeService:
             raise _refuse(self.host, err) from None
         except NoModel as err:
             raise _unavailable(err) from None
+        except ModelFault as err:
+            raise _faulted(err) from None
 
     @bentoml.api(route="/predict_symbols")
     def predict_symbols(
@@ -254,6 +282,8 @@ class AlphaforgeService:
             raise _refuse(self.host, err) from None
         except NoModel as err:
             raise _unavailable(err) from None
+        except ModelFault as err:
+            raise _faulted(err) from None
 
     @bentoml.api(route="/model_info")
     async def model_info(self) -> dict[str, Any]:
@@ -264,7 +294,20 @@ class AlphaforgeService:
             info["serving"] = self.host.model().info()
         return info
 
+    def _refused_admin(self, ctx: bentoml.Context) -> dict[str, str] | None:
+        """The 401 body for an admin request without the admin token (None: let it through). Set on the context,
+        not raised: BentoML replaces a raised 401's message by a generic one."""
+        if authorised(ctx.request.headers.get("authorization"), self.admin_token):
+            return None
+        ctx.response.status_code = 401
+        ctx.response.headers["WWW-Authenticate"] = "Bearer"
+        return {"error": f"admin route: send 'Authorization: Bearer <token>' with the token of {ADMIN_TOKEN_ENV}"}
+
     @bentoml.api(route="/admin/reload")
-    def reload(self) -> dict[str, Any]:
-        """Check the registry now (the nightly DAG calls this after a promotion); swaps only after loading."""
+    def reload(self, ctx: bentoml.Context) -> dict[str, Any]:
+        """Check the registry now (the nightly DAG calls this after a promotion); swaps only after loading.
+        Needs ``Authorization: Bearer $ALPHAFORGE_ADMIN_TOKEN`` when the service listens beyond loopback."""
+        refused = self._refused_admin(ctx)
+        if refused is not None:
+            return refused
         return {"changes": self.host.poll(), "serving_version": self.host.info()["serving_version"]}

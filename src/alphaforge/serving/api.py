@@ -23,6 +23,7 @@ from alphaforge.serving.host import ModelHost, NoModel, new_request_id
 from alphaforge.serving.model import BadRequest, Prediction, ServedModel, check_finite, check_keys, check_row_count
 
 Variant = Literal["champion", "challenger"]
+ServedVariant = Literal["champion", "challenger", "fallback"]  # fallback: the served model raised, another answered
 
 
 class FeatureRow(BaseModel):
@@ -63,11 +64,13 @@ class RegimeReport(BaseModel):
 class PredictResponse(BaseModel):
     model_name: str
     model_version: str
-    variant: Variant
+    variant: ServedVariant
     feature_version: str
     target: str | None
     request_id: str
     predictions: list[RowPrediction]
+    fallback_reason: str | None = Field(None, description="present when variant is fallback: which model raised "
+                                        "what, and which model answered instead")
     regime: RegimeReport | None = Field(None, description="present when the model uses regime features: "
                                         "/predict_bars computes it from the bars with the model's regime model, "
                                         "/predict and /predict_symbols read it from the regime_prob_* inputs")
@@ -119,6 +122,8 @@ def _answer(prediction: Prediction, model: ServedModel, request_id: str, symbols
     answer = {"model_name": prediction.model_name, "model_version": prediction.model_version,
               "variant": prediction.variant, "feature_version": model.feature_version,
               "target": model.spec.get("target"), "request_id": request_id, "predictions": rows}
+    if prediction.fallback_reason is not None:
+        answer["fallback_reason"] = prediction.fallback_reason
     if regime is not None:
         answer["regime"] = regime
     return answer
@@ -271,7 +276,8 @@ def predict_bars(host: ModelHost, request: PredictBarsRequest, default_feature_p
         keep = features.index.isin(chosen.index)
         prediction = Prediction(prediction.prediction[keep], None if prediction.lower is None else
                                 prediction.lower[keep], None if prediction.upper is None else prediction.upper[keep],
-                                prediction.model_name, prediction.model_version, prediction.variant)
+                                prediction.model_name, prediction.model_version, prediction.variant,
+                                prediction.fallback_reason)
     return _answer(prediction, served, request_id, symbols, timestamps, regime)
 
 

@@ -18,7 +18,7 @@ import grpc
 from pydantic import ValidationError
 
 from alphaforge.serving import api
-from alphaforge.serving.host import ModelHost, NoModel
+from alphaforge.serving.host import ModelFault, ModelHost, NoModel
 from alphaforge.serving.model import BadRequest
 from alphaforge.serving.proto import alphaforge_serving_pb2 as pb
 from alphaforge.serving.proto import alphaforge_serving_pb2_grpc as pb_grpc
@@ -70,6 +70,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             context.abort(_STATUS.get(err.status, grpc.StatusCode.INVALID_ARGUMENT), str(err))
         except NoModel as err:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        except ModelFault as err:
+            context.abort(grpc.StatusCode.INTERNAL, str(err))
         raise AssertionError("unreachable")  # context.abort raises
 
     def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfoResponse:

@@ -55,7 +55,8 @@ class Prediction:
     upper: np.ndarray | None
     model_name: str
     model_version: str
-    variant: str = "champion"
+    variant: str = "champion"  # or challenger, or fallback (another model answered: the served one raised)
+    fallback_reason: str | None = None
 
     def rows(self) -> list[dict[str, float | None]]:
         """JSON-able per-row values (None for NaN)."""
