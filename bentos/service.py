@@ -91,6 +91,22 @@ def _online_store(params_path: str) -> Any:
     return OnlineStore.from_params(settings, redis_url=url)
 
 
+def _state_store(params: Any, params_path: str) -> Any:
+    """Where online Hedge weights persist: the feature store's Redis (``ALPHAFORGE_REDIS_URL`` overrides), else
+    memory (the weights then restart from the seed with the service)."""
+    if not params.online_weights:
+        return None
+    from alphaforge.config import load_params
+    from alphaforge.serving.online_weights import MemoryState, RedisState
+
+    url = os.environ.get("ALPHAFORGE_REDIS_URL") or (load_params(params_path).feature_store.redis_url
+                                                     if os.path.isfile(params_path) else None)
+    if not url:
+        log.warning("serving: online weights without Redis (feature_store.redis_url): kept in memory only")
+        return MemoryState()
+    return RedisState(url)
+
+
 def _settle_the_heap() -> None:
     """Keep the garbage collector's pauses out of the request latency.
 
@@ -196,7 +212,7 @@ class AlphaforgeService:
         self.params = serving_params(params_path)
         self.feature_params = load_params(params_path).features if os.path.isfile(params_path) else FeatureParams()
         self.store = _online_store(params_path)
-        self.host = ModelHost(self.params)
+        self.host = ModelHost(self.params, state_store=_state_store(self.params, params_path))
         self.ready = False
         try:
             self.host.start()
@@ -302,6 +318,20 @@ class AlphaforgeService:
         ctx.response.status_code = 401
         ctx.response.headers["WWW-Authenticate"] = "Bearer"
         return {"error": f"admin route: send 'Authorization: Bearer <token>' with the token of {ADMIN_TOKEN_ENV}"}
+
+    @bentoml.api(route="/admin/outcomes")
+    def outcomes(self, rows: list[api.OutcomeRow], ctx: bentoml.Context, model: str | None = None) -> dict[str, Any]:
+        """Realised returns of served rows (features + realised): one Hedge step per bar for the champion's online
+        weights (serving.online_weights), saved in Redis. Same token rule as /admin/reload."""
+        refused = self._refused_admin(ctx)
+        if refused is not None:
+            return refused
+        try:
+            return api.record_outcomes(self.host, api.OutcomesRequest.model_construct(rows=rows, model=model))
+        except BadRequest as err:
+            raise _refuse(self.host, err) from None
+        except NoModel as err:
+            raise _unavailable(err) from None
 
     @bentoml.api(route="/admin/reload")
     def reload(self, ctx: bentoml.Context) -> dict[str, Any]:

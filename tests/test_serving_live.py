@@ -23,6 +23,7 @@ pytestmark = [pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[1]
 TESTS = Path(__file__).resolve().parent
+REDIS_URL = "redis://127.0.0.1:6379/0"
 FAILS_ABOVE = 1e6  # the faulty champion raises on a row whose first feature is above this
 
 
@@ -48,6 +49,7 @@ def registry(mlflow_server, tmp_path_factory: pytest.TempPathFactory):
         tracking.set_model_version_tags(name, faulty, {"alphaforge.previous_champion": good["version"]})
         tracking.set_model_alias(name, "champion", faulty)
         yield {"name": name, "good": good["version"], "faulty": faulty, "dataset": trained["dataset"],
+               "good_dir": good["model_dir"],
                "mlflow_uri": mlflow_server.uri, "work": work}
     finally:
         for key, value in saved.items():
@@ -128,3 +130,138 @@ def test_beyond_loopback_the_admin_route_needs_the_token_and_the_service_refuses
         assert client.post("/model_info", json={}).status_code == 200  # reading stays open
     finally:
         service.stop()
+
+
+def _served_log(folder: Path, n_rows: int, timeout: float = 30.0):
+    """The service's request log once it holds ``n_rows`` rows (the writer process flushes every half second)."""
+    import time
+
+    import pandas as pd
+
+    from alphaforge.monitor import RequestLog
+
+    deadline = time.monotonic() + timeout
+    frame = None
+    while time.monotonic() < deadline:
+        frame = RequestLog(folder / "requests").read(pd.Timestamp("2000-01-01", tz="UTC"),
+                                                     pd.Timestamp.now(tz="UTC") + pd.Timedelta("1D"))
+        if len(frame) >= n_rows:
+            return frame
+        time.sleep(0.3)
+    raise AssertionError(f"the request log holds {0 if frame is None else len(frame)} rows, not {n_rows}")
+
+
+def _bars_of_requests(registry: dict, features: list[str], n_bars: int):
+    """The dataset's last ``n_bars`` complete bars that already have a next-bar return."""
+    dataset = registry["dataset"].dropna(subset=[*features, "forward_return_1"])
+    stamps = sorted(dataset["timestamp"].unique())[-n_bars:]
+    return dataset[dataset["timestamp"].isin(stamps)], dataset
+
+
+@pytest.mark.parametrize("mode", ["shadow", "split"])
+def test_ab_report_on_traffic_the_service_served_in_shadow_and_split_mode(registry, tmp_path, mode: str) -> None:
+    """The challenger alias (the good version: the same predictions as the champion) beside the champion, in
+    shadow mode (both on every request) or a 50/50 split: the log holds both variants and the A/B report, on the
+    dataset's next-bar returns, finds no evidence either way."""
+    from alphaforge.ab import UNDECIDED, ABParams, ab_report
+
+    tracking.set_model_alias(registry["name"], "challenger", registry["good"])
+    extra = {"ALPHAFORGE_SHADOW": "true"} if mode == "shadow" else {"ALPHAFORGE_CHALLENGER_SHARE": "0.5"}
+    folder = tmp_path / mode
+    service = _start(registry, folder, **extra)
+    try:
+        client = httpx.Client(base_url=service.url, timeout=30)
+        features = client.post("/model_info", json={}).json()["serving"]["features"]
+        served, dataset = _bars_of_requests(registry, features, 30)
+        answered = []
+        for stamp, bar in served.groupby("timestamp"):
+            halves = [bar] if mode == "shadow" else [bar.iloc[: len(bar) // 2], bar.iloc[len(bar) // 2:]]
+            for i, part in enumerate(halves):
+                answer = client.post("/predict", json=_request(part, features, request_id=f"{stamp.value}-{i}"))
+                assert answer.status_code == 200, answer.text
+                answered.append(answer.json()["variant"])
+        if mode == "split":
+            assert {"champion", "challenger"} == set(answered)
+            expected_rows = len(served)
+        else:
+            assert set(answered) == {"champion"}
+            expected_rows = 2 * len(served)
+        log = _served_log(folder, expected_rows)
+        assert set(log["variant"]) == {"champion", "challenger"}
+    finally:
+        service.stop()
+    report = ab_report(log, dataset[["timestamp", "symbol", "forward_return_1"]], ABParams(min_bars=5),
+                       cost_bps=5.0)
+    assert report["pairing"] == ("same requests" if mode == "shadow" else "same bars")
+    assert report["compared_bars"] == 30 if mode == "shadow" else 0 < report["compared_bars"] < 30
+    assert report["verdict"] == UNDECIDED
+    assert report["variants"]["challenger"]["model_versions"] == [registry["good"]]
+
+
+def test_online_hedge_weights_move_with_outcomes_survive_a_restart_and_equal_the_offline_replay(registry,
+                                                                                               tmp_path) -> None:
+    """serving.online_weights: the good version (it ships a hedge_seed) served under its own alias; realised
+    returns of 12 bars posted to /admin/outcomes move the weights, the predictions use them, a restarted service
+    continues from Redis, and the same outcomes replayed offline from the seed give the same weights."""
+    import json
+
+    import numpy as np
+    import pandas as pd
+    import redis
+
+    from alphaforge.ensemble import HedgeEnsemble
+    from alphaforge.serving.model import load_served_model, model_artifacts
+
+    tracking.set_model_alias(registry["name"], "online", registry["good"])
+    prefix = f"alphaforge-test:hedge:{uuid.uuid4().hex[:8]}:"
+    extra = {"ALPHAFORGE_MODEL_ALIAS": "online", "ALPHAFORGE_ONLINE_WEIGHTS": "true",
+             "ALPHAFORGE_ONLINE_WEIGHTS_PREFIX": prefix, "ALPHAFORGE_REDIS_URL": REDIS_URL}
+    key = f"{prefix}{registry['name']}:{registry['good']}"
+    try:
+        service = _start(registry, tmp_path / "first", **extra)
+        try:
+            client = httpx.Client(base_url=service.url, timeout=30)
+            serving = client.post("/model_info", json={}).json()["serving"]
+            assert serving["online_weights"]["source"] == "seed"
+            features = serving["features"]
+            served, dataset = _bars_of_requests(registry, features, 13)
+            # the seed already holds the out-of-sample history's outcomes: these bars come after it (the same
+            # feature rows, moved past the dataset's end)
+            served = served.assign(timestamp=served["timestamp"] + (dataset["timestamp"].max()
+                                                                    - served["timestamp"].min() + pd.Timedelta("1D")))
+            history, latest = served[served["timestamp"] < served["timestamp"].max()], \
+                served[served["timestamp"] == served["timestamp"].max()]
+            rows = _request(history, features)["rows"]
+            for row, realised in zip(rows, history["forward_return_1"], strict=True):
+                row["realised"] = float(realised)
+            moved = client.post("/admin/outcomes", json={"rows": rows})
+            assert moved.status_code == 200, moved.text
+            moved = moved.json()
+            assert moved["applied_steps"] == 12 and moved["model_version"] == registry["good"]
+            again = client.post("/admin/outcomes", json={"rows": rows[:3]}).json()  # a retried delivery
+            assert again["applied_steps"] == 0 and again["weights"] == moved["weights"]
+            answer = client.post("/predict", json=_request(latest, features)).json()
+        finally:
+            service.stop()
+        service = _start(registry, tmp_path / "second", **extra)
+        try:
+            client = httpx.Client(base_url=service.url, timeout=30)
+            restarted = client.post("/model_info", json={}).json()["serving"]["online_weights"]
+        finally:
+            service.stop()
+        assert restarted["source"] == "store" and restarted["weights"] == moved["weights"]
+        assert restarted["n_updates"] == moved["n_updates"] and restarted["updated_at"] == moved["updated_at"]
+
+        local = load_served_model(registry["good_dir"], name=registry["name"], version=registry["good"])
+        hedge = HedgeEnsemble.from_dict(json.loads(Path(model_artifacts(local.source_dir)["hedge_seed"]).read_text()))
+        assert moved["n_updates"] == hedge.n_updates + 12
+        for stamp, bar in history.groupby("timestamp"):
+            x = bar[local.features].to_numpy(dtype=float)
+            hedge.update(dict(zip(local.families, local.family_predictions(x).T, strict=True)),
+                         bar["forward_return_1"].to_numpy(), timestamp=stamp)
+        assert hedge.weights() == moved["weights"]
+        weights = np.array([moved["weights"][f] for f in local.families])
+        expected = local.family_predictions(latest[local.features].to_numpy(dtype=float)) @ weights
+        np.testing.assert_allclose([p["prediction"] for p in answer["predictions"]], expected, rtol=1e-9)
+    finally:
+        redis.Redis.from_url(REDIS_URL).delete(key)  # only the key this test's services wrote

@@ -103,6 +103,20 @@ class PredictBarsRequest(BaseModel):
     last_only: bool = Field(True, description="answer only each symbol's last bar (else every bar with features)")
 
 
+class OutcomeRow(FeatureRow):
+    """A served row whose return is now known: its features (as sent to /predict) and the realised return."""
+
+    realised: Annotated[float, Strict()] = Field(..., description="the next-bar execution return of the row's bar "
+                                                 "(forward_return_1: bar t+1's execution price to the next bar's)")
+
+
+class OutcomesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows: list[OutcomeRow] = Field(..., description="rows of one or more bars; each bar is one Hedge step")
+    model: str | None = None
+
+
 class SymbolsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -180,6 +194,22 @@ def predict_rows(host: ModelHost, request: PredictRequest) -> dict[str, Any]:
     prediction, model = host.predict(name=request.model, build=build, request_id=request_id, variant=request.variant)
     return _answer(prediction, model, request_id, symbols, [row.timestamp for row in rows],  # as sent
                    _regime_of_rows(model, rows, timestamps) if model.regime_positions else None)
+
+
+def record_outcomes(host: ModelHost, request: OutcomesRequest) -> dict[str, Any]:
+    """Realised returns of served rows move the champion's online Hedge weights (serving.online_weights)."""
+    rows = request.rows
+    check_row_count(len(rows), host.params.max_batch_rows)
+    timestamps = check_keys([row.symbol for row in rows], [row.timestamp for row in rows])
+    realised = np.array([row.realised for row in rows], dtype=np.float64)
+    if not np.isfinite(realised).all():
+        raise BadRequest(f"row {int(np.flatnonzero(~np.isfinite(realised))[0])}, realised: not a finite number")
+
+    def x_of(model: ServedModel) -> np.ndarray:
+        return model.matrix_from_records([row.features for row in rows], max_rows=host.params.max_batch_rows,
+                                         trusted=True)
+
+    return host.record_outcomes(request.model, x_of, timestamps, realised)
 
 
 def predict_columns(host: ModelHost, columns: Mapping[str, np.ndarray], symbols: Sequence[str],

@@ -96,6 +96,8 @@ class ServingParams(BaseModel):
     grpc_port: int = Field(50051, ge=0, le=65535)  # 0: no gRPC server
     http_port: int = Field(3000, ge=1, le=65535)
     request_fallback: bool = True  # keep a standby model; it answers a request the serving model raises on
+    online_weights: bool = False  # Hedge weights over the families (seeded from hedge_seed), moved by outcomes
+    online_weights_prefix: str = "alphaforge:hedge:"  # Redis key prefix of their state ({prefix}{name}:{version})
 
 
 class ModelFault(RuntimeError):
@@ -169,8 +171,9 @@ class ModelHost:
     """Loads, refreshes, routes and counts the served models (see the module docstring)."""
 
     def __init__(self, params: ServingParams, *, registry: Registry | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, state_store: Any = None) -> None:
         self.params = params
+        self.state_store = state_store  # where online weights live (serving/online_weights.py); None: in memory
         self.registry = registry or Registry()
         self.clock = clock
         self.cache_dir = Path(params.cache_dir).resolve()
@@ -209,8 +212,47 @@ class ModelHost:
         return folder
 
     def _load_version(self, name: str, version: str) -> ServedModel:
-        return load_served_model(self._local_folder(name, version), name=name, version=version,
-                                 torch_threads=self.params.torch_threads)
+        model = load_served_model(self._local_folder(name, version), name=name, version=version,
+                                  torch_threads=self.params.torch_threads)
+        if self.params.online_weights:
+            self._attach_online_weights(model)
+        return model
+
+    def _attach_online_weights(self, model: ServedModel) -> None:
+        """Hedge weights from the model's ``hedge_seed`` (or the state saved for this version); none, with a log
+        line, for a model without a seed or without the row path."""
+        import json
+
+        from alphaforge.pyfunc import HEDGE_ARTIFACT
+        from alphaforge.serving.model import model_artifacts
+        from alphaforge.serving.online_weights import MemoryState, OnlineWeights
+
+        seed_path = model_artifacts(model.source_dir).get(HEDGE_ARTIFACT)
+        if seed_path is None or not model.row_wise:
+            log.warning("serving: %s v%s keeps its combiner: %s", model.name, model.version,
+                        "no hedge_seed artifact" if seed_path is None else "online weights need the row path")
+            return
+        seed = json.loads(Path(seed_path).read_text())
+        if list(seed["families"]) != model.families:
+            raise ValueError(f"{model.name} v{model.version}: hedge_seed is over {seed['families']}, the ensemble "
+                             f"over {model.families}")
+        if self.state_store is None:
+            self.state_store = MemoryState()
+        model.online = OnlineWeights.open(seed, store=self.state_store,
+                                          key=f"{self.params.online_weights_prefix}{model.name}:{model.version}")
+        log.info("serving: %s v%s online weights %s (from the %s)", model.name, model.version,
+                 model.online.info()["weights"], model.online.source)
+
+    def record_outcomes(self, name: str | None, x_of: Callable[[ServedModel], np.ndarray],
+                        timestamps: Sequence[Any], realised: np.ndarray) -> dict[str, Any]:
+        """Move the champion's online weights by realised returns (one Hedge step per bar timestamp)."""
+        model = self.model(name)
+        if model.online is None:
+            raise BadRequest(f"model {model.name} v{model.version} has no online weights (serving.online_weights "
+                             "off, or no hedge_seed)", status=409)
+        applied = model.online.update(pd.DatetimeIndex(timestamps), model.family_predictions(x_of(model)), realised)
+        return {"model_name": model.name, "model_version": model.version, "applied_steps": applied,
+                **model.online.info()}
 
     def _refresh(self, slot: Slot) -> None:
         """Bring ``slot`` to the version its alias points at, loading beside the current model, then swapping."""
@@ -608,6 +650,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "ALPHAFORGE_REQUEST_LOG": "request_log",
     "ALPHAFORGE_CHALLENGER_SHARE": "challenger_share",
     "ALPHAFORGE_SHADOW": "shadow",
+    "ALPHAFORGE_ONLINE_WEIGHTS": "online_weights",
+    "ALPHAFORGE_ONLINE_WEIGHTS_PREFIX": "online_weights_prefix",
 }
 
 
