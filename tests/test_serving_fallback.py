@@ -160,3 +160,54 @@ def test_bearer_header_check() -> None:
     assert authorised("Bearer s3cret", "s3cret") and authorised("bearer  s3cret", "s3cret")
     assert not authorised(None, "s3cret") and not authorised("Bearer wrong", "s3cret")
     assert not authorised("Basic s3cret", "s3cret")
+
+
+def test_serve_start_refuses_a_non_loopback_host_without_a_token(tmp_path, monkeypatch) -> None:
+    import os
+
+    from typer.testing import CliRunner
+
+    from alphaforge.cli import app
+
+    def no_exec(*args: object) -> None:
+        raise AssertionError("serve start went on to exec bentoml")
+
+    monkeypatch.setattr(os, "execve", no_exec)  # should the check ever fail, never become a server here
+    (tmp_path / "params.yaml").write_text("serving:\n  http_port: 3999\n")
+    done = CliRunner().invoke(app, ["serve", "start", "--host", "0.0.0.0", "--params", str(tmp_path / "params.yaml")],
+                              env={ADMIN_TOKEN_ENV: ""})
+    assert done.exit_code == 2 and f"{ADMIN_TOKEN_ENV} is not set" in done.output
+
+
+def test_serve_reload_sends_the_token_from_the_environment(tmp_path) -> None:
+    import http.server
+    import threading
+
+    from typer.testing import CliRunner
+
+    from alphaforge.cli import app
+
+    seen: list[str | None] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b'{"changes": {}}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        (tmp_path / "params.yaml").write_text("serving:\n  http_port: 3999\n")
+        done = CliRunner().invoke(app, ["serve", "reload", "--url", f"http://127.0.0.1:{server.server_address[1]}",
+                                        "--params", str(tmp_path / "params.yaml")], env={ADMIN_TOKEN_ENV: "s3cret"})
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert done.exit_code == 0, done.output
+    assert seen == ["Bearer s3cret"]
