@@ -69,20 +69,23 @@ def _environment(registry: dict, folder: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-def _start(registry: dict, folder: Path, *, host: str = "127.0.0.1", **extra: str):
+def _start(registry: dict, folder: Path, *, host: str = "127.0.0.1", grpc: bool = False, **extra: str):
     folder.mkdir(parents=True, exist_ok=True)
     environment = _environment(registry, folder, **extra)
     saved = os.environ.pop("ALPHAFORGE_ADMIN_TOKEN", None)  # the service sees only what the test gives it
     try:
         return start_service(cwd=folder, working_dir=REPO, env=environment, log_path=folder / "service.log",
-                             grpc_port=0, host=host)
+                             grpc_port=None if grpc else 0, host=host)
     finally:
         if saved is not None:
             os.environ["ALPHAFORGE_ADMIN_TOKEN"] = saved
 
 
 def test_a_model_fault_is_answered_by_the_previous_champion_and_counted(registry, tmp_path) -> None:
-    service = _start(registry, tmp_path / "loopback")
+    from alphaforge.serving import api
+    from alphaforge.serving.grpc_server import grpc_predict
+
+    service = _start(registry, tmp_path / "loopback", grpc=True)
     try:
         client = httpx.Client(base_url=service.url, timeout=30)
         info = client.post("/model_info", json={}).json()
@@ -102,11 +105,14 @@ def test_a_model_fault_is_answered_by_the_previous_champion_and_counted(registry
             assert f"v{registry['faulty']} (champion) raised ValueError" in body["fallback_reason"]
             assert "previous champion" in body["fallback_reason"]
             assert all(p["prediction"] is not None for p in body["predictions"])
+        over_grpc = grpc_predict(service.grpc_target, api.PredictRequest(**_request(poisoned, features)))
+        assert over_grpc["variant"] == "fallback" and over_grpc["model_version"] == registry["good"]
+        assert over_grpc["fallback_reason"].startswith(f"{registry['name']} v{registry['faulty']} (champion) raised")
         info = client.post("/model_info", json={}).json()["request_fallback"]
-        assert info["model_faults"] == 2 and info["answered"] == 2
+        assert info["model_faults"] == 3 and info["answered"] == 3
         metrics = client.get("/metrics").text
-        assert "alphaforge_model_faults_total 2" in metrics
-        assert 'alphaforge_requests_total{variant="fallback"} 2' in metrics
+        assert "alphaforge_model_faults_total 3" in metrics
+        assert 'alphaforge_requests_total{variant="fallback"} 3' in metrics
         # on loopback without a token the admin route stays open
         assert client.post("/admin/reload", json={}).status_code == 200
     finally:
