@@ -31,7 +31,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from alphaforge.serving import api
-from alphaforge.serving.host import ModelHost, NoModel, serving_params
+from alphaforge.serving.admin import (
+    ADMIN_TOKEN_ENV,
+    AdminTokenMissing,
+    admin_token,
+    authorised,
+    listening_hosts,
+    stop_the_server,
+)
+from alphaforge.serving.host import ModelFault, ModelHost, NoModel, serving_params
 from alphaforge.serving.model import BadRequest
 
 log = logging.getLogger("alphaforge.serving")
@@ -59,6 +67,12 @@ def _unavailable(err: NoModel) -> BentoMLException:
     return ServiceUnavailable(str(err))
 
 
+def _faulted(err: ModelFault) -> BentoMLException:
+    from bentoml.exceptions import InternalServerError
+
+    return InternalServerError(str(err))
+
+
 def _online_store(params_path: str) -> Any:
     """The online feature store of params.yaml's ``feature_store`` (``ALPHAFORGE_REDIS_URL`` and
     ``ALPHAFORGE_FEATURE_PREFIX`` override), or None when no Redis URL is configured: the service runs in
@@ -75,6 +89,22 @@ def _online_store(params_path: str) -> Any:
     if prefix:
         settings = settings.model_copy(update={"key_prefix": prefix})
     return OnlineStore.from_params(settings, redis_url=url)
+
+
+def _state_store(params: Any, params_path: str) -> Any:
+    """Where online Hedge weights persist: the feature store's Redis (``ALPHAFORGE_REDIS_URL`` overrides), else
+    memory (the weights then restart from the seed with the service)."""
+    if not params.online_weights:
+        return None
+    from alphaforge.config import load_params
+    from alphaforge.serving.online_weights import MemoryState, RedisState
+
+    url = os.environ.get("ALPHAFORGE_REDIS_URL") or (load_params(params_path).feature_store.redis_url
+                                                     if os.path.isfile(params_path) else None)
+    if not url:
+        log.warning("serving: online weights without Redis (feature_store.redis_url): kept in memory only")
+        return MemoryState()
+    return RedisState(url)
 
 
 def _settle_the_heap() -> None:
@@ -114,6 +144,8 @@ async def fast_predict(request: Request) -> Response:
         return JSONResponse({"error": str(err)}, status_code=err.status)
     except NoModel as err:
         return JSONResponse({"error": str(err)}, status_code=503)
+    except ModelFault as err:
+        return JSONResponse({"error": str(err)}, status_code=500)
     return Response(api.to_json(answer), media_type="application/json")
 
 
@@ -132,6 +164,8 @@ async def fast_predict_arrow(request: Request) -> Response:
         return JSONResponse({"error": str(err)}, status_code=err.status)
     except NoModel as err:
         return JSONResponse({"error": str(err)}, status_code=503)
+    except ModelFault as err:
+        return JSONResponse({"error": str(err)}, status_code=500)
     return Response(api.write_arrow(prediction), media_type=api.ARROW_MEDIA_TYPE, headers={
         "x-model-name": model.name, "x-model-version": model.version, "x-variant": prediction.variant,
         "x-feature-version": model.feature_version, "x-request-id": request_id})
@@ -168,11 +202,17 @@ class AlphaforgeService:
 
         logging.getLogger("alphaforge").setLevel(logging.INFO)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        # before anything loads: refuse to listen beyond loopback with the admin routes open
+        try:
+            self.admin_token = admin_token(listening_hosts(), os.environ)
+        except AdminTokenMissing as err:
+            stop_the_server(str(err))
+            raise
         params_path = os.environ.get("ALPHAFORGE_PARAMS", "params.yaml")
         self.params = serving_params(params_path)
         self.feature_params = load_params(params_path).features if os.path.isfile(params_path) else FeatureParams()
         self.store = _online_store(params_path)
-        self.host = ModelHost(self.params)
+        self.host = ModelHost(self.params, state_store=_state_store(self.params, params_path))
         self.ready = False
         try:
             self.host.start()
@@ -219,6 +259,8 @@ class AlphaforgeService:
             raise _refuse(self.host, err) from None
         except NoModel as err:
             raise _unavailable(err) from None
+        except ModelFault as err:
+            raise _faulted(err) from None
 
     @bentoml.api(route="/predict_bars")
     def predict_bars(
@@ -237,6 +279,8 @@ class AlphaforgeService:
             raise _refuse(self.host, err) from None
         except NoModel as err:
             raise _unavailable(err) from None
+        except ModelFault as err:
+            raise _faulted(err) from None
 
     @bentoml.api(route="/predict_symbols")
     def predict_symbols(
@@ -254,6 +298,8 @@ class AlphaforgeService:
             raise _refuse(self.host, err) from None
         except NoModel as err:
             raise _unavailable(err) from None
+        except ModelFault as err:
+            raise _faulted(err) from None
 
     @bentoml.api(route="/model_info")
     async def model_info(self) -> dict[str, Any]:
@@ -264,7 +310,34 @@ class AlphaforgeService:
             info["serving"] = self.host.model().info()
         return info
 
+    def _refused_admin(self, ctx: bentoml.Context) -> dict[str, str] | None:
+        """The 401 body for an admin request without the admin token (None: let it through). Set on the context,
+        not raised: BentoML replaces a raised 401's message by a generic one."""
+        if authorised(ctx.request.headers.get("authorization"), self.admin_token):
+            return None
+        ctx.response.status_code = 401
+        ctx.response.headers["WWW-Authenticate"] = "Bearer"
+        return {"error": f"admin route: send 'Authorization: Bearer <token>' with the token of {ADMIN_TOKEN_ENV}"}
+
+    @bentoml.api(route="/admin/outcomes")
+    def outcomes(self, rows: list[api.OutcomeRow], ctx: bentoml.Context, model: str | None = None) -> dict[str, Any]:
+        """Realised returns of served rows (features + realised): one Hedge step per bar for the champion's online
+        weights (serving.online_weights), saved in Redis. Same token rule as /admin/reload."""
+        refused = self._refused_admin(ctx)
+        if refused is not None:
+            return refused
+        try:
+            return api.record_outcomes(self.host, api.OutcomesRequest.model_construct(rows=rows, model=model))
+        except BadRequest as err:
+            raise _refuse(self.host, err) from None
+        except NoModel as err:
+            raise _unavailable(err) from None
+
     @bentoml.api(route="/admin/reload")
-    def reload(self) -> dict[str, Any]:
-        """Check the registry now (the nightly DAG calls this after a promotion); swaps only after loading."""
+    def reload(self, ctx: bentoml.Context) -> dict[str, Any]:
+        """Check the registry now (the nightly DAG calls this after a promotion); swaps only after loading.
+        Needs ``Authorization: Bearer $ALPHAFORGE_ADMIN_TOKEN`` when the service listens beyond loopback."""
+        refused = self._refused_admin(ctx)
+        if refused is not None:
+            return refused
         return {"changes": self.host.poll(), "serving_version": self.host.info()["serving_version"]}

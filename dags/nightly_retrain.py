@@ -132,8 +132,12 @@ with DAG(
         url = os.environ.get(SERVICE_URL_ENV) or AIRFLOW["service_url"]
         if not url:
             raise AirflowSkipException(f"no service URL ({SERVICE_URL_ENV} or airflow.service_url): reload skipped")
+        headers = {"Content-Type": "application/json"}
+        token = os.environ.get("ALPHAFORGE_ADMIN_TOKEN", "").strip()
+        if token:  # a service bound beyond loopback requires it
+            headers["Authorization"] = f"Bearer {token}"
         request = urllib.request.Request(f"{url.rstrip('/')}/admin/reload", data=b"{}", method="POST",
-                                         headers={"Content-Type": "application/json"})
+                                         headers=headers)
         with urllib.request.urlopen(request, timeout=float(AIRFLOW["reload_timeout_seconds"])) as response:
             body = json.loads(response.read() or b"{}")
             if response.status != 200:

@@ -179,9 +179,11 @@ def test_prepare_writes_run_settings_keeping_comments_and_takes_them_back(tmp_pa
 
 class _ReloadHandler(http.server.BaseHTTPRequestHandler):
     calls: list[str] = []
+    authorizations: list[str | None] = []
 
     def do_POST(self) -> None:  # noqa: N802 (http.server's naming)
         type(self).calls.append(self.path)
+        type(self).authorizations.append(self.headers.get("Authorization"))
         body = json.dumps({"reloaded": True, "model_version": "7"}).encode()
         self.send_response(200 if self.path == "/admin/reload" else 404)
         self.send_header("Content-Type", "application/json")
@@ -230,12 +232,14 @@ def test_gate_packages_only_a_new_champion_then_the_service_reloads(
                        str(packaged): "skip_packaging"}
 
     _ReloadHandler.calls.clear()
+    _ReloadHandler.authorizations.clear()
     env = airflow_env(tmp_path / "home", promoted, AIRFLOW__CORE__DAGS_FOLDER=str(REPO_ROOT / "dags"),
-                      ALPHAFORGE_SERVICE_URL=reload_endpoint)
+                      ALPHAFORGE_SERVICE_URL=reload_endpoint, ALPHAFORGE_ADMIN_TOKEN="dag-token")
     result = drive(airflow_python, "package_and_reload", str(REPO_ROOT / "dags"), env=env)
     assert (promoted / "bento-built.txt").read_text().strip() == "bento for the champion"
     assert json.loads((promoted / ".alphaforge/airflow/packaged.json").read_text())["version"] == "3"
     assert _ReloadHandler.calls == ["/admin/reload"] and result["reload"]["reloaded"] is True
+    assert _ReloadHandler.authorizations == ["Bearer dag-token"]  # a service beyond loopback requires it
     again = drive(airflow_python, "gate", str(REPO_ROOT / "dags"), str(promoted), env=env)["choices"]
     assert again == {str(promoted): "skip_packaging"}  # packaged once per promoted version
 

@@ -255,6 +255,52 @@ def registry_unlock(params: Path = ParamsOption) -> None:
     typer.echo(f"lock on {name} removed" if force_unlock(name) else f"no lock on {name}")
 
 
+ab_app = typer.Typer(help="A/B verdicts: champion against challenger on served traffic.", no_args_is_help=True)
+app.add_typer(ab_app, name="ab")
+
+
+@ab_app.command("report")
+def ab_report(
+    hours: float = typer.Option(None, "--hours", help="how far back to read the request log (default ab.lookback_hours)"),
+    log_dir: str = typer.Option(None, "--log-dir", help="the service's request log folder (default ab.log_dir)"),
+    bars: Path = typer.Option(None, "--bars", help="canonical bars (Parquet or CSV) for the realised returns "
+                              "(default: forward_return_1 of data/features/dataset.parquet)"),
+    out_dir: str = typer.Option(None, "--out", help="where report.json and report.txt go (default ab.out_dir)"),
+    as_json: bool = typer.Option(False, "--json", help="print the JSON report instead of the text"),
+    params: Path = ParamsOption,
+) -> None:
+    """Compare champion and challenger on the same requests of the request log (served with
+    serving.challenger_share or serving.shadow), joined with next-bar execution returns: live IC, hit rate, net
+    P&L (evaluate.cost_bps), latency, and an always-valid confidence sequence on the per-bar difference.
+    Says "keep", "promote challenger" or "not enough evidence yet"."""
+    import pandas as pd
+
+    from alphaforge.ab import report_text, run_ab_report
+    from alphaforge.config import ConfigError, load_params
+    from alphaforge.features import compute_labels
+    from alphaforge.schema import DataError
+    from alphaforge.stages import Paths
+
+    setup_logging()
+    try:
+        settings = load_params(params)
+        ab = settings.ab if hours is None else settings.ab.model_copy(update={"lookback_hours": hours})
+        if bars is not None:
+            frame = pd.read_parquet(bars) if bars.suffix == ".parquet" else pd.read_csv(bars)
+            frame["timestamp"] = pd.to_datetime(frame["timestamp"], utc=True)
+            realised = compute_labels(frame, 1, settings.evaluate.execution)
+        else:
+            if not Paths.dataset.is_file():
+                raise DataError(f"{Paths.dataset} is missing: run the features stage, or pass --bars")
+            realised = pd.read_parquet(Paths.dataset, columns=["timestamp", "symbol", "forward_return_1"])
+        report = run_ab_report(log_dir or ab.log_dir, realised, ab, cost_bps=settings.evaluate.cost_bps,
+                               out_dir=out_dir)
+    except (DataError, ConfigError) as err:
+        typer.secho(f"alphaforge ab report: failed\n{err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from err
+    typer.echo(json.dumps(report, indent=2, default=str) if as_json else report_text(report), nl=as_json)
+
+
 serve_app = typer.Typer(
     help="The prediction service: the champion over HTTP (BentoML) and gRPC. Run from the repository root.",
     no_args_is_help=True)
@@ -279,7 +325,13 @@ def serve_start(
     import os
 
     from alphaforge.config import load_params
+    from alphaforge.serving.admin import AdminTokenMissing, admin_token
 
+    try:  # the service refuses too; saying so here spares a start-up
+        admin_token([host], os.environ)
+    except AdminTokenMissing as err:
+        typer.secho(f"alphaforge serve start: {err}", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=2) from err
     settings = load_params(params).serving
     env = {**os.environ, "ALPHAFORGE_PARAMS": str(params.resolve())}
     if grpc_port is not None:
@@ -320,14 +372,21 @@ def serve_reload(
                             help="the running service (default $ALPHAFORGE_SERVICE_URL, else http://127.0.0.1:PORT)"),
     params: Path = ParamsOption,
 ) -> None:
-    """Tell a running service to check the registry now and swap to a moved champion (POST /admin/reload)."""
+    """Tell a running service to check the registry now and swap to a moved champion (POST /admin/reload).
+
+    Sends $ALPHAFORGE_ADMIN_TOKEN as a bearer token when it is set (required by a service bound beyond loopback)."""
+    import os
     import urllib.error
     import urllib.request
 
     from alphaforge.config import load_params
+    from alphaforge.serving.admin import ADMIN_TOKEN_ENV
 
     target = (url or f"http://127.0.0.1:{load_params(params).serving.http_port}").rstrip("/") + "/admin/reload"
-    request = urllib.request.Request(target, data=b"{}", headers={"Content-Type": "application/json"}, method="POST")
+    headers = {"Content-Type": "application/json"}
+    if os.environ.get(ADMIN_TOKEN_ENV, "").strip():
+        headers["Authorization"] = f"Bearer {os.environ[ADMIN_TOKEN_ENV].strip()}"
+    request = urllib.request.Request(target, data=b"{}", headers=headers, method="POST")
     try:
         with urllib.request.urlopen(request, timeout=120) as response:
             typer.echo(response.read().decode())

@@ -12,6 +12,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from alphaforge.ab import ABParams
 from alphaforge.data.ingest import IngestParams
 from alphaforge.drift import DriftParams
 from alphaforge.ensemble import EnsembleParams
@@ -113,6 +114,7 @@ class Params(BaseModel):
     drift: DriftParams = DriftParams()
     promote: PromotionParams = PromotionParams()
     monitor: MonitorParams = MonitorParams()
+    ab: ABParams = ABParams()
     regimes: RegimeParams = RegimeParams()
     risk: RiskParams = RiskParams()
     rl: RLParams = RLParams()

@@ -7,11 +7,12 @@ rows), in SQLite files under one folder, one file per UTC day of ``received_at``
 (all rows or none), writers queue on SQLite's lock, and readers see only committed rows (WAL mode). Columns:
 
 =================  =========================================================================================
-``request_id``     the request (unique with ``symbol`` and ``timestamp``)
+``request_id``     the request (unique with ``variant``, ``symbol`` and ``timestamp``: in shadow mode the
+                   champion and the challenger answer the same request)
 ``received_at``    when the service received the request (UTC, microseconds)
 ``logged_at``      when the row was committed to the log (UTC; set by :meth:`RequestLog.append`)
 ``model_name``     registered model name; ``model_version`` its version
-``variant``        ``champion`` or ``challenger``
+``variant``        ``champion``, ``challenger`` or ``fallback`` (the served model raised; another answered)
 ``symbol``         the instrument; ``timestamp`` the bar the prediction is for (UTC)
 ``features``       the model's input row, a JSON object name -> number (null for NaN; 12 significant digits
                    when the service writes it)
@@ -72,7 +73,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ["VARIANTS", "MonitorParams", "MonitorResult", "RequestLog", "degradation", "run_monitor"]
 
-VARIANTS: tuple[str, ...] = ("champion", "challenger")
+# fallback: another model answered because the served one raised (serving.request_fallback)
+VARIANTS: tuple[str, ...] = ("champion", "challenger", "fallback")
 CORE_COLUMNS: tuple[str, ...] = ("request_id", "received_at", "model_name", "model_version", "variant", "symbol",
                                  "timestamp", "prediction", "latency_ms")
 _FILE = re.compile(r"^requests-(\d{4}-\d{2}-\d{2})(?:\.(\d+))?\.sqlite$")
@@ -83,13 +85,13 @@ CREATE TABLE IF NOT EXISTS requests (
     logged_at_us INTEGER NOT NULL,
     model_name TEXT NOT NULL,
     model_version TEXT NOT NULL,
-    variant TEXT NOT NULL CHECK (variant IN ('champion', 'challenger')),
+    variant TEXT NOT NULL CHECK (variant IN ('champion', 'challenger', 'fallback')),
     symbol TEXT NOT NULL,
     bar_timestamp_us INTEGER NOT NULL,
     features TEXT NOT NULL,
     prediction REAL,
     latency_ms REAL NOT NULL,
-    PRIMARY KEY (request_id, symbol, bar_timestamp_us)
+    PRIMARY KEY (request_id, variant, symbol, bar_timestamp_us)
 );
 CREATE INDEX IF NOT EXISTS requests_by_received_at ON requests (received_at_us);
 """
@@ -247,7 +249,7 @@ class RequestLog:
                         connection.executemany("INSERT INTO requests VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                                                day_records)
                 except sqlite3.IntegrityError as err:
-                    raise DataError(f"request log {path}: {err}; rule: (request_id, symbol, timestamp) is unique; "
+                    raise DataError(f"request log {path}: {err}; rule: (request_id, variant, symbol, timestamp) is unique; "
                                     f"none of these {len(day_records)} rows were written") from err
 
     def close(self) -> None:

@@ -23,6 +23,7 @@ from alphaforge.serving.host import ModelHost, NoModel, new_request_id
 from alphaforge.serving.model import BadRequest, Prediction, ServedModel, check_finite, check_keys, check_row_count
 
 Variant = Literal["champion", "challenger"]
+ServedVariant = Literal["champion", "challenger", "fallback"]  # fallback: the served model raised, another answered
 
 
 class FeatureRow(BaseModel):
@@ -63,11 +64,13 @@ class RegimeReport(BaseModel):
 class PredictResponse(BaseModel):
     model_name: str
     model_version: str
-    variant: Variant
+    variant: ServedVariant
     feature_version: str
     target: str | None
     request_id: str
     predictions: list[RowPrediction]
+    fallback_reason: str | None = Field(None, description="present when variant is fallback: which model raised "
+                                        "what, and which model answered instead")
     regime: RegimeReport | None = Field(None, description="present when the model uses regime features: "
                                         "/predict_bars computes it from the bars with the model's regime model, "
                                         "/predict and /predict_symbols read it from the regime_prob_* inputs")
@@ -100,6 +103,20 @@ class PredictBarsRequest(BaseModel):
     last_only: bool = Field(True, description="answer only each symbol's last bar (else every bar with features)")
 
 
+class OutcomeRow(FeatureRow):
+    """A served row whose return is now known: its features (as sent to /predict) and the realised return."""
+
+    realised: Annotated[float, Strict()] = Field(..., description="the next-bar execution return of the row's bar "
+                                                 "(forward_return_1: bar t+1's execution price to the next bar's)")
+
+
+class OutcomesRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rows: list[OutcomeRow] = Field(..., description="rows of one or more bars; each bar is one Hedge step")
+    model: str | None = None
+
+
 class SymbolsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -119,6 +136,8 @@ def _answer(prediction: Prediction, model: ServedModel, request_id: str, symbols
     answer = {"model_name": prediction.model_name, "model_version": prediction.model_version,
               "variant": prediction.variant, "feature_version": model.feature_version,
               "target": model.spec.get("target"), "request_id": request_id, "predictions": rows}
+    if prediction.fallback_reason is not None:
+        answer["fallback_reason"] = prediction.fallback_reason
     if regime is not None:
         answer["regime"] = regime
     return answer
@@ -175,6 +194,22 @@ def predict_rows(host: ModelHost, request: PredictRequest) -> dict[str, Any]:
     prediction, model = host.predict(name=request.model, build=build, request_id=request_id, variant=request.variant)
     return _answer(prediction, model, request_id, symbols, [row.timestamp for row in rows],  # as sent
                    _regime_of_rows(model, rows, timestamps) if model.regime_positions else None)
+
+
+def record_outcomes(host: ModelHost, request: OutcomesRequest) -> dict[str, Any]:
+    """Realised returns of served rows move the champion's online Hedge weights (serving.online_weights)."""
+    rows = request.rows
+    check_row_count(len(rows), host.params.max_batch_rows)
+    timestamps = check_keys([row.symbol for row in rows], [row.timestamp for row in rows])
+    realised = np.array([row.realised for row in rows], dtype=np.float64)
+    if not np.isfinite(realised).all():
+        raise BadRequest(f"row {int(np.flatnonzero(~np.isfinite(realised))[0])}, realised: not a finite number")
+
+    def x_of(model: ServedModel) -> np.ndarray:
+        return model.matrix_from_records([row.features for row in rows], max_rows=host.params.max_batch_rows,
+                                         trusted=True)
+
+    return host.record_outcomes(request.model, x_of, timestamps, realised)
 
 
 def predict_columns(host: ModelHost, columns: Mapping[str, np.ndarray], symbols: Sequence[str],
@@ -271,7 +306,8 @@ def predict_bars(host: ModelHost, request: PredictBarsRequest, default_feature_p
         keep = features.index.isin(chosen.index)
         prediction = Prediction(prediction.prediction[keep], None if prediction.lower is None else
                                 prediction.lower[keep], None if prediction.upper is None else prediction.upper[keep],
-                                prediction.model_name, prediction.model_version, prediction.variant)
+                                prediction.model_name, prediction.model_version, prediction.variant,
+                                prediction.fallback_reason)
     return _answer(prediction, served, request_id, symbols, timestamps, regime)
 
 

@@ -18,7 +18,7 @@ import grpc
 from pydantic import ValidationError
 
 from alphaforge.serving import api
-from alphaforge.serving.host import ModelHost, NoModel
+from alphaforge.serving.host import ModelFault, ModelHost, NoModel
 from alphaforge.serving.model import BadRequest
 from alphaforge.serving.proto import alphaforge_serving_pb2 as pb
 from alphaforge.serving.proto import alphaforge_serving_pb2_grpc as pb_grpc
@@ -44,8 +44,10 @@ def response_to_proto(answer: dict) -> pb.PredictResponse:
         values = {k: row[k] for k in ("prediction", "lower", "upper") if row[k] is not None}
         rows.append(pb.RowPrediction(symbol=row["symbol"], timestamp=row["timestamp"], **values))
     regime = answer.get("regime")
-    extra = {} if regime is None else {"regime": pb.RegimeReport(
+    extra: dict[str, Any] = {} if regime is None else {"regime": pb.RegimeReport(
         timestamp=regime["timestamp"], regime=regime["regime"], probabilities=regime["probabilities"])}
+    if answer.get("fallback_reason") is not None:
+        extra["fallback_reason"] = answer["fallback_reason"]
     return pb.PredictResponse(model_name=answer["model_name"], model_version=answer["model_version"],
                               variant=answer["variant"], feature_version=answer["feature_version"],
                               target=answer["target"] or "", request_id=answer["request_id"], predictions=rows,
@@ -70,6 +72,8 @@ class PredictorServicer(pb_grpc.PredictorServicer):
             context.abort(_STATUS.get(err.status, grpc.StatusCode.INVALID_ARGUMENT), str(err))
         except NoModel as err:
             context.abort(grpc.StatusCode.UNAVAILABLE, str(err))
+        except ModelFault as err:
+            context.abort(grpc.StatusCode.INTERNAL, str(err))
         raise AssertionError("unreachable")  # context.abort raises
 
     def ModelInfo(self, request: pb.ModelInfoRequest, context: grpc.ServicerContext) -> pb.ModelInfoResponse:
@@ -99,6 +103,9 @@ def grpc_predict(target: str, request: api.PredictRequest, timeout: float = 10.0
     rows = [{"symbol": r.symbol, "timestamp": r.timestamp,
              **{k: (getattr(r, k) if r.HasField(k) else None) for k in ("prediction", "lower", "upper")}}
             for r in reply.predictions]
-    return {"model_name": reply.model_name, "model_version": reply.model_version, "variant": reply.variant,
-            "feature_version": reply.feature_version, "target": reply.target or None,
-            "request_id": reply.request_id, "predictions": rows}
+    answer = {"model_name": reply.model_name, "model_version": reply.model_version, "variant": reply.variant,
+              "feature_version": reply.feature_version, "target": reply.target or None,
+              "request_id": reply.request_id, "predictions": rows}
+    if reply.HasField("fallback_reason"):
+        answer["fallback_reason"] = reply.fallback_reason
+    return answer

@@ -8,6 +8,12 @@
 * **Fallback.** If the champion's version fails to load, the host serves the version that champion
   replaced (the ``alphaforge.previous_champion`` tag the promote stage writes), or keeps serving what
   it already had; ``model_info`` and the metrics say so (``fallback`` with the reason).
+* **Per-request fallback.** With ``serving.request_fallback`` each champion slot keeps a *standby*: the
+  model it served before the alias moved (the last good model), else the previous champion by tag. When
+  the serving model raises on a request (a model fault, not bad input), the standby answers it: the
+  answer's variant is ``fallback`` with a ``fallback_reason``, counted (``fallback`` variant, ``model_faults``)
+  in ``/metrics`` and ``model_info``. A challenger that raises is answered by the champion the same way.
+  With no standby loaded the fault propagates (a 5xx, as before).
 * **Alias moves.** A background thread polls the registry every ``serving.poll_seconds`` (and
   ``POST /admin/reload`` polls at once). A new version is loaded and warmed *beside* the one serving;
   only then is the reference swapped (one assignment), so no request sees a half-loaded model.
@@ -51,7 +57,7 @@ from alphaforge.serving.request_log_writer import RequestLogWriter
 
 log = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION, CHALLENGER, FALLBACK = "champion", "challenger", "fallback"
 PREVIOUS_CHAMPION_TAG = "alphaforge.previous_champion"
 
 
@@ -89,6 +95,13 @@ class ServingParams(BaseModel):
     torch_threads: int = Field(1, ge=0)  # intra-op threads for torch members; 0: torch's default (all cores)
     grpc_port: int = Field(50051, ge=0, le=65535)  # 0: no gRPC server
     http_port: int = Field(3000, ge=1, le=65535)
+    request_fallback: bool = True  # keep a standby model; it answers a request the serving model raises on
+    online_weights: bool = False  # Hedge weights over the families (seeded from hedge_seed), moved by outcomes
+    online_weights_prefix: str = "alphaforge:hedge:"  # Redis key prefix of their state ({prefix}{name}:{version})
+
+
+class ModelFault(RuntimeError):
+    """The serving model raised on a request and no fallback could answer it (the transport's 5xx)."""
 
 
 class NoModel(RuntimeError):
@@ -121,11 +134,15 @@ class Slot:
     last_error: str | None = None
     last_checked: float = 0.0
     swaps: int = 0
+    standby: ServedModel | None = None  # answers a request the serving model raises on
+    standby_origin: str | None = None  # "last good" (served before the alias moved) or "previous champion"
 
     def info(self) -> dict[str, Any]:
         return {"alias": self.alias, "serving_version": self.model.version if self.model else None,
                 "alias_version": self.wanted_version, "fallback": self.fallback_reason is not None,
-                "fallback_reason": self.fallback_reason, "last_error": self.last_error, "swaps": self.swaps}
+                "fallback_reason": self.fallback_reason, "last_error": self.last_error, "swaps": self.swaps,
+                "standby_version": self.standby.version if self.standby else None,
+                "standby_origin": self.standby_origin}
 
 
 class Registry:
@@ -154,15 +171,19 @@ class ModelHost:
     """Loads, refreshes, routes and counts the served models (see the module docstring)."""
 
     def __init__(self, params: ServingParams, *, registry: Registry | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, state_store: Any = None) -> None:
         self.params = params
+        self.state_store = state_store  # where online weights live (serving/online_weights.py); None: in memory
         self.registry = registry or Registry()
         self.clock = clock
         self.cache_dir = Path(params.cache_dir).resolve()
         self._lock = threading.RLock()
         self._slots: OrderedDict[tuple[str, str], Slot] = OrderedDict()
-        self.stats: dict[str, VariantStats] = {CHAMPION: VariantStats(), CHALLENGER: VariantStats()}
+        self.stats: dict[str, VariantStats] = {CHAMPION: VariantStats(), CHALLENGER: VariantStats(),
+                                               FALLBACK: VariantStats()}
         self.bad_requests = 0
+        self.model_faults = 0  # requests the serving model raised on (answered by a fallback or not)
+        self.last_fault: dict[str, Any] | None = None
         self.shadow_errors = 0
         self._stop = threading.Event()
         self._poller: threading.Thread | None = None
@@ -191,8 +212,47 @@ class ModelHost:
         return folder
 
     def _load_version(self, name: str, version: str) -> ServedModel:
-        return load_served_model(self._local_folder(name, version), name=name, version=version,
-                                 torch_threads=self.params.torch_threads)
+        model = load_served_model(self._local_folder(name, version), name=name, version=version,
+                                  torch_threads=self.params.torch_threads)
+        if self.params.online_weights:
+            self._attach_online_weights(model)
+        return model
+
+    def _attach_online_weights(self, model: ServedModel) -> None:
+        """Hedge weights from the model's ``hedge_seed`` (or the state saved for this version); none, with a log
+        line, for a model without a seed or without the row path."""
+        import json
+
+        from alphaforge.pyfunc import HEDGE_ARTIFACT
+        from alphaforge.serving.model import model_artifacts
+        from alphaforge.serving.online_weights import MemoryState, OnlineWeights
+
+        seed_path = model_artifacts(model.source_dir).get(HEDGE_ARTIFACT)
+        if seed_path is None or not model.row_wise:
+            log.warning("serving: %s v%s keeps its combiner: %s", model.name, model.version,
+                        "no hedge_seed artifact" if seed_path is None else "online weights need the row path")
+            return
+        seed = json.loads(Path(seed_path).read_text())
+        if list(seed["families"]) != model.families:
+            raise ValueError(f"{model.name} v{model.version}: hedge_seed is over {seed['families']}, the ensemble "
+                             f"over {model.families}")
+        if self.state_store is None:
+            self.state_store = MemoryState()
+        model.online = OnlineWeights.open(seed, store=self.state_store,
+                                          key=f"{self.params.online_weights_prefix}{model.name}:{model.version}")
+        log.info("serving: %s v%s online weights %s (from the %s)", model.name, model.version,
+                 model.online.info()["weights"], model.online.source)
+
+    def record_outcomes(self, name: str | None, x_of: Callable[[ServedModel], np.ndarray],
+                        timestamps: Sequence[Any], realised: np.ndarray) -> dict[str, Any]:
+        """Move the champion's online weights by realised returns (one Hedge step per bar timestamp)."""
+        model = self.model(name)
+        if model.online is None:
+            raise BadRequest(f"model {model.name} v{model.version} has no online weights (serving.online_weights "
+                             "off, or no hedge_seed)", status=409)
+        applied = model.online.update(pd.DatetimeIndex(timestamps), model.family_predictions(x_of(model)), realised)
+        return {"model_name": model.name, "model_version": model.version, "applied_steps": applied,
+                **model.online.info()}
 
     def _refresh(self, slot: Slot) -> None:
         """Bring ``slot`` to the version its alias points at, loading beside the current model, then swapping."""
@@ -234,14 +294,36 @@ class ModelHost:
                 raise NoModel(f"model {slot.name!r}: {reason}; the previous champion v{previous} failed too: "
                               f"{second}") from second
             slot.model, slot.fallback_reason = fallback, reason + f"; serving the previous champion v{previous}"
+            slot.standby, slot.standby_origin = None, None  # nothing better than the previous champion is known
             slot.swaps += 1
             return
+        standby, origin = self._standby_for(slot, loaded)
         with self._lock:
             old = slot.model
             slot.model, slot.fallback_reason, slot.last_error = loaded, None, None
+            slot.standby, slot.standby_origin = standby, origin
             slot.swaps += 1
-        log.info("serving: %s@%s now v%s (was %s)", slot.name, slot.alias, wanted,
-                 f"v{old.version}" if old else "nothing")
+        log.info("serving: %s@%s now v%s (was %s; standby %s)", slot.name, slot.alias, wanted,
+                 f"v{old.version}" if old else "nothing", f"v{standby.version}" if standby else "none")
+
+    def _standby_for(self, slot: Slot, loaded: ServedModel) -> tuple[ServedModel | None, str | None]:
+        """What answers for ``loaded`` when it raises: the model it replaces (the last good one), else the
+        version it replaced as champion (``alphaforge.previous_champion``), else what stood by already."""
+        if not self.params.request_fallback or slot.alias == CHALLENGER:
+            return None, None
+        old = slot.model
+        if old is not None and old.version != loaded.version and slot.fallback_reason is None:
+            return old, "last good"
+        if slot.standby is not None and slot.standby.version != loaded.version:
+            return slot.standby, slot.standby_origin
+        previous = self._previous_champion(slot.name, loaded.version)
+        if previous is None or previous == loaded.version:
+            return None, None
+        try:
+            return self._load_version(slot.name, previous), "previous champion"
+        except Exception as err:
+            log.warning("serving: %s v%s (the previous champion) cannot stand by: %s", slot.name, previous, err)
+            return None, None
 
     def _previous_champion(self, name: str, version: str) -> str | None:
         try:
@@ -387,14 +469,57 @@ class ModelHost:
         else:
             model, served_variant = self.model(name), CHAMPION
         x, symbols, timestamps = build(model)
-        prediction, lower, upper = model.predict(x, symbols, timestamps)
+        fallback_reason = None
+        try:
+            prediction, lower, upper = model.predict(x, symbols, timestamps)
+        except BadRequest:
+            raise
+        except Exception as fault:
+            model, x, symbols, timestamps, fallback_reason, (prediction, lower, upper) = self._fall_back(
+                name, model, served_variant, fault, build)
+            served_variant = FALLBACK
         latency_ms = (time.perf_counter() - started) * 1000.0
-        answer = Prediction(prediction, lower, upper, model.name, model.version, served_variant)
+        answer = Prediction(prediction, lower, upper, model.name, model.version, served_variant, fallback_reason)
         self._count(served_variant, len(prediction), latency_ms)
         self._log(request_id, model, served_variant, x, symbols, timestamps, prediction, latency_ms)
         if self._shadow_pool is not None and served_variant == CHAMPION:
             self._shadow_pool.submit(self._shadow, name, request_id, x, symbols, timestamps)
         return answer, model
+
+    def _fall_back(self, name: str | None, failed: ServedModel, variant: str, fault: Exception,
+                   build: Callable[[ServedModel], tuple[np.ndarray, Sequence[str], Any]]) -> tuple[Any, ...]:
+        """The standby's answer to a request ``failed`` raised on: (model, x, symbols, timestamps, reason,
+        outputs); :class:`ModelFault` when none stands by or it fails too."""
+        what = f"{type(fault).__name__}: {fault}"
+        reason = f"{failed.name} v{failed.version} ({variant}) raised {what}"
+        with self._lock:
+            self.model_faults += 1
+            self.stats[variant].errors += 1
+            slot = self._slots.get((name or self.params.model_name, self.params.alias))
+        if variant == CHALLENGER:
+            standby = slot.model if slot is not None else None
+            origin = "champion"
+        else:
+            standby = slot.standby if slot is not None and slot.model is failed else None
+            origin = slot.standby_origin if standby is not None else None
+        log.error("serving: %s; %s", reason, f"answered by v{standby.version} ({origin})" if standby
+                  else "no fallback loaded")
+        if standby is None:
+            self._note_fault(reason, None)
+            raise ModelFault(f"{reason}; no fallback model is loaded") from fault
+        reason += f"; answered by {standby.name} v{standby.version} ({origin})"
+        self._note_fault(reason, standby.version)
+        try:
+            x, symbols, timestamps = build(standby)
+            outputs = standby.predict(x, symbols, timestamps)
+        except Exception as second:
+            raise ModelFault(f"{reason}, which failed too: {type(second).__name__}: {second}") from fault
+        return standby, x, symbols, timestamps, reason, outputs
+
+    def _note_fault(self, reason: str, fallback_version: str | None) -> None:
+        with self._lock:
+            self.last_fault = {"at": datetime.now(UTC).isoformat(), "reason": reason,
+                               "fallback_version": fallback_version}
 
     def _count(self, variant: str, rows: int, latency_ms: float) -> None:
         with self._lock:
@@ -469,6 +594,11 @@ class ModelHost:
             "challenger_share": self.params.challenger_share, "shadow": self.params.shadow,
             "models": slots, "variants": {k: v.as_dict() for k, v in self.stats.items()},
             "bad_requests": self.bad_requests, "shadow_errors": self.shadow_errors,
+            "request_fallback": {"enabled": self.params.request_fallback,
+                                 "standby_version": main.standby.version if main and main.standby else None,
+                                 "standby_origin": main.standby_origin if main else None,
+                                 "model_faults": self.model_faults, "answered": self.stats[FALLBACK].requests,
+                                 "last_fault": self.last_fault},
             "request_log": None if self.request_log is None else {
                 "directory": str(self.request_log.directory), "written_rows": self.request_log.written,
                 "failed_rows": self.request_log.failed, "writer_restarts": self.request_log.restarts},
@@ -490,6 +620,9 @@ class ModelHost:
             "# HELP alphaforge_bad_requests_total Requests refused for bad input (4xx).",
             "# TYPE alphaforge_bad_requests_total counter",
             f"alphaforge_bad_requests_total {self.bad_requests}",
+            "# HELP alphaforge_model_faults_total Predict requests the serving model raised on (fallback or 5xx).",
+            "# TYPE alphaforge_model_faults_total counter",
+            f"alphaforge_model_faults_total {self.model_faults}",
             "# HELP alphaforge_model_fallback 1 when a model serves a fallback version because its alias failed to load.",
             "# TYPE alphaforge_model_fallback gauge",
         ]
@@ -517,6 +650,8 @@ ENV_OVERRIDES: dict[str, str] = {
     "ALPHAFORGE_REQUEST_LOG": "request_log",
     "ALPHAFORGE_CHALLENGER_SHARE": "challenger_share",
     "ALPHAFORGE_SHADOW": "shadow",
+    "ALPHAFORGE_ONLINE_WEIGHTS": "online_weights",
+    "ALPHAFORGE_ONLINE_WEIGHTS_PREFIX": "online_weights_prefix",
 }
 
 

@@ -1,4 +1,4 @@
-"""Start and stop the real service process (``bentoml serve``) on loopback: the CLI, the tests and the benchmark.
+"""Start and stop the real service process (``bentoml serve``): the CLI, the tests and the benchmark.
 
 The service runs in its own process group; :meth:`ServiceProcess.stop` signals that group only (the
 BentoML supervisor, its worker and nothing else), first SIGTERM, then SIGKILL.
@@ -86,10 +86,12 @@ class ServiceProcess:
 
 
 def start_service(*, cwd: str | Path, env: Mapping[str, str], log_path: str | Path, port: int | None = None,
-                  grpc_port: int | None = None, ready_timeout: float = 120.0, wait_ready: bool = True
-                  ) -> ServiceProcess:
-    """``bentoml serve`` the service from ``cwd`` (the repository root) on 127.0.0.1; return once ``/readyz`` is 200.
+                  grpc_port: int | None = None, ready_timeout: float = 120.0, wait_ready: bool = True,
+                  host: str = "127.0.0.1", working_dir: str | Path | None = None) -> ServiceProcess:
+    """``bentoml serve`` the service in ``cwd`` on ``host``; return once ``/readyz`` is 200 (asked on 127.0.0.1).
 
+    ``working_dir``: where ``bentos/service.py`` is (default ``cwd``, then the repository root): a test runs the
+    service in a temporary folder with the repository as its working directory.
     ``env`` is added to this process's environment (``MLFLOW_TRACKING_URI``, ``ALPHAFORGE_MODEL_NAME``, ...).
     With ``wait_ready`` false, return once the HTTP server answers ``/livez`` (a service with no loadable model
     stays up but not ready).
@@ -99,7 +101,9 @@ def start_service(*, cwd: str | Path, env: Mapping[str, str], log_path: str | Pa
     environment = {**os.environ, **env, "ALPHAFORGE_GRPC_PORT": str(grpc_port), "PYTHONUNBUFFERED": "1",
                    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "BENTOML_DO_NOT_TRACK": "true"}
     bentoml = Path(sys.executable).with_name("bentoml")
-    command = [str(bentoml), "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)]
+    command = [str(bentoml), "serve", SERVICE, "--host", host, "--port", str(port)]
+    if working_dir is not None:
+        command += ["--working-dir", str(working_dir)]
     log_file = Path(log_path)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("wb") as handle:

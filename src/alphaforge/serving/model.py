@@ -55,7 +55,8 @@ class Prediction:
     upper: np.ndarray | None
     model_name: str
     model_version: str
-    variant: str = "champion"
+    variant: str = "champion"  # or challenger, or fallback (another model answered: the served one raised)
+    fallback_reason: str | None = None
 
     def rows(self) -> list[dict[str, float | None]]:
         """JSON-able per-row values (None for NaN)."""
@@ -222,6 +223,8 @@ class ServedModel:
     loaded_at: float = field(default_factory=time.time)
     _row_functions: list[tuple[np.ndarray, RowFunction]] | None = field(default=None, repr=False)
     compiled: dict[tuple[str, str], Any] = field(default_factory=dict, repr=False)  # (family, role) -> booster code
+    # serving.online_weights: Hedge weights over the families replace the combiner (serving/online_weights.py)
+    online: Any = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         self.features: list[str] = list(self.ensemble.features)
@@ -303,7 +306,8 @@ class ServedModel:
                 "target": self.spec.get("target"), "task": self.spec.get("task"), "horizon": self.spec.get("horizon"),
                 "row_wise": self.row_wise, "lookback": self.lookback, "load_seconds": round(self.load_seconds, 4),
                 "compiled_trees": sorted(f"{family}.{role}" for family, role in self.compiled),
-                "size_bytes": self.size_bytes, "regimes": self.regime_info()}
+                "size_bytes": self.size_bytes, "regimes": self.regime_info(),
+                "online_weights": None if self.online is None else self.online.info()}
 
     # ----------------------------------------------------------------------------------- predicting
 
@@ -314,13 +318,25 @@ class ServedModel:
                              f"{self.lookback + 1} bars with symbol and timestamp, not independent rows")
         return self._combine_outputs([function(x[:, columns]) for columns, function in self._row_functions])
 
+    def family_predictions(self, x: np.ndarray) -> np.ndarray:
+        """Each family's prediction of the rows of ``x`` (rows x families, in :attr:`families` order; row path)."""
+        if self._row_functions is None:
+            raise BadRequest(f"model {self.name} v{self.version} has sequence members: per-family predictions of "
+                             "independent rows need the row path")
+        return np.column_stack([function(x[:, columns])[0] for columns, function in self._row_functions])
+
+    @property
+    def families(self) -> list[str]:
+        return list(self.ensemble.base_models)
+
     def _combine_outputs(self, outputs: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]
                          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
         """The combiner over the members' predictions; the interval as the weighted members' offsets."""
         base = np.column_stack([out[0] for out in outputs])
-        prediction = self._combine(base)
+        online = self.online.vector() if self.online is not None else None
+        prediction = self._combine(base) if online is None else base @ online
         if all(out[1] is not None for out in outputs):
-            weights = self._interval_weights
+            weights = self._interval_weights if online is None else online.tolist()
             lower_offset = sum(w * (out[1] - out[0]) for w, out in zip(weights, outputs, strict=True))
             upper_offset = sum(w * (out[2] - out[0]) for w, out in zip(weights, outputs, strict=True))
             return prediction, prediction + lower_offset, prediction + upper_offset
