@@ -424,7 +424,8 @@ def stream(
     regime_model: Path = typer.Option(None, "--regime-model",
                                       help="the fitted regime model whose probabilities to store (features.regimes): "
                                            "a model.json, or a served model's spec.json (its regime_model); "
-                                           "default models/regimes/model.json when it exists"),
+                                           "default models/regimes/model.json beside the params file, when "
+                                           "it exists"),
 ) -> None:
     """Bars in, features out: validate each bar, update the features incrementally, write them to the store.
 
@@ -452,7 +453,7 @@ def stream(
         summary = run_stream(loaded.features, store_params, source, fmt=fmt,  # type: ignore[arg-type]
                              on_bad_bar=on_bad_bar, pace_seconds=pace,  # type: ignore[arg-type]
                              naive_timezone=loaded.ingest.naive_timezone, flush_idle_seconds=flush_idle,
-                             regime_model=_stream_regime_model(loaded.features.regimes, regime_model))
+                             regime_model=_stream_regime_model(loaded.features.regimes, regime_model, params))
     except (DataError, ConfigError, StoreUnavailable, FileNotFoundError) as err:
         typer.secho(f"alphaforge stream: failed\n{err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from err
@@ -461,8 +462,13 @@ def stream(
                            "last_timestamp": summary.last_timestamp}))
 
 
-def _stream_regime_model(enabled: bool, path: Path | None) -> Any:
-    """The regime model the streamer filters with: ``path``, else the regimes stage's file when it exists."""
+def _stream_regime_model(enabled: bool, path: Path | None, params_path: Path | None = None) -> Any:
+    """The regime model the streamer filters with: ``path``, else the regimes stage's file when it exists.
+
+    The stage's file is looked for beside ``params_path`` (the workspace whose params the stream runs on), not in
+    the working directory: a stream started elsewhere with explicit params must not pick up whatever model another
+    checkout's pipeline left in its working directory.
+    """
     from alphaforge.regimes import RegimeModel
 
     if not enabled:
@@ -476,8 +482,9 @@ def _stream_regime_model(enabled: bool, path: Path | None) -> Any:
                 raise FileNotFoundError(f"--regime-model {path}: this model's spec records no regime model")
             payload = payload["regime_model"]
         return RegimeModel.from_json(payload)
-    default = Path("models/regimes/model.json")
+    default = (params_path.parent if params_path is not None else Path()) / "models/regimes/model.json"
     if default.is_file():
+        logging.getLogger("alphaforge.stream").info("stream: regime probabilities from %s", default)
         return RegimeModel.load(default)
     logging.getLogger("alphaforge.stream").warning(
         "stream: features.regimes is on but %s does not exist (run `dvc repro regimes`): storing no regime_prob_* "
