@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="the params file to read")
+ProjectOption = typer.Option(Path("."), "--project", help="the folder holding bentos/ (the repository root)")
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -256,7 +257,8 @@ def registry_unlock(params: Path = ParamsOption) -> None:
 
 
 serve_app = typer.Typer(
-    help="The prediction service: the champion over HTTP (BentoML) and gRPC. Run from the repository root.",
+    help="The prediction service: the champion over HTTP (BentoML) and gRPC. Run from the repository root, "
+         "or name it with --project.",
     no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
 
@@ -268,6 +270,7 @@ def serve_start(
     grpc_port: int = typer.Option(None, "--grpc-port", help="gRPC port (default serving.grpc_port; 0: none)"),
     model: str = typer.Option(None, "--model", help="registered model to serve (default serving.model_name)"),
     params: Path = ParamsOption,
+    project: Path = ProjectOption,
 ) -> None:
     """Serve the model behind the `champion` alias (bentoml serve bentos.service:AlphaforgeService).
 
@@ -279,9 +282,10 @@ def serve_start(
     import os
 
     from alphaforge.config import load_params
+    from alphaforge.serving.launcher import service_environment
 
     settings = load_params(params).serving
-    env = {**os.environ, "ALPHAFORGE_PARAMS": str(params.resolve())}
+    env = service_environment(project, {**os.environ, "ALPHAFORGE_PARAMS": str(params.resolve())})
     if grpc_port is not None:
         env["ALPHAFORGE_GRPC_PORT"] = str(grpc_port)
     if model:
@@ -301,11 +305,13 @@ def serve_start(
 @serve_app.command("build")
 def serve_build(
     version: str = typer.Option(None, "--version", help="Bento version tag (default: BentoML makes one)"),
+    project: Path = ProjectOption,
 ) -> None:
-    """Build a Bento of the service (bentoml build -f bentos/bentofile.yaml); prints its tag."""
+    """Build a Bento of the service (bentoml build -f PROJECT/bentos/bentofile.yaml PROJECT); prints its tag."""
     import subprocess
 
-    command = [str(Path(sys.executable).with_name("bentoml")), "build", "-f", "bentos/bentofile.yaml", "."]
+    command = [str(Path(sys.executable).with_name("bentoml")), "build", "-f", str(project / "bentos/bentofile.yaml"),
+               str(project)]
     if version:
         command += ["--version", version]
     code = subprocess.call(command)
