@@ -1,15 +1,16 @@
-"""Shared fixtures: small slices of the real bundled data, and the repository root."""
+"""Shared fixtures: small slices of the real bundled data, the repository root, a working directory for the
+processes a test starts, and the guard that the suite leaves the checkout's pipeline outputs as it found them."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from isolation import REPO_ROOT, changes, fingerprint, subprocess_workdir
 
 from alphaforge.data.ingest import IngestParams, load_source
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 pytest_plugins = ["mlflow_server"]
 
@@ -17,6 +18,28 @@ pytest_plugins = ["mlflow_server"]
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session", autouse=True)
+def checkout_outputs_untouched() -> Iterator[None]:
+    """Fail the session if a test created, changed or removed anything under the checkout's pipeline outputs.
+
+    A test that needs pipeline outputs makes them in a temporary folder (or a copy of the repository, as the
+    end-to-end tests do); one that wrote into the checkout would also read what `make run` left there.
+    """
+    before = fingerprint()
+    yield
+    changed = changes(before, fingerprint())
+    if changed:
+        shown = "\n  ".join(changed[:40]) + (f"\n  ... and {len(changed) - 40} more" if len(changed) > 40 else "")
+        pytest.fail(f"the tests wrote into the checkout's pipeline outputs ({REPO_ROOT}); write to a temporary "
+                    f"folder instead:\n  {shown}", pytrace=False)
+
+
+@pytest.fixture()
+def workdir(tmp_path: Path) -> Path:
+    """The working directory for a process a test starts: a temporary folder holding a copy of params.yaml only."""
+    return subprocess_workdir(tmp_path / "workdir")
 
 
 @pytest.fixture(scope="session")

@@ -71,9 +71,9 @@ def airflow_env(home: Path, workspace: Path, **extra: str) -> dict[str, str]:
 
 
 def drive(python: Path, command: str, *args: str, env: dict[str, str], timeout: float = 120) -> dict:
-    """Run one airflow_driver.py command in the Airflow venv; its JSON result."""
-    done = subprocess.run([str(python), str(DRIVER), command, *args], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    """Run one airflow_driver.py command in the Airflow venv, in the workspace of ``env``; its JSON result."""
+    done = subprocess.run([str(python), str(DRIVER), command, *args], cwd=env["ALPHAFORGE_WORKSPACE"], env=env,
+                          capture_output=True, text=True, timeout=timeout)
     marker = "AIRFLOW_DRIVER_RESULT "
     lines = [line for line in done.stdout.splitlines() if line.startswith(marker)]
     assert done.returncode == 0 and lines, f"driver {command} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
@@ -304,8 +304,8 @@ def airflow_workspace(repo_root: Path, tmp_path_factory: pytest.TempPathFactory,
     export_settings(workspace)
     home = workspace / ".alphaforge/airflow/home"
     env = airflow_env(home, workspace, MLFLOW_TRACKING_URI=mlflow_server.uri)
-    migrated = subprocess.run([str(AIRFLOW_VENV / "bin/airflow"), "db", "migrate"], env=env, capture_output=True,
-                              text=True, timeout=300)
+    migrated = subprocess.run([str(AIRFLOW_VENV / "bin/airflow"), "db", "migrate"], cwd=workspace, env=env,
+                              capture_output=True, text=True, timeout=300)
     assert migrated.returncode == 0, migrated.stderr[-3000:]
     return {"workspace": workspace, "home": home, "env": env, "model_name": model_name, "mlflow": mlflow_server.uri}
 
@@ -527,9 +527,10 @@ def test_standalone_on_postgres_answers_runs_a_triggered_dag_and_stops_everythin
     left: set[int] = set()
     stop = None
     try:
-        setup = subprocess.run([str(script), "setup"], env=env, capture_output=True, text=True, timeout=300)
+        setup = subprocess.run([str(script), "setup"], cwd=workspace, env=env, capture_output=True, text=True,
+                               timeout=300)
         assert setup.returncode == 0, setup.stdout[-2000:] + setup.stderr[-2000:]
-        standalone = subprocess.Popen([str(script), "start"], env=env, stdout=subprocess.PIPE,
+        standalone = subprocess.Popen([str(script), "start"], cwd=workspace, env=env, stdout=subprocess.PIPE,
                                       stderr=subprocess.STDOUT, text=True, start_new_session=True)
         base = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 240
@@ -568,7 +569,8 @@ def test_standalone_on_postgres_answers_runs_a_triggered_dag_and_stops_everythin
         started |= _session_members(leader)
     finally:
         if standalone is not None:
-            stop = subprocess.run([str(script), "stop"], env=env, capture_output=True, text=True, timeout=120)
+            stop = subprocess.run([str(script), "stop"], cwd=workspace, env=env, capture_output=True, text=True,
+                                  timeout=120)
             standalone.wait(timeout=60)
             left = {pid for pid in started if Path(f"/proc/{pid}").exists()}
             for pid in left:  # only what this test started, and only if the script failed to
@@ -582,13 +584,15 @@ def test_standalone_on_postgres_answers_runs_a_triggered_dag_and_stops_everythin
 
 
 @pytest.mark.slow
-def test_compose_stack_validates_with_docker_compose_config() -> None:
+def test_compose_stack_validates_with_docker_compose_config(tmp_path: Path) -> None:
     """`docker compose config` accepts docker/compose.yaml with .env.example (the stack is validated, not run)."""
     if shutil.which("docker") is None:
         if os.environ.get("CI"):
             pytest.fail("no docker CLI on this machine: CI validates docker/compose.yaml with it")
         pytest.skip("no docker CLI on this machine")
-    done = subprocess.run([str(REPO_ROOT / "tools/compose-config.sh")], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "ALPHAFORGE_HOME": str(tmp_path / "state")}  # its docker CLI config goes there
+    done = subprocess.run([str(REPO_ROOT / "tools/compose-config.sh")], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     services = set(done.stdout.split())
     assert {"postgres", "redis", "mlflow", "airflow-apiserver", "airflow-scheduler", "airflow-dag-processor",

@@ -384,7 +384,7 @@ def _browser(report: Path, profile: Path, *args: str) -> subprocess.CompletedPro
     command = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                "--disable-background-networking", "--disable-component-update", "--disable-sync",
                f"--user-data-dir={profile}", "--virtual-time-budget=15000", *args, report.resolve().as_uri()]
-    return subprocess.run(command, capture_output=True, text=True, timeout=90, check=False)
+    return subprocess.run(command, cwd=profile.parent, capture_output=True, text=True, timeout=90, check=False)
 
 
 def test_html_report_renders_the_drift_table_in_headless_chromium(tmp_path: Path) -> None:

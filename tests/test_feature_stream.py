@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from isolation import subprocess_workdir
 
 from alphaforge.features import FEATURE_VERSION, FeatureParams, compute_features
 from alphaforge.featurestore.config import FeatureStoreParams
@@ -130,12 +131,13 @@ def test_a_stream_killed_mid_way_and_restarted_stores_what_an_uninterrupted_one_
     uninterrupted = _store_params(prefix + "whole:", tmp_path, "whole")
     run_stream(FeatureParams(), uninterrupted, str(source))
 
-    params_file = tmp_path / "params.yaml"
-    params_file.write_text(f"feature_store:\n  redis_url: {REDIS_URL}\n  key_prefix: '{prefix}'\n"
-                           f"  bar_log: {tmp_path / 'killed.sqlite'}\n  checkpoint_every: 7\n")
-    command = [sys.executable, "-m", "alphaforge.cli", "stream", str(source), "--params", str(params_file)]
+    # its own folder and params: no models/regimes/model.json of a finished `make run` to add regime columns
+    workdir = subprocess_workdir(tmp_path / "workdir", {"feature_store": {
+        "redis_url": REDIS_URL, "key_prefix": prefix, "bar_log": str(tmp_path / "killed.sqlite"),
+        "checkpoint_every": 7}})
+    command = [sys.executable, "-m", "alphaforge.cli", "stream", str(source), "--params", str(workdir / "params.yaml")]
     env = {**os.environ, "PYTHONPATH": str(SRC)}
-    process = subprocess.Popen([*command, "--pace", "0.01"], env=env, stdout=subprocess.DEVNULL,
+    process = subprocess.Popen([*command, "--pace", "0.01"], cwd=workdir, env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 60
@@ -156,7 +158,7 @@ def test_a_stream_killed_mid_way_and_restarted_stores_what_an_uninterrupted_one_
             process.wait()
     assert 300 <= logged < len(bars)
 
-    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    finished = subprocess.run(command, cwd=workdir, env=env, capture_output=True, text=True, timeout=120)
     assert finished.returncode == 0, finished.stderr
     assert '"already_stored": 0' not in finished.stdout  # it did skip what the first run had stored
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from isolation import PIPELINE_OUTPUTS
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -43,12 +44,18 @@ def _merge(base: dict, override: dict) -> dict:
 
 
 def copy_repo(repo_root: Path, target: Path) -> Path:
-    """The files git would give a fresh clone (tracked and untracked-not-ignored), in a new git repo."""
+    """The files git would give a fresh clone (tracked and untracked-not-ignored), in a new git repo.
+
+    Pipeline outputs are left out, the tracked ones too (dvc.lock, the .gitignore files DVC keeps beside its
+    outputs): the copy starts as if no pipeline had run, whatever `make run` left in the checkout.
+    """
     listed = subprocess.run(
         ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
         cwd=repo_root, check=True, capture_output=True,
     ).stdout.decode().split("\0")
     for name in filter(None, listed):
+        if any(name == output or name.startswith(output + "/") for output in PIPELINE_OUTPUTS):
+            continue
         source = repo_root / name
         if source.is_file():
             (target / name).parent.mkdir(parents=True, exist_ok=True)

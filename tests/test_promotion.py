@@ -278,7 +278,7 @@ RACER = textwrap.dedent("""
 
 
 def test_two_racing_promotions_leave_one_consistent_champion(registry, logged_models, scores, mlflow_server,
-                                                             tmp_path) -> None:
+                                                             tmp_path, workdir) -> None:
     first = promote(logged_models[1.0].model_uri, scores.card("noisy"), **_gates(scores), params=registry)
     # two candidates that both beat the champion; the better one must end up serving whatever the order
     between = scores.card("noisy").model_copy(
@@ -289,7 +289,7 @@ def test_two_racing_promotions_leave_one_consistent_champion(registry, logged_mo
     for value, card in ((3.0, scores.card("planted")), (2.0, between)):
         argument = json.dumps([logged_models[value].model_uri, card.model_dump(),
                                scores.evidence["planted"].model_dump(mode="json"), registry.model_name, str(go)])
-        racers.append(subprocess.Popen([sys.executable, "-c", RACER, argument], stdout=subprocess.PIPE,
+        racers.append(subprocess.Popen([sys.executable, "-c", RACER, argument], cwd=workdir, stdout=subprocess.PIPE,
                                        stderr=subprocess.PIPE, text=True,
                                        env={**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri}))
     time.sleep(4.0)  # both are imported and polling for the go file by now (a late one only races less)

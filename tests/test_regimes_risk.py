@@ -393,3 +393,7 @@ def test_the_streamer_takes_a_regime_model_file_or_a_served_models_spec(
     assert _stream_regime_model(False, path) is None
     monkeypatch.chdir(tmp_path)  # no models/regimes/model.json here: stream without regime features
     assert _stream_regime_model(True, None) is None
+    # the stage's file is looked for beside the params the stream runs on, never in the working directory
+    model.save(tmp_path / "models/regimes/model.json")  # what a finished `make run` leaves in a checkout
+    assert _stream_regime_model(True, None, tmp_path / "elsewhere" / "params.yaml") is None
+    assert _stream_regime_model(True, None, tmp_path / "params.yaml").to_json() == model.to_json()

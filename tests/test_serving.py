@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from ensemble_fixtures import stack_and_register, train_small_ensemble
+from isolation import subprocess_workdir
 
 from alphaforge import tracking
 from alphaforge.pyfunc import to_model_input
@@ -99,11 +100,13 @@ def _register_broken(trained: dict, work: Path, name: str, good: dict) -> str:
 @pytest.fixture(scope="module")
 def service(registry, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("service")
+    workdir = subprocess_workdir(work / "workdir")
     env = {"MLFLOW_TRACKING_URI": registry["mlflow_uri"], "ALPHAFORGE_MODEL_NAME": registry["name"],
            "ALPHAFORGE_REDIS_URL": REDIS_URL, "ALPHAFORGE_FEATURE_PREFIX": FEATURE_PREFIX,
            "ALPHAFORGE_SERVING_CACHE": str(work / "cache"), "ALPHAFORGE_REQUEST_LOG_DIR": str(work / "requests"),
-           "ALPHAFORGE_POLL_SECONDS": "1", "ALPHAFORGE_HOME": str(work / "state")}
-    process = start_service(cwd=REPO, env=env, log_path=work / "service.log")
+           "ALPHAFORGE_POLL_SECONDS": "1", "ALPHAFORGE_HOME": str(work / "state"),
+           "ALPHAFORGE_PARAMS": str(workdir / "params.yaml")}
+    process = start_service(cwd=workdir, project=REPO, env=env, log_path=work / "service.log")
     try:
         yield {"process": process, "url": process.url, "grpc": process.grpc_target, "work": work,
                "client": httpx.Client(base_url=process.url, timeout=30)}
@@ -347,7 +350,7 @@ def test_served_requests_reach_the_request_log_and_the_monitor(registry, service
         assert row["model_version"] == answer["model_version"] and row["variant"] == "champion"
 
 
-def test_bentoml_build_makes_a_bento_of_the_service(tmp_path) -> None:
+def test_bentoml_build_makes_a_bento_of_the_service(tmp_path, workdir) -> None:
     """`alphaforge serve build` (bentoml build -f bentos/bentofile.yaml) packages the service with its code."""
     import subprocess
     import sys
@@ -356,8 +359,8 @@ def test_bentoml_build_makes_a_bento_of_the_service(tmp_path) -> None:
 
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "bentoml"), "BENTOML_DO_NOT_TRACK": "true"}
     alphaforge = Path(sys.executable).with_name("alphaforge")
-    done = subprocess.run([str(alphaforge), "serve", "build", "--version", "test"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run([str(alphaforge), "serve", "build", "--version", "test", "--project", str(REPO)],
+                          cwd=workdir, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     bento = tmp_path / "bentoml" / "bentos" / "alphaforge" / "test"
     manifest = yaml.safe_load((bento / "bento.yaml").read_text())
@@ -462,7 +465,7 @@ def test_an_lstm_ensemble_is_served_by_name_through_the_panel_path(registry, ser
     assert short.status_code == 200 and all(p["prediction"] is None for p in short.json()["predictions"])
 
 
-def test_serve_start_becomes_the_server_so_a_sigterm_stops_it_and_its_writer(registry, tmp_path) -> None:
+def test_serve_start_becomes_the_server_so_a_sigterm_stops_it_and_its_writer(registry, tmp_path, workdir) -> None:
     """`alphaforge serve start` execs `bentoml serve` (same PID): a supervisor's SIGTERM to that PID stops the
     server, its worker and the request-log writer; nothing is left behind (it once left the server running)."""
     import signal
@@ -480,7 +483,8 @@ def test_serve_start_becomes_the_server_so_a_sigterm_stops_it_and_its_writer(reg
     env = {**os.environ, "MLFLOW_TRACKING_URI": registry["mlflow_uri"], "ALPHAFORGE_HOME": str(tmp_path / "state"),
            "ALPHAFORGE_SERVING_CACHE": str(tmp_path / "cache"), "ALPHAFORGE_REQUEST_LOG_DIR": str(tmp_path / "log")}
     process = subprocess.Popen([str(Path(sys.executable).with_name("alphaforge")), "serve", "start", "--port",
-                                str(port), "--grpc-port", "0", "--model", registry["name"]], cwd=REPO, env=env,
+                                str(port), "--grpc-port", "0", "--model", registry["name"], "--params",
+                                str(workdir / "params.yaml"), "--project", str(REPO)], cwd=workdir, env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     started: list[int] = []
     try:

@@ -74,7 +74,7 @@ def _start(registry: dict, folder: Path, *, host: str = "127.0.0.1", grpc: bool 
     environment = _environment(registry, folder, **extra)
     saved = os.environ.pop("ALPHAFORGE_ADMIN_TOKEN", None)  # the service sees only what the test gives it
     try:
-        return start_service(cwd=folder, working_dir=REPO, env=environment, log_path=folder / "service.log",
+        return start_service(cwd=folder, project=REPO, env=environment, log_path=folder / "service.log",
                              grpc_port=None if grpc else 0, host=host)
     finally:
         if saved is not None:

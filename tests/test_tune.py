@@ -180,7 +180,7 @@ def test_two_worker_processes_share_one_postgres_study(dataset_path: Path, postg
     assert {t.user_attrs["worker"] for t in finished(trials)} == {0, 1}
 
 
-def test_killed_worker_is_resumed_and_its_trial_retried(dataset_path: Path, tmp_path: Path) -> None:
+def test_killed_worker_is_resumed_and_its_trial_retried(dataset_path: Path, tmp_path: Path, workdir: Path) -> None:
     url = sqlite_url(tmp_path / "resume.db")
     job = TuneJob(dataset_path=str(dataset_path), walk_forward=WALK_FORWARD, purge=HORIZON,
                   base_params={"lightgbm": {**LIGHTGBM_BASE, "num_leaves": 16}},
@@ -195,7 +195,7 @@ def test_killed_worker_is_resumed_and_its_trial_retried(dataset_path: Path, tmp_
     study = open_study(pd.read_parquet(dataset_path), "lightgbm", tune=job.tune, splitter=job.splitter(),
                        base_params=job.base_params["lightgbm"]).study
 
-    worker = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    worker = subprocess.Popen(command, cwd=workdir, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     killed_number, deadline = None, time.monotonic() + 60
     while killed_number is None and time.monotonic() < deadline and worker.poll() is None:
         time.sleep(0.05)
@@ -212,7 +212,7 @@ def test_killed_worker_is_resumed_and_its_trial_retried(dataset_path: Path, tmp_
     assert left[killed_number] == TrialState.RUNNING  # nobody is left to finish it
     assert len([s for s in left.values() if s in (TrialState.COMPLETE, TrialState.PRUNED)]) < 5
 
-    restarted = subprocess.run(command, check=False, env=env, capture_output=True, text=True, timeout=90)
+    restarted = subprocess.run(command, check=False, cwd=workdir, env=env, capture_output=True, text=True, timeout=90)
     assert restarted.returncode == 0, restarted.stderr[-3000:]
     trials = trials_of(url, study_name)
     states = {t.number: t.state for t in trials}

