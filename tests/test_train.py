@@ -77,3 +77,17 @@ def test_final_model_and_importance(synthetic_dataset: pd.DataFrame, tmp_path) -
     # the planted mean reversion lives in moving-average deviations: they lead the permutation importance
     top = result.importance.index[:5].tolist()
     assert any(name.startswith(("ema_ratio", "sma_ratio", "bollinger")) for name in top), top
+
+
+def test_a_fold_without_a_rank_ic_is_null_in_the_metrics_not_a_crash() -> None:
+    """A fold whose model predicts one constant (no split was possible) has no rank IC; the summary stays JSON."""
+    import json
+
+    from alphaforge.train import FoldReport, WalkForwardResult
+
+    folds = [FoldReport(fold=i, train_start="a", train_end="b", test_start="c", test_end="d", n_train=10, n_test=5,
+                        seconds=0.1, rank_ic=ic) for i, ic in enumerate([float("nan"), 0.04, 0.02])]
+    result = WalkForwardResult(oof=pd.DataFrame({"x": [1]}), folds=folds, models=[], feature_names=["x"])
+    metrics = result.metrics()
+    assert metrics["folds"][0]["rank_ic"] is None and metrics["mean_fold_rank_ic"] == pytest.approx(0.03)
+    json.dumps(metrics, allow_nan=False)

@@ -70,15 +70,19 @@ class WalkForwardResult:
 
     def metrics(self) -> dict[str, object]:
         """The JSON summary: per-fold reports and their means."""
-        ics = [f.rank_ic for f in self.folds]
+        from alphaforge.schema import finite_or_none
+
+        ics = [f.rank_ic for f in self.folds if f.rank_ic is not None and np.isfinite(f.rank_ic)]
         coverages = [f.coverage for f in self.folds if f.coverage is not None]
+        # a fold whose model predicts one constant (no split was possible) has no rank IC: null, not NaN
+        folds = [{**asdict(f), "rank_ic": finite_or_none(f.rank_ic)} for f in self.folds]
         return {
             "n_folds": len(self.folds),
-            "mean_fold_rank_ic": float(np.nanmean(ics)) if ics else None,
+            "mean_fold_rank_ic": float(np.mean(ics)) if ics else None,
             "interval_coverage": float(np.mean(coverages)) if coverages else None,
             "oof_rows": int(len(self.oof)),
             "seconds": round(sum(f.seconds for f in self.folds), 3),
-            "folds": [asdict(f) for f in self.folds],
+            "folds": folds,
         }
 
 
