@@ -420,3 +420,42 @@ def test_regime_definitions_follow_the_plan_and_their_window_counts_market_times
                                  "--regime-model", str(path)])
     assert result.exit_code == 0, result.output
     assert [d["name"] for d in json.loads(result.output)][-3:] == ["regime_prob_0", "regime_prob_1", "regime_prob_2"]
+
+
+def test_the_stream_restarts_a_suspended_symbol_where_validate_splits_it() -> None:
+    """MSFT is suspended for two and a half years and the whole panel closes for two weeks: validate splits the
+    series there and the batch features restart; the incremental engine with the same rule restarts at the same
+    bars and equals the batch features of the split series everywhere."""
+    from messy_panel import SUSPENSION, clean_panel
+
+    from alphaforge.featurestore.incremental import SuspensionRule
+    from alphaforge.validate import ValidationParams, as_series, assign_segments
+
+    bars = clean_panel()
+    bars = bars[bars["timestamp"] >= pd.Timestamp("2004-06-01", tz="UTC")].sort_values(["symbol", "timestamp"])
+    bars = bars.reset_index(drop=True)
+    rules = ValidationParams()
+    segments = assign_segments(bars, rules)
+    assert segments[bars["symbol"] == "MSFT"].max() >= 1  # the suspension splits MSFT
+    params = FeatureParams(regimes=False)
+    split = as_series(bars.assign(segment=segments)).drop(columns="segment")
+    batch = compute_features(split, params)
+    names = feature_columns(batch)
+    engine = IncrementalEngine(params, names, suspensions=SuspensionRule(max_gap_bars=rules.max_gap_bars,
+                                                                         max_closure_days=rules.max_closure_days))
+    online = engine.replay(bars)
+    _assert_same(online, batch, names)
+    assert engine.restarts == int((segments.groupby(bars["symbol"]).max()).sum())
+    back = bars["timestamp"] > SUSPENSION[1]
+    first_back = bars.index[(bars["symbol"] == "MSFT") & back][0]
+    assert np.isnan(online.at[first_back, "log_return_1"])  # no return across the suspension
+    plain = IncrementalEngine(params, names).replay(bars)  # without the rule: a return across the suspension
+    assert np.isfinite(plain.at[first_back, "log_return_1"])
+    # a restart from the saved state (mid-suspension) continues exactly like the uninterrupted run
+    rule = SuspensionRule(max_gap_bars=rules.max_gap_bars, max_closure_days=rules.max_closure_days)
+    cut = pd.Timestamp("2007-03-01", tz="UTC")
+    first = IncrementalEngine(params, names, suspensions=rule)
+    first.replay(bars[bars["timestamp"] < cut])
+    restored = IncrementalEngine.from_state_bytes(params, names, first.state_bytes(), suspensions=rule)
+    late = bars[bars["timestamp"] >= cut]
+    _assert_same(restored.replay(late), online.loc[late.index], names)

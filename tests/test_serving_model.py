@@ -342,3 +342,23 @@ def test_predict_symbols_reads_regime_features_the_streamer_computed_incremental
 def regime_report_of(rows: pd.DataFrame, columns: list[str]) -> dict:
     probabilities = rows[columns].iloc[-1].to_numpy()
     return {"regime": int(np.argmax(probabilities)), "probabilities": probabilities.tolist()}
+
+
+def test_bars_sent_to_the_service_restart_at_a_suspension_as_in_training() -> None:
+    """The service splits a request's bars where validate split the training data (the rule the model's spec
+    records), so a suspended symbol's features restart there instead of spanning the gap."""
+    from messy_panel import SUSPENSION, clean_panel
+
+    from alphaforge.features import FeatureParams, compute_features
+    from alphaforge.serving.api import _split_at_suspensions
+
+    bars = clean_panel()
+    bars = bars[(bars["symbol"] == "MSFT") & (bars["timestamp"] >= pd.Timestamp("2005-01-01", tz="UTC"))]
+    bars = bars[bars["timestamp"] < pd.Timestamp("2009-06-01", tz="UTC")].reset_index(drop=True)
+    split = _split_at_suspensions(bars, {"max_gap_bars": 10, "max_closure_days": 30.0})
+    back = (bars["timestamp"] > SUSPENSION[1]).to_numpy()
+    assert (split.loc[~back, "symbol"] == "MSFT").all() and (split.loc[back, "symbol"] != "MSFT").all()
+    features = compute_features(split, FeatureParams(regimes=False))
+    assert np.isnan(features.loc[np.flatnonzero(back)[0], "log_return_1"])
+    kept = _split_at_suspensions(bars, {"max_gap_bars": 10_000, "max_closure_days": 10_000.0})
+    assert (kept["symbol"] == "MSFT").all()

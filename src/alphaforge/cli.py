@@ -502,6 +502,7 @@ def stream(
     """
     from alphaforge.config import ConfigError, load_params
     from alphaforge.featurestore.online import StoreUnavailable
+    from alphaforge.featurestore.incremental import SuspensionRule
     from alphaforge.featurestore.stream import run_stream
     from alphaforge.schema import DataError
 
@@ -518,7 +519,9 @@ def stream(
         summary = run_stream(loaded.features, store_params, source, fmt=fmt,  # type: ignore[arg-type]
                              on_bad_bar=on_bad_bar, pace_seconds=pace,  # type: ignore[arg-type]
                              naive_timezone=loaded.ingest.naive_timezone, flush_idle_seconds=flush_idle,
-                             regime_model=_stream_regime_model(loaded.features.regimes, regime_model, params))
+                             regime_model=_stream_regime_model(loaded.features.regimes, regime_model, params),
+                             suspensions=SuspensionRule(max_gap_bars=loaded.validate_.max_gap_bars,
+                                                        max_closure_days=loaded.validate_.max_closure_days))
     except (DataError, ConfigError, StoreUnavailable, FileNotFoundError) as err:
         typer.secho(f"alphaforge stream: failed\n{err}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2) from err

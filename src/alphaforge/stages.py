@@ -339,6 +339,9 @@ def train(params: Params) -> dict[str, Any]:
          "target": target, "label_normalise": params.labels.normalise, "task": task,
          "families": list(params.train.families),
          "feature_params": params.features.model_dump(mode="json"),
+         # where a series restarts (validate's split of a suspended symbol): the service splits bars the same way
+         "suspensions": {"max_gap_bars": params.validate_.max_gap_bars,
+                         "max_closure_days": params.validate_.max_closure_days},
          "regime_model": regime_model_of(result.feature_names)},
         Paths.trained_dir / "spec.json",
     )

@@ -30,7 +30,9 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import warnings
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -54,7 +56,21 @@ from alphaforge.schema import DataError
 
 _FACTOR_COLUMNS = ("open", "high", "low", "close", "volume")
 _STATE_ARRAYS = ("count", "last_ns", "close_hist", "return_hist", "high_hist", "low_hist", "k_hist", "volume_hist",
-                 "dollar_hist", "ema", "signal", "gain", "loss", "atr", *(f"factor_{c}" for c in _FACTOR_COLUMNS))
+                 "dollar_hist", "ema", "signal", "gain", "loss", "atr", *(f"factor_{c}" for c in _FACTOR_COLUMNS),
+                 "last_session", "last_closure", "step_hist")
+# What a restart after a suspension keeps: the clock and the record of the symbol's own bar spacing.
+_KEPT_ON_RESTART = frozenset({"last_ns", "last_session", "last_closure", "step_hist"})
+_STEP_MEMORY = 63  # bars of a symbol's spacing remembered for its usual step (the median)
+
+
+@dataclass(frozen=True)
+class SuspensionRule:
+    """When a symbol's series restarts, as validate splits it (:func:`alphaforge.validate.assign_segments`): more
+    than ``max_gap_bars`` of its own bars missed on the panel's calendar, or a market-wide closure longer than
+    ``max_closure_days`` since its last bar. Online, a symbol's usual spacing is the median of its past steps."""
+
+    max_gap_bars: float
+    max_closure_days: float
 
 
 def _push(register: np.ndarray, slots: np.ndarray | None, n_known: int, values: np.ndarray) -> np.ndarray:
@@ -124,8 +140,13 @@ class IncrementalEngine:
     """
 
     def __init__(self, params: FeatureParams, names: Sequence[str], capacity: int = 64,
-                 regime_model: RegimeModel | None = None) -> None:
+                 regime_model: RegimeModel | None = None, suspensions: SuspensionRule | None = None) -> None:
         self.params = params
+        self.suspensions = suspensions
+        self.session = -1  # panel sessions seen (one per update), and closures longer than the rule's
+        self.closures = 0
+        self.panel_last_ns: int | None = None
+        self.restarts = 0
         self.names = list(names)
         self.regime_model = regime_model if params.regimes else None
         n_regimes = self.regime_model.params.n_regimes if self.regime_model is not None else 0
@@ -214,6 +235,44 @@ class IncrementalEngine:
         width = alpha158.HISTORY if self._factors else 1
         for c in _FACTOR_COLUMNS:
             setattr(self, f"factor_{c}", np.full((width, capacity), nan))
+        self.last_session = np.full(capacity, -1, dtype=np.int64)
+        self.last_closure = np.zeros(capacity, dtype=np.int64)
+        self.step_hist = np.full((_STEP_MEMORY if self.suspensions is not None else 1, capacity), nan)
+
+    def _restart(self, slots: np.ndarray) -> None:
+        """Start the given slots' series afresh (a suspension): every state but the clock, as for a new symbol."""
+        keep = {name: getattr(self, name) for name in _STATE_ARRAYS}
+        self._allocate(1)
+        fresh = {name: getattr(self, name) for name in _STATE_ARRAYS}
+        for name, values in keep.items():
+            if name not in _KEPT_ON_RESTART:
+                values[..., slots] = fresh[name][..., :1]
+            setattr(self, name, values)
+        self.restarts += len(slots)
+
+    def _suspended(self, timestamp_ns: int, index: slice | np.ndarray) -> None:
+        """Restart the symbols of this update whose series validate would split here (:class:`SuspensionRule`)."""
+        rule = self.suspensions
+        assert rule is not None
+        self.session += 1
+        if self.panel_last_ns is not None and (timestamp_ns - self.panel_last_ns) / 86_400e9 > rule.max_closure_days:
+            self.closures += 1
+        self.panel_last_ns = timestamp_ns
+        slots = np.arange(len(self.symbols))[index]
+        last = self.last_session[slots]
+        seen = last >= 0
+        step = np.where(seen, self.session - last, np.nan)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # a symbol's first steps: no history yet
+            usual = np.nanmedian(np.vstack([self.step_hist[:, slots], step[None, :]]), axis=0)
+        usual = np.where(np.isfinite(usual), np.maximum(usual, 1.0), 1.0)
+        restart = seen & ((step / usual - 1.0 > rule.max_gap_bars) | (self.closures > self.last_closure[slots]))
+        if seen.any():
+            self.step_hist[:, slots[seen]] = np.vstack([self.step_hist[1:, slots[seen]], step[None, seen]])
+        if restart.any():
+            self._restart(slots[restart])
+        self.last_session[slots] = self.session
+        self.last_closure[slots] = self.closures
 
     def _grow(self, needed: int) -> None:
         old = {name: getattr(self, name) for name in _STATE_ARRAYS}
@@ -255,8 +314,11 @@ class IncrementalEngine:
     def fingerprint(self) -> str:
         """Identifies what the state means: feature version, parameters, plan and regime model."""
         regimes = self.regime_model.to_json() if self._regimes is not None else None
+        suspensions = None if self.suspensions is None else [self.suspensions.max_gap_bars,
+                                                              self.suspensions.max_closure_days]
         text = json.dumps({"version": FEATURE_VERSION, "params": self.params.model_dump(mode="json"),
-                           "names": self.names, **({"regime_model": regimes} if regimes else {})}, sort_keys=True)
+                           "names": self.names, **({"regime_model": regimes} if regimes else {}),
+                           **({"suspensions": suspensions} if suspensions else {})}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def state_bytes(self) -> bytes:
@@ -268,14 +330,17 @@ class IncrementalEngine:
             arrays.update(self._sentiment.state())
         if self._regimes is not None:
             arrays.update(self._regimes.state())
+        panel = np.asarray([self.session, self.closures, -1 if self.panel_last_ns is None else self.panel_last_ns,
+                            self.restarts], dtype=np.int64)
         np.savez(buffer, symbols=np.asarray(self.symbols, dtype=object).astype(str),
-                 fingerprint=np.asarray(self.fingerprint()), **arrays)
+                 fingerprint=np.asarray(self.fingerprint()), panel_clock=panel, **arrays)
         return buffer.getvalue()
 
     @classmethod
     def from_state_bytes(cls, params: FeatureParams, names: Sequence[str], state: bytes,
-                         regime_model: RegimeModel | None = None) -> IncrementalEngine:
-        engine = cls(params, names, regime_model=regime_model)
+                         regime_model: RegimeModel | None = None,
+                         suspensions: SuspensionRule | None = None) -> IncrementalEngine:
+        engine = cls(params, names, regime_model=regime_model, suspensions=suspensions)
         with np.load(io.BytesIO(state), allow_pickle=False) as saved:
             if str(saved["fingerprint"]) != engine.fingerprint():
                 raise ValueError("IncrementalEngine: the saved state was made by other feature parameters, plan or "
@@ -284,6 +349,8 @@ class IncrementalEngine:
             engine._grow(max(len(symbols), 1))
             for name in _STATE_ARRAYS:
                 getattr(engine, name)[..., : len(symbols)] = saved[name]
+            engine.session, engine.closures, last_ns, engine.restarts = (int(v) for v in saved["panel_clock"])
+            engine.panel_last_ns = None if last_ns == -1 else last_ns
             if engine._sentiment is not None:
                 engine._sentiment.restore({k: saved[k] for k in saved.files if k.startswith("sentiment_")})
             if engine._regimes is not None:
@@ -315,6 +382,8 @@ class IncrementalEngine:
             bad = int(np.flatnonzero(~((close > 0) & np.isfinite(close)))[0])
             raise DataError(f"IncrementalEngine: symbol {symbols[bad]!r}: column 'close' value {close[bad]!r} "
                             "must be finite and > 0")
+        if self.suspensions is not None:
+            self._suspended(timestamp_ns, index)
         with np.errstate(divide="ignore", invalid="ignore"):
             out = self._compute(timestamp_ns, symbols, slots, n_known, index, close, columns)
         self.count[index] += 1

@@ -38,7 +38,7 @@ import pandas as pd
 
 from alphaforge.features import FEATURE_VERSION, FeatureParams
 from alphaforge.featurestore.config import FeatureStoreParams
-from alphaforge.featurestore.incremental import IncrementalEngine, plan_for
+from alphaforge.featurestore.incremental import IncrementalEngine, SuspensionRule, plan_for
 from alphaforge.featurestore.online import OnlineStore
 from alphaforge.regimes import RegimeModel, stored_feature_version
 from alphaforge.schema import DataError
@@ -270,8 +270,9 @@ class Streamer:
 
     def __init__(self, features: FeatureParams, store_params: FeatureStoreParams, store: OnlineStore, bar_log: BarLog,
                  *, on_bad_bar: OnBadBar = "stop", naive_timezone: str = "UTC",
-                 regime_model: RegimeModel | None = None) -> None:
+                 regime_model: RegimeModel | None = None, suspensions: SuspensionRule | None = None) -> None:
         self.params = features
+        self.suspensions = suspensions
         self.store_params = store_params
         self.store = store
         self.bar_log = bar_log
@@ -281,7 +282,7 @@ class Streamer:
         n_regimes = self.regime_model.params.n_regimes if self.regime_model is not None else 0
         self.names = plan_for(features, columns=set(store_params.bar_columns), multi_symbol=store_params.multi_symbol,
                               intraday=store_params.intraday, n_regimes=n_regimes)
-        self.engine = IncrementalEngine(features, self.names, regime_model=self.regime_model)
+        self.engine = IncrementalEngine(features, self.names, regime_model=self.regime_model, suspensions=suspensions)
         # vectors name the regime model behind their regime_prob_* (the service checks it against its own)
         self.stored_version = stored_feature_version(
             FEATURE_VERSION, self.regime_model if any(n.startswith("regime_prob_") for n in self.names) else None)
@@ -296,7 +297,8 @@ class Streamer:
         after = None
         if saved is not None and saved[1] == self.engine.fingerprint():
             self.engine = IncrementalEngine.from_state_bytes(self.params, self.names, saved[2],
-                                                             regime_model=self.regime_model)
+                                                             regime_model=self.regime_model,
+                                                             suspensions=self.suspensions)
             after = saved[0]
         elif saved is not None:
             log.warning("stream: the saved engine state was made with other feature definitions; rebuilding from "
@@ -431,10 +433,12 @@ def with_idle_markers(records: Iterator[tuple[int, object]], idle_seconds: float
 def run_stream(features: FeatureParams, store_params: FeatureStoreParams, source: str, *,
                fmt: Literal["auto", "jsonl", "csv"] = "auto", on_bad_bar: OnBadBar = "stop", pace_seconds: float = 0.0,
                naive_timezone: str = "UTC", stdin: TextIO | None = None, flush_idle_seconds: float = 1.0,
-               regime_model: RegimeModel | None = None) -> StreamSummary:
+               regime_model: RegimeModel | None = None, suspensions: SuspensionRule | None = None) -> StreamSummary:
     """Stream ``source`` (a CSV/Parquet path, or ``-`` for stdin lines) into the store of ``store_params``.
 
     ``regime_model`` (``features.regimes`` on): the regime probabilities are stored with the other features.
+    ``suspensions``: a symbol's features restart where validate would split its series (a long suspension or
+    a market closure), as the batch features do.
 
     On stdin, a timestamp's bars are written when the next timestamp begins, at the end of the input,
     or after ``flush_idle_seconds`` without a new line (0: never on idleness); a bar for a timestamp
@@ -446,7 +450,7 @@ def run_stream(features: FeatureParams, store_params: FeatureStoreParams, source
     bar_log = BarLog(Path(store_params.bar_log))
     try:
         streamer = Streamer(features, store_params, store, bar_log, on_bad_bar=on_bad_bar,
-                            naive_timezone=naive_timezone, regime_model=regime_model)
+                            naive_timezone=naive_timezone, regime_model=regime_model, suspensions=suspensions)
         log.info("stream: %d features (version %s) -> %s%s; bar log %s", len(streamer.names), FEATURE_VERSION,
                  store.backend, f" {store.url} prefix {store.key_prefix!r}" if store.url else "", bar_log.path)
         if not store.url:

@@ -253,6 +253,18 @@ def bars_frame(bars: Sequence[Bar], max_bars: int) -> pd.DataFrame:
     return frame.sort_values(["symbol", "timestamp"], kind="stable").reset_index(drop=True)
 
 
+def _split_at_suspensions(bars: pd.DataFrame, rule: dict[str, float] | None) -> pd.DataFrame:
+    """``bars`` with each series a suspension splits as its own symbol (validate's rule, recorded in the model's
+    spec), so features restart there as they did in training; the caller puts the real symbols back."""
+    from alphaforge.validate import ValidationParams, as_series, assign_segments
+
+    settings = ValidationParams()
+    if rule:
+        settings = settings.model_copy(update={"max_gap_bars": rule["max_gap_bars"],
+                                               "max_closure": f"{rule['max_closure_days']}D"})
+    return as_series(bars.assign(segment=assign_segments(bars, settings))).drop(columns="segment")
+
+
 def features_of_bars(model: ServedModel, bars: pd.DataFrame, default_params: Any) -> pd.DataFrame:
     """The model's features of ``bars``, computed by the training code with the model's own feature settings."""
     from alphaforge.features import FeatureParams, compute_features
@@ -262,9 +274,11 @@ def features_of_bars(model: ServedModel, bars: pd.DataFrame, default_params: Any
     if params.regimes and model.regime_model is None:  # a model trained without regime features
         params = params.model_copy(update={"regimes": False})
     try:
-        features = compute_features(bars, params, regime_model=model.regime_model)
+        series = _split_at_suspensions(bars, model.spec.get("suspensions"))
+        features = compute_features(series, params, regime_model=model.regime_model)
     except DataError as err:
         raise BadRequest(f"bars: {err}") from err
+    features["symbol"] = bars["symbol"].to_numpy()
     missing = [f for f in model.features if f not in features.columns]
     if missing:
         raise BadRequest(f"the bars sent cannot give feature(s) {missing} the model needs "
