@@ -72,7 +72,7 @@ class Scores:
 @pytest.fixture(scope="module")
 def scores() -> Scores:
     """Evaluate three signals on seeded synthetic bars split into three time folds."""
-    bars, truth = make_synthetic(SyntheticParams(n_symbols=20, n_bars=600, seed=3, signal_strength=0.25))
+    bars, truth = make_synthetic(SyntheticParams(n_symbols=20, n_bars=600, seed=3, signal_strength=0.1))
     labels = compute_labels(bars, 5)
     oof = bars[["timestamp", "symbol"]].copy()
     oof["forward_return"] = labels["forward_return"]
