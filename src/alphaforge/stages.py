@@ -633,7 +633,7 @@ def promote(params: Params) -> dict[str, Any]:
     """
     from alphaforge import tracking
     from alphaforge.evaluate import evaluate_oof
-    from alphaforge.promotion import PromotionError, gate_evidence, window_scorecards
+    from alphaforge.promotion import PromotionError, gate_evidence, gate_strategy, window_scorecards
     from alphaforge.promotion import promote as promote_model
 
     spec = json.loads((Paths.trained_dir / "spec.json").read_text())
@@ -654,8 +654,6 @@ def promote(params: Params) -> dict[str, Any]:
         pbo=pbo.get("pbo"), pbo_trials=int(pbo.get("n_trials") or 0), dsr=(overfitting.get("dsr") or {}).get("dsr"),
         pbo_detail=f"CSCV over {pbo.get('n_trials')} tuning trials" if pbo.get("pbo") is not None
         else pbo.get("reason"))
-    from alphaforge.promotion import gate_strategy
-
     strategy = gate_strategy(evaluation, params.promote)
     card = window_scorecards(evaluation, oof, candidate_name, strategy=strategy)
     validation = json.loads(Paths.validation_summary.read_text())
