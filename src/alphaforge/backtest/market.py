@@ -81,7 +81,6 @@ def _sorted_bars(bars: pd.DataFrame, caller: str) -> tuple[pd.DataFrame, np.ndar
 def _shift(values: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
     """``values[i + k]`` within the same symbol (rows sorted by symbol then time), NaN past its end or start."""
     out = np.full(values.shape, np.nan)
-    n = len(values)
     if k > 0:
         same = codes[k:] == codes[:-k]
         out[:-k] = np.where(same, values[k:], np.nan)
@@ -91,7 +90,7 @@ def _shift(values: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
         out[k:] = np.where(same, values[:-k], np.nan)
     else:
         out[:] = values
-    return out if n else values.astype(float)
+    return out
 
 
 def _rolling(values: np.ndarray, codes: np.ndarray, window: int, how: str, min_periods: int) -> np.ndarray:
