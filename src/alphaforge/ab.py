@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field
 
+from alphaforge.metrics import directional_accuracy, sharpe_ratio
 from alphaforge.schema import DataError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
@@ -139,15 +140,19 @@ def _bar_table(rows: pd.DataFrame, *, cost_bps: float, centre: float, min_cross_
     return table
 
 
+def _none_if_nan(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
 def _summary(table: pd.DataFrame, rows: pd.DataFrame, requests: pd.DataFrame) -> dict[str, Any]:
     latency = requests.drop_duplicates("request_id")["latency_ms"].astype(float)
     pnl = table["net_pnl"]
     return {
         "bars": len(table), "rows": int(table["rows"].sum()), "requests": int(requests["request_id"].nunique()),
         "ic": _mean(table["ic"]), "rank_ic": _mean(table["rank_ic"]),
-        "hit_rate": float(rows.pipe(lambda r: (np.sign(r["prediction"]) == np.sign(r["realised"])).mean())),
+        "hit_rate": _none_if_nan(directional_accuracy(rows["prediction"], rows["realised"])),
         "net_pnl_total": float(pnl.sum()), "net_pnl_mean_per_bar": float(pnl.mean()),
-        "sharpe_per_bar": float(pnl.mean() / pnl.std(ddof=1)) if len(pnl) > 1 and pnl.std(ddof=1) > 0 else None,
+        "sharpe_per_bar": _none_if_nan(sharpe_ratio(pnl)),
         "turnover_mean": float(table["turnover"].mean()),
         "latency_ms": {"mean": _mean(latency), "p50": _quantile(latency, 0.5), "p95": _quantile(latency, 0.95),
                        "p99": _quantile(latency, 0.99)},

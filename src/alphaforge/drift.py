@@ -63,6 +63,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from alphaforge.io import atomic_write, write_json_atomic
+from alphaforge.metrics import directional_accuracy
 from alphaforge.schema import DataError
 from alphaforge.schema import finite_or_none as _finite
 from alphaforge.schema import format_metric as _fmt
@@ -430,11 +431,6 @@ def _report_verdicts(snapshot: Any) -> dict[str, FeatureDrift]:
 # --------------------------------------------------------------------------------------------- performance
 
 
-def _directional_accuracy(prediction: np.ndarray, target: np.ndarray) -> float:
-    usable = np.isfinite(prediction) & np.isfinite(target) & (prediction != 0)
-    return float(np.mean(np.sign(prediction[usable]) == np.sign(target[usable]))) if usable.any() else math.nan
-
-
 def performance_metrics(frame: pd.DataFrame, prediction_column: str, target_column: str, *, centre: float = 0.0,
                         min_cross_section: int = 3, lags: int = 0) -> dict[str, Any]:
     """How good the predictions were on rows whose label has matured (finite ``target_column``).
@@ -466,7 +462,7 @@ def performance_metrics(frame: pd.DataFrame, prediction_column: str, target_colu
     prediction = matured[prediction_column].to_numpy(dtype=float)
     target = matured[target_column].to_numpy(dtype=float)
     error = prediction - target
-    out["directional_accuracy"] = _finite(_directional_accuracy(prediction - centre, target))
+    out["directional_accuracy"] = _finite(directional_accuracy(prediction - centre, target))
     usable = (prediction - centre != 0) & np.isfinite(target)
     hits = pd.Series(np.sign(prediction - centre) == np.sign(target)).where(usable)
     per_bar_hits = hits.groupby(matured["timestamp"].to_numpy()).mean().dropna().to_numpy()

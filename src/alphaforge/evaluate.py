@@ -49,6 +49,16 @@ from alphaforge.backtest.portfolios import (
     topk_dropout_targets,
 )
 from alphaforge.io import atomic_write as _atomic_write
+from alphaforge.metrics import (
+    ABSOLUTE_DISPERSION_FLOOR as _ABSOLUTE_DISPERSION_FLOOR,
+    RELATIVE_DISPERSION_FLOOR as _RELATIVE_DISPERSION_FLOOR,
+    annual_return as _annual_return,
+    directional_accuracy as _directional_accuracy,
+    infer_periods_per_year,
+    information_ratio as _information_ratio,
+    max_drawdown as _max_drawdown,
+    sharpe_ratio as _sharpe,
+)
 from alphaforge.schema import DataError
 from alphaforge.stats import newey_west
 
@@ -99,8 +109,6 @@ BENCHMARKED: frozenset[str] = frozenset({"topk", "long_flat"})
 # Below this many pooled pairs a time-series correlation is not worth reporting (two points always give +-1).
 MIN_TIME_SERIES_PAIRS = 3
 # A standard deviation this small relative to the values' magnitude is floating-point noise around a constant.
-_RELATIVE_DISPERSION_FLOOR = 1e-12
-_ABSOLUTE_DISPERSION_FLOOR = 1e-15
 
 
 class EvaluationParams(BaseModel):
@@ -293,39 +301,6 @@ def evaluation_mode(frame: pd.DataFrame, min_cross_section: int) -> Mode:
         raise DataError("evaluation_mode: empty frame; rule: at least one row")
     breadth = frame.groupby("timestamp")["symbol"].nunique()
     return "cross_sectional" if float(breadth.median()) >= min_cross_section else "single_series"
-
-
-def infer_periods_per_year(timestamps: pd.Series) -> float:
-    """Bars per year, inferred from the median spacing between distinct timestamps.
-
-    The rule, in order:
-
-    * Intraday (median spacing under 20 hours): bars per day times days per year. Bars per day is the median
-      number of bars per UTC calendar date, so a market with a session (equities) is not counted as 24 hours.
-      Days per year is 365 when weekend bars make up more than 10% of the timestamps (a 24x7 market such as
-      crypto), else 260 (a 24x5 market such as FX). Hourly FX: 24 * 260 = 6240.
-    * Daily (20 hours to 4 days): 252 trading days, or 365 with weekend bars as above. Business-day data: 252.
-    * Coarser: 365.25 days divided by the median spacing in days (weekly ~52, monthly ~12).
-
-    Intraday equity bars get 260 rather than ~252 sessions (holidays are not detected); pass
-    ``EvaluationParams.periods_per_year`` when that 3% matters.
-    """
-    stamps = pd.DatetimeIndex(pd.to_datetime(pd.Series(timestamps).dropna()).unique()).sort_values()
-    if len(stamps) < 2:
-        raise DataError(
-            f"infer_periods_per_year: {len(stamps)} distinct timestamp(s); rule: at least two to measure a spacing"
-        )
-    spacing = pd.Series(stamps).diff().dropna().median()
-    spacing_days = spacing / pd.Timedelta(days=1)
-    weekend_share = float(np.mean(stamps.dayofweek >= 5))
-    has_weekends = weekend_share > 0.10
-    if spacing < pd.Timedelta(hours=20):
-        utc = stamps.tz_convert("UTC") if stamps.tz is not None else stamps
-        bars_per_day = float(pd.Series(utc.normalize()).value_counts().median())
-        return bars_per_day * (365.0 if has_weekends else 260.0)
-    if spacing_days < 4.0:
-        return 365.0 if has_weekends else 252.0
-    return 365.25 / spacing_days
 
 
 # ------------------------------------------------------------------------------------ information coefficient
@@ -534,7 +509,7 @@ def _strategy_metrics(returns: pd.DataFrame, excess: np.ndarray | None, periods_
         "gross_annual_return": _annual_return(gross, periods_per_year),
         "gross_sharpe": _sharpe(gross, periods_per_year),
         "excess_annual_return": float(np.mean(excess) * periods_per_year) if excess.size else math.nan,
-        "information_ratio": _sharpe(excess, periods_per_year),
+        "information_ratio": _information_ratio(excess, periods_per_year),
         "max_drawdown": _max_drawdown(net),
         "turnover": _mean(returns["turnover"]),
         "commission": float(returns["commission"].mean() * periods_per_year) if len(returns) else math.nan,
@@ -698,66 +673,9 @@ def _finite(values: pd.Series | np.ndarray) -> np.ndarray:
     return array[np.isfinite(array)]
 
 
-def _is_flat(std: float, mean: float) -> bool:
-    return not np.isfinite(std) or std <= max(_RELATIVE_DISPERSION_FLOOR * abs(mean), _ABSOLUTE_DISPERSION_FLOOR)
-
-
 def _mean(values: pd.Series | np.ndarray) -> float:
     finite = _finite(values)
     return float(finite.mean()) if finite.size else math.nan
-
-
-def _tstat(values: pd.Series | np.ndarray) -> float:
-    """mean / (std / sqrt(n)) over the finite values; NaN for n < 2 or no dispersion."""
-    finite = _finite(values)
-    if finite.size < 2:
-        return math.nan
-    mean = float(finite.mean())
-    std = float(finite.std(ddof=1))
-    return math.nan if _is_flat(std, mean) else mean / (std / math.sqrt(finite.size))
-
-
-def _sharpe(net: np.ndarray, periods_per_year: float) -> float:
-    if net.size < 2:
-        return math.nan
-    mean = float(net.mean())
-    std = float(net.std(ddof=1))
-    return math.nan if _is_flat(std, mean) else mean / std * math.sqrt(periods_per_year)
-
-
-def _annual_return(net: np.ndarray, periods_per_year: float) -> float:
-    """Compound annual growth rate; -1 once the equity is wiped out; NaN below two periods or on overflow."""
-    if net.size < 2:
-        return math.nan
-    growth = np.prod(1.0 + net)
-    if growth <= 0:
-        return -1.0
-    exponent = math.log(growth) * periods_per_year / net.size
-    return math.expm1(exponent) if exponent < 700 else math.nan
-
-
-def _max_drawdown(net: np.ndarray) -> float:
-    """Worst fall of the equity curve from its running peak (the starting capital counts as a peak), <= 0."""
-    if net.size == 0:
-        return math.nan
-    equity = np.concatenate([[1.0], np.cumprod(1.0 + net)])
-    peak = np.maximum.accumulate(equity)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        drawdown = np.where(peak > 0, equity / peak - 1.0, -1.0)
-    return float(max(drawdown.min(), -1.0))
-
-
-def _directional_accuracy(signal: pd.Series, target: pd.Series) -> float:
-    """Share of rows where sign(signal) == sign(target); zero or NaN signals and NaN targets are excluded.
-
-    A realised return of exactly zero counts as a miss for any non-zero signal.
-    """
-    s = signal.to_numpy(dtype=float)
-    t = target.to_numpy(dtype=float)
-    usable = np.isfinite(s) & np.isfinite(t) & (s != 0)
-    if not usable.any():
-        return math.nan
-    return float(np.mean(np.sign(s[usable]) == np.sign(t[usable])))
 
 
 def _fold_ic_stats(ic: pd.Series, rank_ic: pd.Series, fold_of_stamp: pd.Series,

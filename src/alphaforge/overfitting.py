@@ -32,6 +32,8 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
+from alphaforge import metrics
+
 __all__ = [
     "EULER_GAMMA",
     "deflated_sharpe_ratio",
@@ -44,7 +46,8 @@ __all__ = [
 ]
 
 EULER_GAMMA = 0.5772156649015329
-# A standard deviation this small relative to the values' magnitude is floating-point noise around a constant.
+# CSCV's block Sharpe ratios come from summed moments (more rounding than a direct std), and a flat trial must still
+# rank (+-inf or 0, never NaN): a looser floor than alphaforge.metrics', used only there and in pbo_cscv.
 _RELATIVE_DISPERSION_FLOOR = 1e-9
 _ABSOLUTE_DISPERSION_FLOOR = 1e-15
 # C(20, 10) = 184,756 splits is already far more than the estimate needs; more only costs memory.
@@ -73,12 +76,7 @@ def _is_flat(std: float, mean: float, scale: float = 0.0) -> bool:
 
 def sharpe_ratio(returns: pd.Series | np.ndarray | Sequence[float]) -> float:
     """Per-period Sharpe ratio (mean / std, ``ddof=1``) of the finite returns; NaN below two or when constant."""
-    finite = _finite_returns(returns, "sharpe_ratio")
-    if finite.size < 2:
-        return math.nan
-    mean, std = float(finite.mean()), float(finite.std(ddof=1))
-    scale = float(np.abs(finite).max())
-    return math.nan if _is_flat(std, mean, scale) else mean / std
+    return metrics.sharpe_ratio(_finite_returns(returns, "sharpe_ratio"))
 
 
 def _check_count(value: int, name: str, minimum: int, caller: str) -> int:

@@ -65,6 +65,14 @@ from gymnasium import spaces
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy import stats
 
+from alphaforge.metrics import (
+    annual_return,
+    finite_values,
+    infer_periods_per_year,
+    max_drawdown,
+    mean_tstat,
+    sharpe_ratio,
+)
 from alphaforge.schema import DataError
 
 log = logging.getLogger(__name__)
@@ -518,29 +526,22 @@ def performance(net_returns: np.ndarray, periods_per_year: float) -> dict[str, f
     ``edge_tstat`` / ``edge_pvalue``: one-sided t-test of mean net return > 0 (periods treated as
     independent); ``claims_edge`` is ``edge_pvalue < 0.05``. NaN becomes None.
     """
-    net = np.asarray(net_returns, dtype=np.float64)
-    net = net[np.isfinite(net)]
+    net = finite_values(net_returns)
     n = int(net.size)
     growth = np.cumprod(1.0 + net) if n else np.array([])
     total = float(np.log(growth[-1])) if n and growth[-1] > 0 else (-math.inf if n else math.nan)
-    std = float(net.std(ddof=1)) if n > 1 else math.nan
     mean = float(net.mean()) if n else math.nan
-    flat = not np.isfinite(std) or std <= 1e-15
-    sharpe = math.nan if flat else mean / std * math.sqrt(periods_per_year)
-    tstat = math.nan if flat else mean / (std / math.sqrt(n))
-    pvalue = math.nan if flat else float(stats.t.sf(tstat, df=n - 1))
-    equity = np.concatenate([[1.0], growth])
-    peak = np.maximum.accumulate(equity)
-    drawdown = float(np.min(np.where(peak > 0, equity / peak - 1.0, -1.0))) if n else math.nan
-    annual = math.nan
-    if n > 1:
-        annual = -1.0 if not np.isfinite(total) else math.expm1(min(total * periods_per_year / n, 700.0))
+    sharpe = sharpe_ratio(net, periods_per_year)
+    tstat = mean_tstat(net)
+    pvalue = float(stats.t.sf(tstat, df=n - 1)) if math.isfinite(tstat) else math.nan
+    drawdown = max_drawdown(net)
+    annual = annual_return(net, periods_per_year)
 
     def clean(value: float) -> float | None:
         return float(value) if np.isfinite(value) else None
 
     return {"total_log_return": clean(total), "annual_return": clean(annual), "sharpe": clean(sharpe),
-            "max_drawdown": clean(max(drawdown, -1.0)) if n else None, "mean_return": clean(mean),
+            "max_drawdown": clean(drawdown), "mean_return": clean(mean),
             "edge_tstat": clean(tstat), "edge_pvalue": clean(pvalue),
             "claims_edge": bool(np.isfinite(pvalue) and pvalue < EDGE_SIGNIFICANCE), "n_periods": n}
 
@@ -747,8 +748,6 @@ def evaluate_agent(agent: TrainedAgent, test_series: Sequence[MarketSeries], *, 
 
 
 def _periods_per_year(steps: pd.DataFrame) -> float:
-    from alphaforge.evaluate import infer_periods_per_year
-
     return infer_periods_per_year(steps["timestamp"])
 
 

@@ -93,6 +93,7 @@ from alphaforge.evaluate import EvaluationParams
 from alphaforge.features import LabelNormalise
 from alphaforge.io import write_json_atomic as _write_json_atomic
 from alphaforge.io import write_parquet_atomic as _write_parquet_atomic
+from alphaforge.metrics import directional_accuracy, infer_periods_per_year, sharpe_ratio
 from alphaforge.models.registry import FAMILIES
 from alphaforge.splits import WalkForward, WalkForwardParams
 
@@ -569,15 +570,20 @@ def _nan_to_none(value: float) -> float | None:
     return float(value) if value is not None and math.isfinite(value) else None
 
 
-def _sharpe(net: np.ndarray, periods_per_year: float) -> float:
-    """Annualised mean over standard deviation of per-period net returns; NaN without dispersion."""
-    net = net[np.isfinite(net)]
-    if net.size < 2:
-        return math.nan
-    std = float(net.std(ddof=1))
-    if not std > 1e-15:
-        return math.nan
-    return float(net.mean() / std * math.sqrt(periods_per_year))
+
+def objective_sharpe(frame: pd.DataFrame, evaluation: EvaluationParams, *, horizon: int, periods_per_year: float,
+                     market: pd.DataFrame | None = None) -> float:
+    """The ``sharpe`` objective of one fold: the net Sharpe of ``frame["signal"]`` traded through ``market``.
+
+    The same strategy, costs and :func:`alphaforge.metrics.sharpe_ratio` as the evaluation leaderboard. Tune
+    passes no ``market``: one is built from ``forward_return_1`` alone
+    (:func:`alphaforge.evaluate.market_from_labels`).
+    """
+    from alphaforge.evaluate import market_from_labels, strategy_returns
+
+    market = market_from_labels(frame, evaluation) if market is None else market
+    returns = strategy_returns(frame, "signal", evaluation, market, horizon=horizon)
+    return sharpe_ratio(returns["net_return"].to_numpy(dtype=float), periods_per_year)
 
 
 class _Objective:
@@ -606,8 +612,6 @@ class _Objective:
         self.folds = splitter.split(dataset["timestamp"])
         self.periods_per_year = 0.0
         if tune.metric == "sharpe":
-            from alphaforge.evaluate import infer_periods_per_year
-
             self.periods_per_year = evaluation.periods_per_year or infer_periods_per_year(dataset["timestamp"])
 
     def _admit(self, trial: optuna.Trial) -> None:
@@ -632,17 +636,11 @@ class _Objective:
             if self.task == "classification":
                 usable = np.isfinite(prediction) & np.isfinite(realised)
                 hits = (prediction[usable] > 0.5) == (realised[usable] > 0.5)
-            else:
-                usable = np.isfinite(prediction) & np.isfinite(realised) & (prediction != 0)
-                hits = np.sign(prediction[usable]) == np.sign(realised[usable])
-            return float(hits.mean()) if hits.size else math.nan
-        from alphaforge.evaluate import market_from_labels, strategy_returns
-
+                return float(hits.mean()) if hits.size else math.nan
+            return directional_accuracy(prediction, realised)
         signal = prediction - 0.5 if self.task == "classification" else prediction
         frame = self.dataset.loc[mask, ["timestamp", "symbol", "forward_return_1"]].assign(signal=signal)
-        returns = strategy_returns(frame, "signal", self.evaluation, market_from_labels(frame, self.evaluation),
-                                   horizon=self.horizon)
-        return _sharpe(returns["net_return"].to_numpy(dtype=float), self.periods_per_year)
+        return objective_sharpe(frame, self.evaluation, horizon=self.horizon, periods_per_year=self.periods_per_year)
 
     def __call__(self, trial: optuna.Trial) -> float:
         import optuna
