@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from alphaforge.io import write_json_atomic
+
 log = logging.getLogger(__name__)
 
 STATE_DIR_ENV = "ALPHAFORGE_HOME"
@@ -126,13 +128,22 @@ def start_run(
 
 
 def write_run_reference(path: str | Path, run_id: str, experiment: str) -> None:
-    """Record which MLflow run a pipeline run logs to, for the later stages."""
-    Path(path).write_text(json.dumps({"run_id": run_id, "experiment": experiment, "tracking_uri": tracking_uri()}))
+    """Record which MLflow run a pipeline run logs to (``models/run.json``), for the later stages."""
+    write_json_atomic({"run_id": run_id, "experiment": experiment}, Path(path))
 
 
-def read_run_reference(path: str | Path) -> dict[str, str]:
-    """The run reference written by the train stage."""
-    return json.loads(Path(path).read_text())
+def read_run_reference(path: str | Path, *, missing_ok: bool = False) -> dict[str, str]:
+    """The run reference the train stage wrote (``{"run_id", "experiment"}``), the one reader of ``models/run.json``.
+
+    A missing file raises :class:`FileNotFoundError`, or gives ``{}`` with ``missing_ok`` (stages that log to
+    the run only when there is one).
+    """
+    reference = Path(path)
+    if not reference.is_file():
+        if missing_ok:
+            return {}
+        raise FileNotFoundError(f"{reference}: no MLflow run reference; the train stage writes it (dvc repro train)")
+    return json.loads(reference.read_text())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -18,7 +18,6 @@ non-empty string and ``timestamp`` a time-zone-aware time; one row per (symbol, 
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -549,8 +548,3 @@ def load_served_model(model_dir: str | Path, *, name: str, version: str, torch_t
              "+".join(model.ensemble.base_models), len(model.features), "row" if model.row_wise else "panel",
              len(compiled), model.load_seconds * 1000)
     return model
-
-
-def read_spec(model_dir: Path) -> dict[str, Any]:
-    """The ensemble's feature spec (``spec.json``) of a model folder."""
-    return json.loads(Path(model_artifacts(model_dir)["spec"]).read_text())
