@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers
 
 from messy_panel import FAULTS, CORRECTED_ROWS, clean_panel, expected_quarantine, plant_faults, write_messy_csv  # noqa: E402
 
