@@ -1,13 +1,6 @@
-"""DVC stage `drift`: thin glue over `alphaforge.stages.drift`; see `alphaforge drift --help` and dvc.yaml."""
+"""DVC stage `drift`: see `python pipelines/drift.py --help`, `src/alphaforge/stages/drift.py` and dvc.yaml."""
 
-import sys
-
-from alphaforge.cli import app
-
-
-def main() -> None:
-    app(["drift", *sys.argv[1:]])
-
+from alphaforge.stages.drift import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

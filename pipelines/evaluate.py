@@ -1,13 +1,6 @@
-"""DVC stage `evaluate`: thin glue over `alphaforge.stages.evaluate`; see `alphaforge evaluate --help` and dvc.yaml."""
+"""DVC stage `evaluate`: see `python pipelines/evaluate.py --help`, `src/alphaforge/stages/evaluate.py` and dvc.yaml."""
 
-import sys
-
-from alphaforge.cli import app
-
-
-def main() -> None:
-    app(["evaluate", *sys.argv[1:]])
-
+from alphaforge.stages.evaluate import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,13 +1,6 @@
-"""DVC stage `features`: thin glue over `alphaforge.stages.features`; see `alphaforge features --help` and dvc.yaml."""
+"""DVC stage `features`: see `python pipelines/features.py --help`, `src/alphaforge/stages/features.py` and dvc.yaml."""
 
-import sys
-
-from alphaforge.cli import app
-
-
-def main() -> None:
-    app(["features", *sys.argv[1:]])
-
+from alphaforge.stages.features import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

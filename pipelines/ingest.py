@@ -1,13 +1,6 @@
-"""DVC stage `ingest`: thin glue over `alphaforge.stages.ingest`; see `alphaforge ingest --help` and dvc.yaml."""
+"""DVC stage `ingest`: see `python pipelines/ingest.py --help`, `src/alphaforge/stages/ingest.py` and dvc.yaml."""
 
-import sys
-
-from alphaforge.cli import app
-
-
-def main() -> None:
-    app(["ingest", *sys.argv[1:]])
-
+from alphaforge.stages.ingest import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,13 +1,6 @@
-"""DVC stage `promote`: thin glue over `alphaforge.stages.promote`; see `alphaforge promote --help` and dvc.yaml."""
+"""DVC stage `promote`: see `python pipelines/promote.py --help`, `src/alphaforge/stages/promote.py` and dvc.yaml."""
 
-import sys
-
-from alphaforge.cli import app
-
-
-def main() -> None:
-    app(["promote", *sys.argv[1:]])
-
+from alphaforge.stages.promote import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

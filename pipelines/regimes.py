@@ -1,13 +1,6 @@
-"""DVC stage `regimes`: thin glue over `alphaforge.stages.regimes`; see `alphaforge regimes --help` and dvc.yaml."""
+"""DVC stage `regimes`: see `python pipelines/regimes.py --help`, `src/alphaforge/stages/regimes.py` and dvc.yaml."""
 
-import sys
-
-from alphaforge.cli import app
-
-
-def main() -> None:
-    app(["regimes", *sys.argv[1:]])
-
+from alphaforge.stages.regimes import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,13 +1,6 @@
-"""DVC stage `risk`: thin glue over `alphaforge.stages.risk`; see `alphaforge risk --help` and dvc.yaml."""
+"""DVC stage `risk`: see `python pipelines/risk.py --help`, `src/alphaforge/stages/risk.py` and dvc.yaml."""
 
-import sys
-
-from alphaforge.cli import app
-
-
-def main() -> None:
-    app(["risk", *sys.argv[1:]])
-
+from alphaforge.stages.risk import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

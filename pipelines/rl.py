@@ -1,13 +1,6 @@
-"""DVC stage `rl`: thin glue over `alphaforge.stages.rl`; see `alphaforge rl --help` and dvc.yaml."""
+"""DVC stage `rl`: see `python pipelines/rl.py --help`, `src/alphaforge/stages/rl.py` and dvc.yaml."""
 
-import sys
-
-from alphaforge.cli import app
-
-
-def main() -> None:
-    app(["rl", *sys.argv[1:]])
-
+from alphaforge.stages.rl import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,13 +1,6 @@
-"""DVC stage `stack`: thin glue over `alphaforge.stages.stack`; see `alphaforge stack --help` and dvc.yaml."""
+"""DVC stage `stack`: see `python pipelines/stack.py --help`, `src/alphaforge/stages/stack.py` and dvc.yaml."""
 
-import sys
-
-from alphaforge.cli import app
-
-
-def main() -> None:
-    app(["stack", *sys.argv[1:]])
-
+from alphaforge.stages.stack import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,13 +1,6 @@
-"""DVC stage `train`: thin glue over `alphaforge.stages.train`; see `alphaforge train --help` and dvc.yaml."""
+"""DVC stage `train`: see `python pipelines/train.py --help`, `src/alphaforge/stages/train.py` and dvc.yaml."""
 
-import sys
-
-from alphaforge.cli import app
-
-
-def main() -> None:
-    app(["train", *sys.argv[1:]])
-
+from alphaforge.stages.train import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,13 +1,6 @@
-"""DVC stage `tune`: thin glue over `alphaforge.stages.tune`; see `alphaforge tune --help` and dvc.yaml."""
+"""DVC stage `tune`: see `python pipelines/tune.py --help`, `src/alphaforge/stages/tune.py` and dvc.yaml."""
 
-import sys
-
-from alphaforge.cli import app
-
-
-def main() -> None:
-    app(["tune", *sys.argv[1:]])
-
+from alphaforge.stages.tune import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,13 +1,6 @@
-"""DVC stage `validate`: thin glue over `alphaforge.stages.validate`; see `alphaforge validate --help` and dvc.yaml."""
+"""DVC stage `validate`: see `python pipelines/validate.py --help`, `src/alphaforge/stages/validate.py` and dvc.yaml."""
 
-import sys
-
-from alphaforge.cli import app
-
-
-def main() -> None:
-    app(["validate", *sys.argv[1:]])
-
+from alphaforge.stages.validate import main
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -52,3 +52,26 @@ def bokeh_bars() -> pd.DataFrame:
 def skfolio_bars() -> pd.DataFrame:
     """20 US large caps, daily close only, 2015-2022 slice, real."""
     return load_source(IngestParams(source="skfolio_sp500", start="2015-01-01"))
+
+
+# Markers by the service a test needs, so `make test-fast` (-m "not redis and not postgres and ...") runs with none:
+# a test that uses the PostgreSQL-backed MLflow server or a PostgreSQL study is marked by its fixtures; a module
+# that talks to Redis or runs Airflow is marked as a whole (its fixtures start services the whole module shares).
+SERVICE_FIXTURES = {"mlflow_server": ("mlflow_server", "postgres"), "postgres_url": ("postgres",)}
+SERVICE_MODULES = {"127.0.0.1:6379": "redis", "airflow_driver": "airflow"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    sources: dict[Path, str] = {}
+    for item in items:
+        for fixture, marks in SERVICE_FIXTURES.items():
+            if fixture in getattr(item, "fixturenames", ()):
+                for mark in marks:
+                    item.add_marker(getattr(pytest.mark, mark))
+        path = Path(str(item.fspath))
+        if path not in sources:
+            sources[path] = path.read_text()
+        for needle, mark in SERVICE_MODULES.items():
+            if needle in sources[path]:
+                item.add_marker(getattr(pytest.mark, mark))
+

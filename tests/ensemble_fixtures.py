@@ -72,16 +72,15 @@ def stack_and_register(trained: Mapping[str, Any], work: Path, *, model_name: st
     """Run the stack stage on ``trained`` (in ``work``): the pyfunc folder, and a registered version if named."""
     from alphaforge import tracking
     from alphaforge.ensemble import EnsembleParams
-    from alphaforge.pyfunc import StackPaths, run_stack
+    from alphaforge.paths import Paths
+    from alphaforge.stages.stack import run_stack
 
     work.mkdir(parents=True, exist_ok=True)
-    paths = StackPaths(
-        oof=work / "oof.parquet", dataset=work / "dataset.parquet", trained_dir=trained["trained_dir"],
-        train_metrics=work / "train_metrics.json", run_reference=work / "run.json",
-        ensemble_dir=work / "ensemble", stack_oof=work / "stack_oof.parquet", report=work / "stack.json",
-    )
+    paths = Paths(work, trained_dir=trained["trained_dir"])
     write_parquet_atomic(trained["oof"], paths.oof)
     write_parquet_atomic(trained["dataset"], paths.dataset)
+    for folder in (paths.train_metrics.parent, paths.run_reference.parent):
+        folder.mkdir(parents=True, exist_ok=True)
     paths.train_metrics.write_text(json.dumps(trained["metrics"]))
     params = EnsembleParams(registered_model_name=model_name,
                             meta_walk_forward=WalkForwardParams(n_splits=2, min_train_size=60, embargo=0))
@@ -92,5 +91,5 @@ def stack_and_register(trained: Mapping[str, Any], work: Path, *, model_name: st
             run_id = run.run_id
         paths.run_reference.write_text(json.dumps({"run_id": run_id, "experiment": experiment}))
         report = run_stack(params, experiment=experiment, paths=paths)
-    return {"report": report, "paths": paths, "model_dir": paths.model_dir,
+    return {"report": report, "paths": paths, "model_dir": paths.ensemble_model_dir,
             "version": (report.get("mlflow") or {}).get("registered_model_version")}

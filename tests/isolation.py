@@ -22,7 +22,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 # what `make run` (dvc repro), the service, the stream and Airflow write in a checkout; `make clean-state` removes
-# most of them. The end-to-end tests run the pipeline in a copy (tests/test_pipeline_e2e.py::copy_repo).
+# most of them. The end-to-end tests run the pipeline in a copy (tests/integration/test_pipeline_e2e.py::copy_repo).
 PIPELINE_OUTPUTS = (
     "data/raw", "data/validated", "data/features", "data/predictions", "data/regimes", "data/risk", "data/stream",
     "data/quarantine/rows.parquet", "data/quarantine/duplicates.parquet",

@@ -14,6 +14,8 @@ from typing import Any
 
 import typer
 
+from alphaforge.logs import setup_logging
+
 app = typer.Typer(
     help="alphaforge: market data in, validated, featured, walk-forward trained and honestly evaluated.\n\n"
     "Run the whole pipeline with `dvc repro` (or `make run`); each command below runs one stage, "
@@ -25,19 +27,6 @@ app = typer.Typer(
 
 ParamsOption = typer.Option(Path("params.yaml"), "--params", "-p", help="the params file to read")
 ProjectOption = typer.Option(Path("."), "--project", help="the folder holding bentos/ (the repository root)")
-
-
-def setup_logging(verbose: bool = False) -> None:
-    """One line per event on stderr; quiet the chatty libraries."""
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)-7s %(name)s: %(message)s",
-        datefmt="%H:%M:%S",
-        stream=sys.stderr,
-        force=True,
-    )
-    for noisy in ("great_expectations", "alembic", "mlflow", "urllib3", "matplotlib", "numexpr", "git"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def run_stage_or_exit(name: str, params_path: Path, **options: object) -> None:
@@ -279,8 +268,8 @@ def ab_report(
     from alphaforge.ab import report_text, run_ab_report
     from alphaforge.config import ConfigError, load_params
     from alphaforge.features import compute_labels
+    from alphaforge.paths import Paths
     from alphaforge.schema import DataError
-    from alphaforge.stages import Paths
 
     setup_logging()
     try:
@@ -406,11 +395,14 @@ def serve_reload(
 def leaderboard(
     metrics: Path = typer.Option(Path("reports/evaluate/leaderboard.txt"), help="the leaderboard the evaluate stage wrote"),
 ) -> None:
-    """Print the latest out-of-sample leaderboard (model vs baselines)."""
+    """Print the latest out-of-sample leaderboard (model vs baselines), and the optional rl stage's beside it."""
     if not metrics.exists():
         typer.secho(f"{metrics} not found: run `dvc repro` (or `make run`) first", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=2)
     typer.echo(metrics.read_text().rstrip())
+    rl_table = metrics.parent.parent / "rl" / "leaderboard.txt"
+    if rl_table.is_file():  # `dvc repro rl` ran: its agents against buy-and-hold and the ensemble's signal
+        typer.echo("\n" + rl_table.read_text().rstrip())
 
 
 @app.command()
@@ -501,8 +493,8 @@ def stream(
     written when the next one begins or after --flush-idle seconds without input.
     """
     from alphaforge.config import ConfigError, load_params
-    from alphaforge.featurestore.online import StoreUnavailable
     from alphaforge.featurestore.incremental import SuspensionRule
+    from alphaforge.featurestore.online import StoreUnavailable
     from alphaforge.featurestore.stream import run_stream
     from alphaforge.schema import DataError
 

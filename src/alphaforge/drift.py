@@ -62,6 +62,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from alphaforge.errors import AlertDeliveryError  # noqa: F401  (re-exported: the errors live in alphaforge.errors)
 from alphaforge.io import atomic_write, write_json_atomic
 from alphaforge.metrics import directional_accuracy
 from alphaforge.schema import DataError
@@ -102,8 +103,6 @@ class DriftError(DataError):
     """The drift check cannot run on this data (too little reference, no usable feature); the message says why."""
 
 
-class AlertDeliveryError(RuntimeError):
-    """An alert was recorded locally but the webhook did not accept it."""
 
 
 class DriftParams(BaseModel):

@@ -272,7 +272,7 @@ def apply_overrides(overrides: Mapping[str, Any], params_path: Path = Path("para
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``export`` the DAG settings, or ``prepare`` one run (overrides, then export)."""
-    from alphaforge.cli import setup_logging
+    from alphaforge.logs import setup_logging
     from alphaforge.config import ConfigError
 
     parser = argparse.ArgumentParser(prog="python -m alphaforge.orchestration", description=__doc__.split("\n")[0])

@@ -65,6 +65,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from alphaforge import tracking
+from alphaforge.errors import PromotionConflict, PromotionError, RegistryError  # noqa: F401  (re-exported: the errors live in alphaforge.errors)
 from alphaforge.io import write_json_atomic
 from alphaforge.processes import pid_alive
 from alphaforge.schema import finite_or_none as _finite
@@ -317,16 +318,6 @@ class RollbackOutcome(BaseModel):
     seconds: float
 
 
-class PromotionError(RuntimeError):
-    """The promote stage failed; the message says whether the champion changed."""
-
-
-class PromotionConflict(PromotionError):
-    """The champion moved while this promotion ran (a rollback, or a promoter that broke the lock)."""
-
-
-class RegistryError(RuntimeError):
-    """A registry command (rollback, show) cannot do what was asked; the message says why."""
 
 
 # ---------------------------------------------------------------------------------------------- decide

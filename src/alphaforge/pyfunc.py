@@ -32,20 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import mlflow.pyfunc
-import numpy as np
 import pandas as pd
 
 from alphaforge.ensemble import (
     FEATURE_VERSION_ATTR,
     Combiner,
-    EnsembleParams,
     PanelEnsemble,
-    StackResult,
     combiner_from_dict,
-    fit_stack,
     write_json_atomic,
 )
-from alphaforge.io import write_parquet_atomic
 from alphaforge.schema import DataError
 
 log = logging.getLogger(__name__)
@@ -274,126 +269,13 @@ def save_ensemble_model(package: EnsemblePackage, path: str | Path) -> Path:
     return target
 
 
-# ------------------------------------------------------------------------------------------------ the stack stage
-
-
-@dataclass(frozen=True)
-class StackPaths:
-    """What the stack stage reads and writes, relative to the repository root (mirror them in ``dvc.yaml``)."""
-
-    oof: Path = Path("data/predictions/oof.parquet")
-    dataset: Path = Path("data/features/dataset.parquet")
-    validated_bars: Path = Path("data/validated/bars.parquet")
-    trained_dir: Path = Path("models/trained")
-    train_metrics: Path = Path("reports/train_metrics.json")
-    run_reference: Path = Path("models/run.json")
-    ensemble_dir: Path = Path("models/ensemble")
-    stack_oof: Path = Path("data/predictions/stack_oof.parquet")
-    report: Path = Path("reports/stack/metrics.json")
-
-    @property
-    def model_dir(self) -> Path:
-        return self.ensemble_dir / "pyfunc"
-
-
-def run_stack(
-    params: EnsembleParams,
-    *,
-    experiment: str | None,
-    evaluation: Any = None,
-    paths: StackPaths = StackPaths(),
-) -> dict[str, Any]:
-    """The stack stage: check the OOF predictions, fit and judge the ensemble, package it, log and register it.
-
-    Reads ``paths.oof``, ``paths.train_metrics``, ``paths.trained_dir`` (spec + final models),
-    ``paths.dataset`` (timestamps for the purge check, rows for the input example) and, with an
-    ``experiment``, ``paths.run_reference`` (the pipeline's MLflow run). Writes
-    ``models/ensemble/{meta,spec,hedge_seed}.json``, the pyfunc folder ``models/ensemble/pyfunc``,
-    the stack's own OOF predictions ``data/predictions/stack_oof.parquet`` and
-    ``reports/stack/metrics.json``; with an ``experiment`` also logs the model to the run (and a
-    registered-model version under ``params.registered_model_name``) and the ``stack.*`` metrics.
-    ``evaluation`` (an :class:`alphaforge.evaluate.EvaluationParams`) adds the trading metrics of the
-    ensemble and each family over the meta-test rows.
-    """
-
-    oof = pd.read_parquet(paths.oof)
-    train_metrics = json.loads(paths.train_metrics.read_text())
-    spec = json.loads((paths.trained_dir / "spec.json").read_text())
-    dataset = pd.read_parquet(paths.dataset, columns=["timestamp", "symbol", *spec["features"]])
-    result: StackResult = fit_stack(oof, train_metrics, calendar=dataset["timestamp"].unique(), spec=spec,
-                                    params=params)
-    metrics = dict(result.metrics)
-    if evaluation is not None and spec["target"] != "forward_volatility":
-        metrics["trading"] = _trading_metrics(result, spec, evaluation, paths.validated_bars)
-    artifacts = build_ensemble_artifacts(paths.trained_dir, result.combiner, paths.ensemble_dir,
-                                         hedge_seed=result.hedge.to_dict(),
-                                         extra_spec={"method": params.method}, compile_trees=params.compile_trees)
-    package = package_ensemble(artifacts, dataset)
-    save_ensemble_model(package, paths.model_dir)
-    write_parquet_atomic(result.evaluation.oof, paths.stack_oof)
-    if experiment is not None:
-        metrics["mlflow"] = _log_to_run(package, metrics, params, experiment, paths.run_reference)
-    write_json_atomic(_json_safe(metrics), paths.report)
-    log.info("stack: %s over %s, weights %s; meta walk-forward rank IC %s; Hedge regret %.3f over %d updates",
-             params.method, ", ".join(result.families), {k: round(v, 4) for k, v in result.combiner.weights_.items()},
-             metrics["meta_evaluation"]["rank_ic"], result.hedge.regret(), result.hedge.n_updates)
-    return metrics
-
-
-def _trading_metrics(result: StackResult, spec: Mapping[str, Any], evaluation: Any, bars_path: Path
-                     ) -> dict[str, Any]:
-    """evaluate_oof of the ensemble and every family on the meta-test rows (signals centred for classification),
-    traded through the validated bars' market like the evaluate stage."""
-    from alphaforge.evaluate import evaluate_oof, load_market_frame
-
-    frame = result.evaluation.oof.copy()
-    centre = 0.5 if spec.get("task") == "classification" else 0.0
-    models = {}
-    for name, column in [("ensemble", "prediction_ensemble"),
-                         *[(f, f"prediction_{f}") for f in result.families]]:
-        frame[f"signal_{name}"] = frame[column] - centre
-        models[name] = f"signal_{name}"
-    market = load_market_frame(pd.read_parquet(bars_path), evaluation)
-    return evaluate_oof(frame, evaluation, models=models, market=market,
-                        horizon=int(spec.get("horizon") or 1)).to_metrics_json()
-
-
-def _log_to_run(package: EnsemblePackage, metrics: Mapping[str, Any], params: EnsembleParams, experiment: str,
-                run_reference: Path) -> dict[str, Any]:
-    from alphaforge import tracking
-
-    reference = json.loads(run_reference.read_text()) if run_reference.is_file() else {}
-    info = tracking.log_ensemble_model(
-        run_id=reference.get("run_id"), experiment=experiment, artifacts=package.artifacts,
-        python_model=package.python_model(), signature=package.signature, input_example=package.input_example,
-        pip_requirements=package.pip_requirements, code_paths=package.code_paths,
-        registered_model_name=params.registered_model_name,
-        metrics={"stack": {"meta_rank_ic": metrics["meta_evaluation"]["rank_ic"],
-                           "weights": metrics["weights"], "hedge_regret": metrics["hedge"]["regret"]}},
-    )
-    return info
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN/inf to None and numpy scalars to Python numbers, for a strict JSON report."""
-    if isinstance(value, Mapping):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, np.generic):
-        value = value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 def predict_frame(model: Any, frame: pd.DataFrame, feature_version: str | None = None) -> pd.DataFrame:
     """Predict a canonical panel frame (UTC-aware timestamps) with a loaded pyfunc ensemble."""
     return model.predict(to_model_input(frame, feature_version))
 
 
 __all__: Sequence[str] = (
-    "EnsembleModel", "EnsemblePackage", "StackPaths", "build_ensemble_artifacts", "ensemble_pip_requirements",
+    "EnsembleModel", "EnsemblePackage", "build_ensemble_artifacts", "ensemble_pip_requirements",
     "ensemble_signature", "load_panel_ensemble", "model_input_example", "package_ensemble", "predict_frame",
-    "run_stack", "save_ensemble_model", "to_model_input",
+    "save_ensemble_model", "to_model_input",
 )

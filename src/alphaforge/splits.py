@@ -108,3 +108,8 @@ class WalkForward:
                 )
             )
         return folds
+
+
+def first_training_end(walk_forward: WalkForwardParams, purge: int, timestamps: pd.Series) -> pd.Timestamp:
+    """End of the first walk-forward training window: the regime and risk models are fitted on data up to it."""
+    return WalkForward(walk_forward, purge=purge).split(timestamps)[0].train_end

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers
 
 from messy_panel import FAULTS, CORRECTED_ROWS, clean_panel, expected_quarantine, plant_faults, write_messy_csv  # noqa: E402
 
@@ -236,7 +236,7 @@ def test_ingest_warns_once_when_dvc_does_not_track_the_file(
     shutil.copy(messy_file, target)
     params = Params.model_validate({"ingest": {"source": "file", "path": str(target), "repair": REPAIRS.model_dump()}})
     with caplog.at_level(logging.INFO, logger="alphaforge"):
-        ingest(params)
+        ingest.run(params)
     warnings = [r for r in caplog.records if "will NOT rerun" in r.getMessage()]
     assert len(warnings) == (0 if inside else 1)
     summary = json.loads(Path("reports/ingest/summary.json").read_text())

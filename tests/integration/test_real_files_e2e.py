@@ -17,7 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared helpers
 
 from messy_panel import CORRECTED_ROWS, FAULTS, expected_quarantine, write_messy_csv  # noqa: E402
 from test_pipeline_e2e import MAIN_STAGES, SMALL, _merge, copy_repo, run  # noqa: E402

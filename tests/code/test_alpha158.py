@@ -2,7 +2,7 @@
 formula, the flat-window rules, the skipped families, and cross-sectional processing.
 
 The batch==incremental and causality checks for alpha158 live beside the basic set's, in
-``tests/test_featurestore.py`` and ``tests/test_features.py``.
+``tests/integration/test_featurestore.py`` and ``tests/code/test_features.py``.
 """
 
 from __future__ import annotations

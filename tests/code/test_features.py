@@ -27,7 +27,7 @@ from alphaforge.features import (
 )
 from alphaforge.schema import DataError
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from feature_reference import reference_features  # noqa: E402
 
 TOLERANCE = {"rtol": 1e-9, "atol": 1e-9}

@@ -332,45 +332,48 @@ def test_regime_features_are_causal_when_later_bars_are_cut_off(
 def test_features_stage_merges_the_regimes_stage_model_and_train_records_it(
     fitted_regimes: tuple[pd.DataFrame, RegimeModel], tmp_path, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from alphaforge import stages
     from alphaforge.config import Params
     from alphaforge.features import feature_columns
     from alphaforge.io import write_parquet_atomic
+    from alphaforge.paths import Paths
+    from alphaforge.splits import first_training_end
+    from alphaforge.stages import features, regimes
+    from alphaforge.stages.regimes import regime_model_of
 
     bars, _ = fitted_regimes
-    monkeypatch.chdir(tmp_path)
-    write_parquet_atomic(bars, stages.Paths.validated_bars)
+    paths = Paths(tmp_path)  # the stages run on the layout under a temporary root
+    write_parquet_atomic(bars, paths.validated_bars)
     params = Params.model_validate({"regimes": FAST_REGIMES,
                                     "train": {"walk_forward": {"n_splits": 3, "min_train_size": 400}}})
     with pytest.raises(FileNotFoundError, match=r"models/regimes/model.json is missing.*dvc repro regimes"):
-        stages.features(params)
-    regimes_summary = stages.regimes(params)
-    summary = stages.features(params)
-    model = RegimeModel.load(stages.Paths.regime_model)
+        features.run(params, root=tmp_path)
+    regimes_summary = regimes.run(params, root=tmp_path)
+    summary = features.run(params, root=tmp_path)
+    model = RegimeModel.load(paths.regime_model)
     # the picture of it: a real PNG (two panels: shaded cumulative return, probabilities), no temporary left
     import matplotlib.image
 
-    image = matplotlib.image.imread(stages.Paths.regime_plot)
+    image = matplotlib.image.imread(paths.regime_plot)
     assert image.shape[0] >= 400 and image.shape[1] >= 800 and image[..., :3].std() > 0.05
-    assert sorted(p.name for p in stages.Paths.regime_plot.parent.iterdir()) == ["regimes.png", "summary.json"]
-    dataset = pd.read_parquet(stages.Paths.dataset)
+    assert sorted(p.name for p in paths.regime_plot.parent.iterdir()) == ["regimes.png", "summary.json"]
+    dataset = pd.read_parquet(paths.dataset)
     columns = ["regime_prob_0", "regime_prob_1"]
     assert summary["features"][-2:] == columns and feature_columns(dataset)[-2:] == columns
     expected = apply_regime_features(bars, model)
     np.testing.assert_array_equal(dataset[columns].to_numpy(), expected[columns].to_numpy())
     # fitted on the first walk-forward training window only
-    first_train_end = stages.first_training_end(params, dataset["timestamp"])
+    first_train_end = first_training_end(params.train.walk_forward, params.labels.horizon, dataset["timestamp"])
     assert model.train_end_ == first_train_end and regimes_summary["fit_end"] == str(first_train_end)
     assert summary["regimes"] == {"n_regimes": 2, "method": "hmm", "volatility_window": 20,
                                   "fit_start": str(model.train_start_), "fit_end": str(first_train_end)}
     assert summary["regimes"] == model.describe()
     # the train stage's spec carries the model, so the service filters regimes without the repository
-    assert stages.regime_model_of(summary["features"]) == model.to_json()
-    assert stages.regime_model_of(summary["features"][:-2]) is None
+    assert regime_model_of(summary["features"], paths) == model.to_json()
+    assert regime_model_of(summary["features"][:-2], paths) is None
     with pytest.raises(ValueError, match=r"regime columns \['regime_prob_0'\] do not match"):
-        stages.regime_model_of(summary["features"][:-1])
+        regime_model_of(summary["features"][:-1], paths)
     # switched off: the stage neither needs nor merges the model
-    off = stages.features(Params.model_validate({"features": {"regimes": False}}))
+    off = features.run(Params.model_validate({"features": {"regimes": False}}), root=tmp_path)
     assert not [name for name in off["features"] if name.startswith("regime")] and off["regimes"] is None
 
 

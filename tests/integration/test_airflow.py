@@ -38,9 +38,9 @@ from alphaforge.orchestration import apply_overrides, overrides_from_run, settin
 from mlflow_server import _postgres_admin as _postgres
 from test_pipeline_e2e import SMALL, _merge, copy_repo
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 AIRFLOW_VENV = Path(os.environ.get("ALPHAFORGE_AIRFLOW_VENV", REPO_ROOT / ".venv-airflow"))
-DRIVER = Path(__file__).with_name("airflow_driver.py")
+DRIVER = Path(__file__).resolve().parents[1] / "airflow_driver.py"
 SETTINGS = Path(".alphaforge/airflow/settings.json")
 LOGICAL_DATE = "2023-01-03T02:00:00+00:00"  # after the bundled data ends: the interval keeps every bar
 

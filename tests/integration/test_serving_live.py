@@ -21,8 +21,8 @@ from alphaforge.serving.launcher import start_service
 
 pytestmark = [pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
-TESTS = Path(__file__).resolve().parent
+REPO = Path(__file__).resolve().parents[2]
+TESTS = Path(__file__).resolve().parents[1]
 REDIS_URL = "redis://127.0.0.1:6379/0"
 FAILS_ABOVE = 1e6  # the faulty champion raises on a row whose first feature is above this
 

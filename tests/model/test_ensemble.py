@@ -173,18 +173,17 @@ def test_pyfunc_from_registry_alias_predicts_like_the_in_memory_ensemble(
     import mlflow
 
     from alphaforge import tracking
-    from alphaforge.pyfunc import StackPaths, run_stack, to_model_input
+    from alphaforge.paths import Paths
+    from alphaforge.pyfunc import to_model_input
+    from alphaforge.stages.stack import run_stack
 
     monkeypatch.setenv("ALPHAFORGE_HOME", str(tmp_path / "state"))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'state' / 'mlflow.db'}")
-    paths = StackPaths(
-        oof=tmp_path / "oof.parquet", dataset=tmp_path / "dataset.parquet", trained_dir=trained["trained_dir"],
-        train_metrics=tmp_path / "train_metrics.json", run_reference=tmp_path / "run.json",
-        ensemble_dir=tmp_path / "ensemble", stack_oof=tmp_path / "stack_oof.parquet",
-        report=tmp_path / "reports" / "stack.json",
-    )
+    paths = Paths(tmp_path, trained_dir=trained["trained_dir"])
     write_parquet_atomic(trained["oof"], paths.oof)
     write_parquet_atomic(trained["dataset"], paths.dataset)
+    for folder in (paths.train_metrics.parent, paths.run_reference.parent):
+        folder.mkdir(parents=True, exist_ok=True)
     paths.train_metrics.write_text(json.dumps(trained["metrics"]))
     with tracking.start_run("ensemble-test", run_name="train") as run:
         run_id = run.run_id
@@ -194,7 +193,7 @@ def test_pyfunc_from_registry_alias_predicts_like_the_in_memory_ensemble(
 
     report = run_stack(params, experiment="ensemble-test", paths=paths)
 
-    assert json.loads(paths.report.read_text())["mlflow"]["registered_model_version"] == "1"
+    assert json.loads(paths.stack_metrics.read_text())["mlflow"]["registered_model_version"] == "1"
     assert report["hedge"]["n_updates"] > 0 and report["hedge"]["regret"] <= report["hedge"]["regret_bound"]
     assert pd.read_parquet(paths.stack_oof)["prediction_ensemble"].notna().mean() > 0.95
     tracking.set_model_alias("ensemble-test", "champion", report["mlflow"]["registered_model_version"])

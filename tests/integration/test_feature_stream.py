@@ -28,7 +28,7 @@ from alphaforge.featurestore.stream import BarError, run_stream
 from alphaforge.schema import DataError
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
-SRC = Path(__file__).resolve().parents[1] / "src"
+SRC = Path(__file__).resolve().parents[2] / "src"
 
 
 @pytest.fixture

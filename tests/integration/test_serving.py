@@ -35,7 +35,7 @@ from alphaforge.serving.launcher import start_service
 
 pytestmark = [pytest.mark.slow]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 REDIS_URL = "redis://127.0.0.1:6379/0"
 FEATURE_PREFIX = f"alphaforge-test:{uuid.uuid4().hex[:8]}:"
 
