@@ -8,7 +8,6 @@ it and records its id in a file; the evaluate stage reopens it by that id.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -17,8 +16,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-from alphaforge.io import write_json_atomic
 
 log = logging.getLogger(__name__)
 
@@ -125,25 +122,6 @@ def start_run(
             run.set_tags(tags)
         log.info("MLflow run %s in %s", active.info.run_id, tracking_uri())
         yield run
-
-
-def write_run_reference(path: str | Path, run_id: str, experiment: str) -> None:
-    """Record which MLflow run a pipeline run logs to (``models/run.json``), for the later stages."""
-    write_json_atomic({"run_id": run_id, "experiment": experiment}, Path(path))
-
-
-def read_run_reference(path: str | Path, *, missing_ok: bool = False) -> dict[str, str]:
-    """The run reference the train stage wrote (``{"run_id", "experiment"}``), the one reader of ``models/run.json``.
-
-    A missing file raises :class:`FileNotFoundError`, or gives ``{}`` with ``missing_ok`` (stages that log to
-    the run only when there is one).
-    """
-    reference = Path(path)
-    if not reference.is_file():
-        if missing_ok:
-            return {}
-        raise FileNotFoundError(f"{reference}: no MLflow run reference; the train stage writes it (dvc repro train)")
-    return json.loads(reference.read_text())
 
 
 # ------------------------------------------------------------------------------------------------
