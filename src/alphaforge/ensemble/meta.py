@@ -1,4 +1,6 @@
-"""The combiner's own out-of-sample record: a walk-forward over the OOF frame that refits the combiner on the past only."""
+"""The combiner's own out-of-sample record: a walk-forward over the OOF frame that refits the combiner
+on the past only.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,6 @@
-"""The out-of-fold check: every base prediction the combiners see must come from a fold that did not train on its row."""
+"""The out-of-fold check: every base prediction the combiners see must come from a fold that did not
+train on its row.
+"""
 
 from __future__ import annotations
 
