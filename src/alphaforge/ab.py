@@ -5,7 +5,7 @@ The service answers ``serving.challenger_share`` of requests with the ``challeng
 (:class:`alphaforge.monitor.RequestLog`) with their variant. :func:`ab_report` joins those predictions with
 realised returns and compares the two variants bar by bar:
 
-* **Realised returns** follow the backtest's execution convention (issue #14, :func:`alphaforge.features.compute_labels`):
+* **Realised returns** follow the backtest's execution convention (:func:`alphaforge.features.compute_labels`):
   a prediction for bar t trades at bar t+1's execution price and earns that price's return to the next bar,
   ``forward_return_1`` (a log return; P&L uses ``expm1`` of it, as :mod:`alphaforge.evaluate` does).
 * **Same requests.** Where both variants predicted the same (symbol, bar) (shadow mode, or a split whose two

@@ -427,7 +427,7 @@ def show_params(params: Path = ParamsOption) -> None:
     typer.echo(json.dumps(loaded.model_dump(by_alias=True, mode="json"), indent=2))
 
 
-# ---- feature store (issue 8): `features list`, `stream` ----------------------------------------------------
+# ---- feature store: `features list`, `stream` ----------------------------------------------------
 
 
 @features_app.command("list")
