@@ -600,7 +600,8 @@ def follow(params: MonitorParams, *, log_dir: str | Path, bar_log: str | Path, h
                     log.warning("live monitor: triggered %s (run %s): %s", params.retrain_dag_id, run_id,
                                 champion["detail"])
             written_at = clock()
-            lags.extend(written_at - row[6] / 1e6 for row in new_requests)
+            # rows committed while following (a restart's replay of older rows is no lag)
+            lags.extend(written_at - row[6] / 1e6 for row in new_requests if row[6] / 1e6 >= started)
             document = {
                 "updated_at": datetime.fromtimestamp(written_at, UTC).isoformat(), "horizon": horizon,
                 "execution_price": price_column, "cost_rate_per_side": cost_rate, "variants": variants,
