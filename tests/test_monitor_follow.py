@@ -52,8 +52,14 @@ class Follower:
             except BaseException as err:  # noqa: BLE001 - re-raised in the test by figures()/close()
                 self.error = err
 
+        path = out / "live.json"
+        before = path.stat().st_mtime_ns if path.exists() else None
         self.thread = threading.Thread(target=run, daemon=True)
         self.thread.start()
+        deadline = time.monotonic() + 10  # following: its first figures are written (rows from now on are live)
+        while not (path.exists() and path.stat().st_mtime_ns != before) and time.monotonic() < deadline:
+            assert self.error is None, self.error
+            time.sleep(0.01)
 
     def figures(self) -> dict:
         assert self.error is None, self.error
