@@ -147,6 +147,7 @@ def test_a_planted_degradation_alerts_within_seconds_and_retrains_once_across_a_
             time.sleep(0.05)
         follower.wait_for(lambda f: f["alert"]["blocking"] and f["retrain"]["triggers"] == 1, timeout=10)
         alert_seconds = time.monotonic() - started
+        follower.wait_for(lambda f: f["variants"]["champion"]["requests"] == 60 * 6)  # every row read
         figures = follower.figures()
         assert alert_seconds < 5, alert_seconds
         assert figures["variants"]["champion"]["degradation"]["metrics"]["rank_ic"]["recent"] < 0
