@@ -234,3 +234,46 @@ def test_matured_returns_move_the_hedge_weights_in_redis_across_a_restart_as_an_
     assert saved is not None and saved["hedge"] == hedge.to_dict()
     assert HedgeEnsemble.from_dict(saved["hedge"]).weights() == hedge.weights()
     assert math.isclose(sum(hedge.weights().values()), 1.0)
+
+
+def test_outcomes_the_sink_refused_are_sent_again_in_order(tmp_path: Path) -> None:
+    """The service is down for a while: its outcomes are kept, then delivered oldest bar first, so the weights end
+    as if it had never been down."""
+    import socket
+
+    from alphaforge.live_monitor import BarTail, LiveMonitor, RequestTail, ServiceOutcomes
+    from alphaforge.serving.online_weights import MemoryState
+
+    with socket.socket() as sock:  # a port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = sock.getsockname()[1]
+    market = ServedMarket(tmp_path, n_bars=20, seed=5)
+    requests, bars = RequestTail(market.log_dir, 0), BarTail(market.bar_log_path, "open")
+    monitor = LiveMonitor(PARAMS, horizon=1, cost_rate=0.0, outcomes=ServiceOutcomes(f"http://127.0.0.1:{closed}"))
+    seed = HedgeEnsemble(FEATURES, learning_rate=None, loss="sign").to_dict()
+
+    def step(t: int) -> None:
+        market.write(t)
+        monitor.add_bars(bars.poll())
+        monitor.add_requests(requests.poll())
+        monitor.mature()
+
+    for t in range(10):
+        step(t)
+    assert monitor.hedge["error"] and "URLError" in monitor.hedge["error"] and len(monitor._undelivered) == 8 * 6
+    online = OnlineWeights.open(seed, store=MemoryState(), key="k")
+    monitor.outcomes = DirectOutcomes(online, family_predictions, FEATURES)  # the service is back
+    step(10)
+    assert len(monitor._undelivered) == 9 * 6 and online.info()["n_updates"] == 0  # not before the retry delay
+    monitor._retry_at = 0.0
+    for t in range(11, 20):
+        step(t)
+    market.close()
+    assert monitor._undelivered == [] and monitor.hedge["error"] is None and online.info()["n_updates"] == 18
+    offline = HedgeEnsemble.from_dict(seed)
+    for t in range(18):
+        x = market.features(t)  # the log keeps 12 significant digits; the sign loss does not see the difference
+        offline.update(dict(zip(FEATURES, family_predictions(x).T, strict=True)), market.realised(t),
+                       timestamp=market.stamps[t])
+    assert online.hedge.last_timestamp == market.stamps[17]
+    assert online.info()["weights"] == pytest.approx(offline.weights(), rel=1e-9)

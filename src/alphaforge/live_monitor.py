@@ -65,6 +65,7 @@ __all__ = ["AirflowTrigger", "DirectOutcomes", "LiveMonitor", "ServiceOutcomes",
 
 _RETRY_SECONDS = 60.0  # a failed retrain trigger is retried no sooner than this
 _CHUNK_ROWS = 2000  # outcome rows per /admin/outcomes request (whole bars)
+_OUTCOME_RETRY_SECONDS = 5.0  # outcomes the sink refused are sent again no sooner than this
 
 
 # --------------------------------------------------------------------------------------------- the tails
@@ -332,7 +333,7 @@ class _Variant:
     unmatchable: int = 0  # predictions for a bar the bar log skipped: they can never mature
     matured: dict[int, list[tuple[str, float, float, float]]] = field(default_factory=dict)  # bar -> rows
     figures: dict[int, tuple[float, float, float, float, int]] = field(default_factory=dict)
-    features: deque = field(default_factory=deque)  # newest served feature rows (drift)
+    features: deque[dict[str, float]] = field(default_factory=deque)  # newest served feature rows (drift)
     alerting: bool = False
 
 
@@ -363,7 +364,9 @@ class LiveMonitor:
                               for c in reference.columns if c not in ("timestamp", "symbol", "prediction")
                               and pd.api.types.is_numeric_dtype(reference[c])}
             self.reference_source = "reference data"
-        self.hedge = {"sent_rows": 0, "applied_steps": 0, "last": None, "error": None}
+        self.hedge: dict[str, Any] = {"sent_rows": 0, "applied_steps": 0, "last": None, "error": None}
+        self._undelivered: list[tuple[int, str, dict[str, float], float]] = []  # the sink failed on these
+        self._retry_at = 0.0
 
     # ------------------------------------------------------------------------------------- input
 
@@ -435,6 +438,11 @@ class LiveMonitor:
                 done.append(key)
         for key in done:
             del self.pending[key]
+        if self._undelivered and time.monotonic() >= self._retry_at:  # the sink failed before: again, in order
+            hedge_rows, self._undelivered = self._undelivered + hedge_rows, []
+        elif self._undelivered:
+            self._undelivered += hedge_rows
+            hedge_rows = []
         if hedge_rows:
             self._send_outcomes(hedge_rows)
         for variant in touched:
@@ -449,13 +457,16 @@ class LiveMonitor:
             if len(chunks[-1]) >= _CHUNK_ROWS and row[0] != rows[i - 1][0]:
                 chunks.append([])
             chunks[-1].append(row)
-        for chunk in chunks:
+        for number, chunk in enumerate(chunks):
             try:
                 answer = self.outcomes.send([r[0] for r in chunk], [r[1] for r in chunk],  # type: ignore[union-attr]
                                             [r[2] for r in chunk], np.array([r[3] for r in chunk]))
-            except Exception as err:  # the follower keeps scoring; the failure is in the figures and the log
+            except Exception as err:  # the follower keeps scoring; kept and retried, the failure in the figures
+                self._undelivered = [row for rest in chunks[number:] for row in rest]
+                self._retry_at = time.monotonic() + _OUTCOME_RETRY_SECONDS
                 self.hedge["error"] = f"{type(err).__name__}: {err}"
-                log.error("live monitor: %d outcomes not delivered to the online weights: %s", len(chunk), err)
+                log.error("live monitor: %d outcomes not delivered to the online weights (retried in %g s): %s",
+                          len(self._undelivered), _OUTCOME_RETRY_SECONDS, err)
                 return
             self.hedge.update(sent_rows=self.hedge["sent_rows"] + len(chunk), error=None,
                               applied_steps=self.hedge["applied_steps"] + int(answer.get("applied_steps", 0)),
@@ -610,7 +621,7 @@ def follow(params: MonitorParams, *, log_dir: str | Path, bar_log: str | Path, h
                             "enabled": retrain is not None, **{k: retrain_state.get(k) for k in
                                                              ("last_trigger_at", "dag_run_id", "error")},
                             "triggers": retrain_state["triggers"]},
-                "online_weights": monitor.hedge,
+                "online_weights": {**monitor.hedge, "undelivered_rows": len(monitor._undelivered)},
                 "lag_seconds": _quantiles(lags),
                 "events": {"request_rows": len(new_requests), "bars": len(new_bars), "polls": polls},
             }
