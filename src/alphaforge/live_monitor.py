@@ -26,7 +26,7 @@ sources every ``monitor.follow_poll_seconds`` (100 ms) and keeps rolling figures
 
 Each update writes ``live.json`` and ``live.prom`` (Prometheus text) atomically under ``monitor.out_dir``.
 Matured champion outcomes go to an :class:`OutcomeSink` (the service's ``/admin/outcomes``, or the weights
-directly); a blocking alert on the champion triggers ``monitor.retrain_dag_id`` through Airflow's REST API at
+directly; what it refuses is kept and sent again, oldest bar first); a blocking alert on the champion triggers ``monitor.retrain_dag_id`` through Airflow's REST API at
 most once per ``monitor.retrain_cooldown``, the last trigger kept in ``retrain_state.json`` so a restart
 respects it. A restarted follower replays the logs received in the last ``monitor.lookback_hours``: the
 figures come back the same, and the Hedge skips the bars it has already applied.
