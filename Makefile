@@ -45,6 +45,7 @@ bench: venv  ## run every benchmark; results land in benchmarks/results/ (the tr
 	$(BIN)/python benchmarks/features.py --out benchmarks/results/features.json
 	$(BIN)/python benchmarks/training.py --out benchmarks/results/training.json
 	$(BIN)/python benchmarks/serving.py --out benchmarks/results/serving.json
+	$(BIN)/python benchmarks/monitor.py --out benchmarks/results/monitor.json
 
 lock: venv  ## re-pin requirements.lock from the current environment
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^alphaforge' > requirements.lock
