@@ -20,11 +20,11 @@ from alphaforge.evaluate import EvaluationParams
 from alphaforge.features import FeatureParams
 from alphaforge.featurestore.config import FeatureStoreParams
 from alphaforge.monitor import MonitorParams
-from alphaforge.orchestration import AirflowParams
 from alphaforge.promotion import PromotionParams
 from alphaforge.regimes import RegimeParams
 from alphaforge.risk import RiskParams
 from alphaforge.rl import RLParams
+from alphaforge.runtime import AirflowParams
 from alphaforge.serving.host import ServingParams
 from alphaforge.splits import WalkForwardParams
 from alphaforge.tune import TuneParams
