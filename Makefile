@@ -45,6 +45,7 @@ bench: venv  ## run every benchmark; results land in benchmarks/results/ (the tr
 	$(BIN)/python benchmarks/features.py --out benchmarks/results/features.json
 	$(BIN)/python benchmarks/training.py --out benchmarks/results/training.json
 	$(BIN)/python benchmarks/serving.py --out benchmarks/results/serving.json
+	$(BIN)/python benchmarks/monitor.py --out benchmarks/results/monitor.json
 
 lock: venv  ## re-pin requirements.lock from the current environment
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^alphaforge' > requirements.lock
@@ -58,7 +59,7 @@ rl: venv  ## the optional reinforcement-learning stage (PPO and SAC vs buy-and-h
 clean-state:  ## remove local MLflow runs and pipeline outputs (keeps .venv)
 	rm -rf .alphaforge data/raw data/validated data/features data/predictions models/lightgbm models/run.json reports dvc.lock
 
-# --- Airflow (issue 6): its own virtualenv (.venv-airflow, pinned by requirements-airflow.lock), AIRFLOW_HOME under
+# --- Airflow: its own virtualenv (.venv-airflow, pinned by requirements-airflow.lock), AIRFLOW_HOME under
 # .alphaforge/airflow/home, DAGs from dags/; every setting is an environment variable (tools/airflow.sh env).
 .PHONY: airflow-venv airflow-setup airflow airflow-stop compose-config
 

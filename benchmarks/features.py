@@ -4,7 +4,7 @@ Generates seeded random OHLCV bars (default 500 symbols x 2,500 bars) with NumPy
 computes the features with :func:`alphaforge.features.compute_features` and with
 ``benchmarks/feature_reference.py`` (pandas groupby-rolling/ewm per symbol) in the
 same process, checks that both give the same columns and values, and writes the
-timings as JSON. It also times the online path (issue 8): the incremental engine updating
+timings as JSON. It also times the online path: the incremental engine updating
 every symbol one timestamp at a time (cost per symbol-bar, feature updates per second,
 checked against the batch values) and the Redis online store (pipelined write and read
 latency per symbol, single-symbol read latency) at ``--redis-url``.

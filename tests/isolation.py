@@ -29,14 +29,19 @@ PIPELINE_OUTPUTS = (
     "models", "reports", "logs", ".alphaforge", "dvc.lock",
 )
 
+#: The settings files one loader reads (alphaforge.config.load_params): params.yaml and what sits beside it.
+SETTINGS_FILES = ("params.yaml", "runtime.yaml", "search_spaces.yaml")
+
 Fingerprint = dict[str, tuple[int, int] | None]  # relative path -> (size, mtime_ns) of a file, None for a folder
 
 
 def subprocess_workdir(folder: Path, params: dict | None = None) -> Path:
-    """``folder`` (created), holding ``params`` as params.yaml, or a copy of the repository's params.yaml."""
+    """``folder`` (created), holding ``params`` as params.yaml, or a copy of the repository's settings files
+    (params.yaml, runtime.yaml, search_spaces.yaml)."""
     folder.mkdir(parents=True, exist_ok=True)
     if params is None:
-        shutil.copy(REPO_ROOT / "params.yaml", folder / "params.yaml")
+        for name in SETTINGS_FILES:
+            shutil.copy(REPO_ROOT / name, folder / name)
     else:
         (folder / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     return folder

@@ -141,12 +141,34 @@ def monitor(
     params: Path = ParamsOption,
     hours: float = typer.Option(None, "--hours", help="how far back to read the request log (default monitor.lookback_hours)"),
     log_dir: str = typer.Option(None, "--log-dir", help="the service's request log folder (default monitor.log_dir)"),
+    follow: bool = typer.Option(False, "--follow", help="keep running: live figures within a second of the logs"),
+    bars: Path = typer.Option(None, "--bars", help="--follow: the stream's bar log (default feature_store.bar_log)"),
+    service_url: str = typer.Option(None, "--service-url", help="--follow: where /admin/outcomes is (online weights)"),
+    max_seconds: float = typer.Option(None, "--max-seconds", help="--follow: stop after this long (default: never)"),
 ) -> None:
     """Served traffic against the champion's reference data: drift, live IC and hit rate, degradation alert, lag.
 
     Reads the service's request log, joins realised returns as they mature, and raises a degradation alert when the
     recent window's IC or hit rate falls below monitor.degradation_factor x the earlier one's. Writes reports/monitor/.
+    With --follow it tails the request log and the stream's bar log instead (alphaforge.live_monitor): rolling
+    live IC, hit rate, net P&L and feature shift per variant in reports/monitor/live.json and live.prom, matured
+    outcomes into the online weights, and a blocking degradation triggers the retrain DAG (monitor.retrain_cooldown).
     """
+    if follow:
+        from alphaforge.config import ConfigError, load_params
+        from alphaforge.live_monitor import follow_from_params
+        from alphaforge.schema import DataError
+
+        setup_logging()
+        try:
+            follow_from_params(load_params(params), log_dir=log_dir, bar_log=bars, service_url=service_url,
+                               max_seconds=max_seconds)
+        except (DataError, ConfigError, ValueError) as err:
+            typer.secho(f"alphaforge monitor --follow: failed\n{err}", fg=typer.colors.RED, err=True)
+            raise typer.Exit(code=2) from err
+        except KeyboardInterrupt:
+            pass
+        return
     run_stage_or_exit("monitor", params, hours=hours, log_dir=log_dir)
 
 
@@ -427,7 +449,7 @@ def show_params(params: Path = ParamsOption) -> None:
     typer.echo(json.dumps(loaded.model_dump(by_alias=True, mode="json"), indent=2))
 
 
-# ---- feature store (issue 8): `features list`, `stream` ----------------------------------------------------
+# ---- feature store: `features list`, `stream` ----------------------------------------------------
 
 
 @features_app.command("list")

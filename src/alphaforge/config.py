@@ -6,6 +6,7 @@ stage never runs with a setting silently ignored.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,11 +21,11 @@ from alphaforge.evaluate import EvaluationParams
 from alphaforge.features import FeatureParams
 from alphaforge.featurestore.config import FeatureStoreParams
 from alphaforge.monitor import MonitorParams
-from alphaforge.orchestration import AirflowParams
 from alphaforge.promotion import PromotionParams
 from alphaforge.regimes import RegimeParams
 from alphaforge.risk import RiskParams
 from alphaforge.rl import RLParams
+from alphaforge.runtime import AirflowParams
 from alphaforge.serving.host import ServingParams
 from alphaforge.splits import WalkForwardParams
 from alphaforge.tune import TuneParams
@@ -135,15 +136,112 @@ class ConfigError(ValueError):
     """params.yaml is missing, unreadable or has a key or value the stages do not accept."""
 
 
-def load_params(path: str | Path = "params.yaml") -> Params:
-    """Read and check ``params.yaml``; errors name the key path and what is wrong with it."""
-    path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: not found; run from the repository root or pass --params PATH")
+#: Sections of the runtime settings (how the service, the online store, the monitor and the DAGs run; no DVC
+#: stage reads them): ``runtime.yaml`` beside params.yaml holds them; a key params.yaml also sets wins.
+RUNTIME_SECTIONS: tuple[str, ...] = ("serving", "feature_store", "airflow", "monitor", "ab")
+RUNTIME_FILE = "runtime.yaml"
+#: Optuna search spaces that replace a family's default (:func:`alphaforge.tune.default_search_spaces`, the one
+#: source of defaults): ``search_spaces.yaml`` beside params.yaml, read into ``tune.search_spaces``.
+SEARCH_SPACES_FILE = "search_spaces.yaml"
+
+#: Every ``ALPHAFORGE_*`` variable that overrides a setting, and the key it sets: applied here only, on top of
+#: the files, so a container or a test configures any process the same way. (Secrets such as
+#: ``ALPHAFORGE_ADMIN_TOKEN`` and ``ALPHAFORGE_AIRFLOW_PASSWORD`` are read where they are used, never stored.)
+ENV_OVERRIDES: dict[str, str] = {
+    "ALPHAFORGE_OPTUNA_STORAGE": "tune.storage",
+    "ALPHAFORGE_MODEL_NAME": "serving.model_name",
+    "ALPHAFORGE_MODEL_ALIAS": "serving.alias",
+    "ALPHAFORGE_GRPC_PORT": "serving.grpc_port",
+    "ALPHAFORGE_POLL_SECONDS": "serving.poll_seconds",
+    "ALPHAFORGE_SERVING_CACHE": "serving.cache_dir",
+    "ALPHAFORGE_REQUEST_LOG_DIR": "serving.request_log_dir",
+    "ALPHAFORGE_REQUEST_LOG": "serving.request_log",
+    "ALPHAFORGE_CHALLENGER_SHARE": "serving.challenger_share",
+    "ALPHAFORGE_SHADOW": "serving.shadow",
+    "ALPHAFORGE_ONLINE_WEIGHTS": "serving.online_weights",
+    "ALPHAFORGE_ONLINE_WEIGHTS_PREFIX": "serving.online_weights_prefix",
+    "ALPHAFORGE_REDIS_URL": "feature_store.redis_url",
+    "ALPHAFORGE_FEATURE_PREFIX": "feature_store.key_prefix",
+    "ALPHAFORGE_SERVICE_URL": "airflow.service_url",
+    "ALPHAFORGE_AIRFLOW_URL": "monitor.airflow_url",
+}
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in top.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
+            else value
+    return out
+
+
+def _merge_runtime(raw: dict[str, Any], path: Path) -> None:
+    """runtime.yaml's sections under params.yaml's (a key params.yaml also sets wins: a test or a one-off run)."""
+    runtime = _read_yaml(path)
+    stray = sorted(set(runtime) - set(RUNTIME_SECTIONS))
+    if stray:
+        raise ConfigError(f"{path}: {stray} are pipeline settings; they belong in params.yaml ({path.name} holds "
+                          f"only {list(RUNTIME_SECTIONS)})")
+    for section, values in runtime.items():
+        raw[section] = _deep_merge(values or {}, raw.get(section) or {})
+
+
+def _merge_search_spaces(raw: dict[str, Any], path: Path) -> None:
+    spaces = _read_yaml(path)
+    tune = raw.setdefault("tune", {}) or {}
+    if not isinstance(tune, dict):
+        return  # the validation below names the problem
+    if tune.get("search_spaces"):
+        raise ConfigError(f"tune.search_spaces is set in both params.yaml and {path}; keep them in {path.name}")
+    if spaces:
+        tune["search_spaces"] = spaces
+    raw["tune"] = tune
+
+
+def apply_env_overrides(raw: dict[str, Any], environ: Mapping[str, str]) -> list[str]:
+    """Set each key of :data:`ENV_OVERRIDES` whose variable is set (and not empty); the keys it set."""
+    applied = []
+    for variable, key in ENV_OVERRIDES.items():
+        value = environ.get(variable, "")
+        if value == "":
+            continue
+        *sections, leaf = key.split(".")
+        node = raw
+        for section in sections:
+            if not isinstance(node.get(section), dict):
+                node[section] = {}  # an absent (or empty) section
+            node = node[section]
+        node[leaf] = value
+        applied.append(f"{key}={variable}")
+    return applied
+
+
+def load_params(path: str | Path = "params.yaml", environ: Mapping[str, str] | None = None) -> Params:
+    """Read and check ``params.yaml`` (and ``runtime.yaml`` / ``search_spaces.yaml`` beside it when present), with
+    the ``ALPHAFORGE_*`` overrides of :data:`ENV_OVERRIDES` on top; errors name the file, the key path and what
+    is wrong with it. A missing params.yaml is an error (nothing falls back to defaults silently)."""
+    import os
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: not found; run from the repository root or pass --params PATH "
+                          "(the service: set ALPHAFORGE_PARAMS)")
+    raw = _read_yaml(path)
+    if (path.parent / RUNTIME_FILE).is_file():
+        _merge_runtime(raw, path.parent / RUNTIME_FILE)
+    if (path.parent / SEARCH_SPACES_FILE).is_file():
+        _merge_search_spaces(raw, path.parent / SEARCH_SPACES_FILE)
+    apply_env_overrides(raw, os.environ if environ is None else environ)
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
@@ -151,5 +249,8 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         for problem in err.errors():
             key = ".".join(str(part) for part in problem["loc"])
             hint = RENAMED_KEYS.get(key.replace("validate_", "validate"))
-            lines.append(f"  {key}: {problem['msg']} (got {problem.get('input')!r})" + (f"; {hint}" if hint else ""))
+            source = next((f" (from ${v})" for v, k in ENV_OVERRIDES.items() if k == key and v in
+                           (os.environ if environ is None else environ)), "")
+            lines.append(f"  {key}{source}: {problem['msg']} (got {problem.get('input')!r})"
+                         + (f"; {hint}" if hint else ""))
         raise ConfigError("\n".join(lines)) from err

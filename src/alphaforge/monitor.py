@@ -366,6 +366,27 @@ class MonitorParams(BaseModel):
     degradation_min_edge: float = Field(0.02, ge=0, description="an earlier IC (or hit-rate edge) below this is "
                                         "noise, not skill: nothing to degrade")
     max_file_bytes: int = Field(64 << 20, gt=0, description="request log files rotate past this size")
+    # `alphaforge monitor --follow` (alphaforge.live_monitor): the streaming follower
+    follow_poll_seconds: float = Field(0.1, gt=0, le=5, description="how often the logs are polled")
+    follow_window_bars: int = Field(63, ge=2, description="matured bars behind the rolling live figures")
+    drift_window_rows: int = Field(500, ge=10, description="newest served rows behind the feature-shift figure")
+    drift_shift_threshold: float = Field(0.5, gt=0, description="|served mean - reference mean| / reference std")
+    retrain_cooldown: float | str = Field("6h", description="at most one retrain trigger per this long (seconds "
+                                          "or a duration such as 6h)")
+    retrain_dag_id: str = Field("nightly_retrain", min_length=1)
+    airflow_url: str | None = Field(None, description="Airflow REST API base; null: ALPHAFORGE_AIRFLOW_URL, or no "
+                                    "trigger (user/password: ALPHAFORGE_AIRFLOW_USER/_PASSWORD)")
+
+    @property
+    def retrain_cooldown_seconds(self) -> float:
+        """``retrain_cooldown`` in seconds (a number, or a pandas duration string such as ``6h`` or ``30min``)."""
+        try:
+            seconds = float(self.retrain_cooldown)
+        except ValueError:
+            seconds = pd.Timedelta(str(self.retrain_cooldown)).total_seconds()
+        if not seconds >= 0:
+            raise ValueError(f"monitor.retrain_cooldown {self.retrain_cooldown!r}: must be >= 0")
+        return seconds
 
 
 def degradation(frame: pd.DataFrame, params: MonitorParams, *, min_cross_section: int = 3) -> dict[str, Any]:

@@ -27,9 +27,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
 from alphaforge.io import write_json_atomic, write_text_atomic
+from alphaforge.runtime import AirflowParams  # noqa: F401  (re-exported; the class lives with the runtime settings)
 
 log = logging.getLogger(__name__)
 
@@ -46,30 +45,6 @@ RUN_PARAMETER_KEYS: dict[str, tuple[str, ...]] = {
     "families": ("train.families", "tune.families"),
     "n_trials": ("tune.n_trials",),
 }
-
-
-class AirflowParams(BaseModel):
-    """How the DAGs run the pipeline (``airflow:`` in params.yaml); exported to JSON for the DAG files."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    owner: str = Field("alphaforge", min_length=1)
-    schedule: str | None = Field("0 2 * * *", description="nightly_retrain, cron in UTC; null: manual runs only")
-    monitor_schedule: str | None = Field("0 6 * * *", description="drift_monitor, cron in UTC; null: manual only")
-    start_date: str = Field("2026-01-01", description="first data interval (ISO date); no catch-up before now")
-    retries: int = Field(2, ge=2, description="per task, with exponential back-off")
-    retry_delay_seconds: float = Field(60.0, gt=0)
-    max_retry_delay_seconds: float = Field(900.0, gt=0)
-    stage_timeout_minutes: float = Field(60.0, gt=0, description="execution timeout of a stage task")
-    stage_timeouts_minutes: dict[str, float] = Field(
-        default_factory=lambda: {"tune": 180.0, "train": 180.0}, description="per-stage exceptions")
-    dagrun_timeout_hours: float = Field(8.0, gt=0)
-    service_url: str | None = Field(None, description="the BentoML service; ALPHAFORGE_SERVICE_URL wins; null: "
-                                                      "the reload task logs that it skipped")
-    reload_timeout_seconds: float = Field(30.0, gt=0)
-    bento_build_command: str = Field("alphaforge serve build", min_length=1,
-                                     description="run in the project's environment when the gate passed")
-    monitor_hours: float | None = Field(None, gt=0, description="drift_monitor's look-back; null: monitor.lookback_hours")
 
 
 def _dvc_stage_order(dvc_yaml: Path) -> list[str]:
@@ -272,8 +247,8 @@ def apply_overrides(overrides: Mapping[str, Any], params_path: Path = Path("para
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``export`` the DAG settings, or ``prepare`` one run (overrides, then export)."""
-    from alphaforge.logs import setup_logging
     from alphaforge.config import ConfigError
+    from alphaforge.logs import setup_logging
 
     parser = argparse.ArgumentParser(prog="python -m alphaforge.orchestration", description=__doc__.split("\n")[0])
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -236,3 +237,42 @@ def model_factory(
         )
 
     return make
+
+
+def permutation_scorer(repeats: int, target: str) -> Any:
+    """Permutation importance of a fold model on its test slice (None when turned off)."""
+    if repeats <= 0:
+        return None
+    from alphaforge.models.importance import permutation_importance
+
+    def score(model: Any, frame: pd.DataFrame, mask: Any) -> pd.Series:
+        from alphaforge.models.importance import rank_ic
+
+        baseline = rank_ic(model.predict(frame, predict_mask=mask), frame[target].to_numpy(dtype=float)[mask],
+                           frame["timestamp"].to_numpy()[mask])
+        if not np.isfinite(baseline):  # e.g. a model that could not split its (short, early) training window
+            log.warning("train: permutation importance skipped on a fold: the fold model's rank IC on its test rows "
+                        "is undefined (constant predictions or too few rows), so there is nothing to compare with")
+            return pd.Series(dtype=float)
+        table = permutation_importance(model, frame, frame[target], predict_mask=mask, n_repeats=repeats)
+        return table.set_index("feature")["importance_mean"]
+
+    return score
+
+
+def mean_gain(models: list[Any]) -> pd.Series:
+    """Mean of the fold models' own importance (gain, impurity or |coef|); empty when the family has none."""
+    series = [m.feature_importance() for m in models if hasattr(m, "feature_importance")]
+    series = [s for s in series if s is not None and len(s)]
+    if not series:
+        return pd.Series(dtype=float)
+    return pd.concat(series, axis=1).mean(axis=1).sort_values(ascending=False).rename("gain")
+
+
+def plot_attention(model: Any, dataset: pd.DataFrame, path: Path) -> None:
+    """Attention of the final Transformer on the last bar of each symbol, per layer and head."""
+    from alphaforge.models.sequence import plot_attention as plot
+
+    last = dataset.groupby("symbol", sort=False).tail(1).index
+    mask = dataset.index.isin(last)
+    plot(model.attention_weights(dataset, predict_mask=mask), path)

@@ -1,5 +1,5 @@
 """Real files flow through: explicit repairs, a quarantine instead of a dead end, the market's own calendar,
-listings and delistings (issue 15). Built on the bundled bokeh panel, made messy in tests/messy_panel.py."""
+listings and delistings. Built on the bundled bokeh panel, made messy in tests/messy_panel.py."""
 
 from __future__ import annotations
 

@@ -150,6 +150,7 @@ def test_run_params_are_validated_by_their_schema(airflow_python: Path, exported
 def test_prepare_writes_run_settings_keeping_comments_and_takes_them_back(tmp_path: Path) -> None:
     params = tmp_path / "params.yaml"
     shutil.copy(REPO_ROOT / "params.yaml", params)
+    shutil.copy(REPO_ROOT / "runtime.yaml", tmp_path / "runtime.yaml")
     state = tmp_path / "overrides.json"
     original = params.read_text()
 

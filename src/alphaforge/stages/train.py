@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from alphaforge.config import Params
@@ -31,7 +30,15 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     from alphaforge.features import FEATURE_VERSION
     from alphaforge.splits import WalkForward
     from alphaforge.stages.regimes import regime_model_of
-    from alphaforge.train import model_factory, plot_importance_bars, task_of, walk_forward_train
+    from alphaforge.train import (
+        mean_gain,
+        model_factory,
+        permutation_scorer,
+        plot_attention,
+        plot_importance_bars,
+        task_of,
+        walk_forward_train,
+    )
 
     paths = Paths(root)
     dataset = pd.read_parquet(paths.dataset)
@@ -49,7 +56,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
     paths.train_reports.mkdir(parents=True, exist_ok=True)
     oof: pd.DataFrame | None = None
     metrics: dict[str, Any] = {"target": target, "task": task, "families": {}}
-    importance = _permutation_scorer(params.train.permutation_repeats, target)
+    importance = permutation_scorer(params.train.permutation_repeats, target)
     for family in params.train.families:
         hyperparameters = tuned_hyperparameters(params, family, paths)
         make_model = model_factory(
@@ -74,7 +81,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             oof = oof.merge(renamed[["timestamp", "symbol", *added]], on=["timestamp", "symbol"], how="outer")
         family_metrics = result.metrics()
         family_metrics["hyperparameters"] = hyperparameters
-        gain = _mean_gain(result.models)
+        gain = mean_gain(result.models)
         if not gain.empty:
             gain.to_csv(paths.train_reports / f"gain_importance_{family}.csv", index_label="feature")
             plot_importance_bars(gain, paths.train_reports / f"gain_importance_{family}.png",
@@ -84,7 +91,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
             plot_importance_bars(result.importance["mean"], paths.train_reports / f"permutation_importance_{family}.png",
                                  f"{family}: permutation importance on out-of-fold test slices (drop in rank IC)")
         if family == "transformer" and result.final_model is not None:
-            _plot_attention(result.final_model, dataset, paths.train_reports / "attention_transformer.png")
+            plot_attention(result.final_model, dataset, paths.train_reports / "attention_transformer.png")
         metrics["families"][family] = family_metrics
     assert oof is not None
     oof = oof.sort_values(["fold", "timestamp", "symbol"], kind="stable").reset_index(drop=True)
@@ -131,45 +138,6 @@ def tuned_hyperparameters(params: Params, family: str, paths: Paths) -> dict[str
             chosen.update(best["params"])
             log.info("train: %s starts from tuned params %s", family, best["params"])
     return chosen
-
-
-def _permutation_scorer(repeats: int, target: str) -> Any:
-    """Permutation importance of a fold model on its test slice (None when turned off)."""
-    if repeats <= 0:
-        return None
-    from alphaforge.models.importance import permutation_importance
-
-    def score(model: Any, frame: pd.DataFrame, mask: Any) -> pd.Series:
-        from alphaforge.models.importance import rank_ic
-
-        baseline = rank_ic(model.predict(frame, predict_mask=mask), frame[target].to_numpy(dtype=float)[mask],
-                           frame["timestamp"].to_numpy()[mask])
-        if not np.isfinite(baseline):  # e.g. a model that could not split its (short, early) training window
-            log.warning("train: permutation importance skipped on a fold: the fold model's rank IC on its test rows "
-                        "is undefined (constant predictions or too few rows), so there is nothing to compare with")
-            return pd.Series(dtype=float)
-        table = permutation_importance(model, frame, frame[target], predict_mask=mask, n_repeats=repeats)
-        return table.set_index("feature")["importance_mean"]
-
-    return score
-
-
-def _mean_gain(models: list[Any]) -> pd.Series:
-    """Mean of the fold models' own importance (gain, impurity or |coef|); empty when the family has none."""
-    series = [m.feature_importance() for m in models if hasattr(m, "feature_importance")]
-    series = [s for s in series if s is not None and len(s)]
-    if not series:
-        return pd.Series(dtype=float)
-    return pd.concat(series, axis=1).mean(axis=1).sort_values(ascending=False).rename("gain")
-
-
-def _plot_attention(model: Any, dataset: pd.DataFrame, path: Path) -> None:
-    """Attention of the final Transformer on the last bar of each symbol, per layer and head."""
-    from alphaforge.models.sequence import plot_attention
-
-    last = dataset.groupby("symbol", sort=False).tail(1).index
-    mask = dataset.index.isin(last)
-    plot_attention(model.attention_weights(dataset, predict_mask=mask), path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
