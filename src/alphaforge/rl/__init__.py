@@ -48,12 +48,42 @@ for like. By default only the **last** fold is trained (``folds="last"``): one f
 optional stage to minutes on a laptop; ``folds="all"`` trains a fresh agent per fold.
 """
 
-from alphaforge.rl.agents import TrainedAgent, action_confidence, agent_policy, load_agent, train_agent
-from alphaforge.rl.env import FeatureScaler, MarketSeries, TradingEnv, market_series
-from alphaforge.rl.evaluation import AgentEvaluation, evaluate_agent, performance
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from alphaforge.rl.params import EDGE_SIGNIFICANCE, INITIAL_VALUE, EnvParams, Policy, RLParams
-from alphaforge.rl.policies import buy_and_hold_policy, random_policy, rollout, signal_policy
-from alphaforge.rl.stage import rl_leaderboard, run_rl_stage
+
+if TYPE_CHECKING:
+    from alphaforge.rl.agents import TrainedAgent, action_confidence, agent_policy, load_agent, train_agent
+    from alphaforge.rl.env import FeatureScaler, MarketSeries, TradingEnv, market_series
+    from alphaforge.rl.evaluation import AgentEvaluation, evaluate_agent, performance
+    from alphaforge.rl.policies import buy_and_hold_policy, random_policy, rollout, signal_policy
+    from alphaforge.rl.stage import rl_leaderboard, run_rl_stage
+
+# The settings above load without Gymnasium or Stable-Baselines3 (the params loader imports RLParams from
+# here); everything else is imported from its module on first use.
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(("TrainedAgent", "action_confidence", "agent_policy", "load_agent", "train_agent"), "agents"),
+    **dict.fromkeys(("FeatureScaler", "MarketSeries", "TradingEnv", "market_series"), "env"),
+    **dict.fromkeys(("AgentEvaluation", "evaluate_agent", "performance"), "evaluation"),
+    **dict.fromkeys(("buy_and_hold_policy", "random_policy", "rollout", "signal_policy"), "policies"),
+    **dict.fromkeys(("rl_leaderboard", "run_rl_stage"), "stage"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'alphaforge.rl' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"alphaforge.rl.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
 
 __all__ = [
     "AgentEvaluation",
