@@ -39,8 +39,8 @@ from alphaforge.ensemble import (
     Combiner,
     PanelEnsemble,
     combiner_from_dict,
-    write_json_atomic,
 )
+from alphaforge.io import write_json_atomic
 from alphaforge.schema import DataError
 
 log = logging.getLogger(__name__)

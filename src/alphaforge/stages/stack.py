@@ -22,6 +22,7 @@ from alphaforge.ensemble import EnsembleParams, StackResult, fit_stack
 from alphaforge.io import write_json_atomic, write_parquet_atomic
 from alphaforge.paths import Paths
 from alphaforge.pyfunc import EnsemblePackage, build_ensemble_artifacts, package_ensemble, save_ensemble_model
+from alphaforge.stages._common import read_run_reference
 from alphaforge.stages._main import stage_main
 
 log = logging.getLogger(__name__)
@@ -69,7 +70,7 @@ def run_stack(
     save_ensemble_model(package, paths.ensemble_model_dir)
     write_parquet_atomic(result.evaluation.oof, paths.stack_oof)
     if experiment is not None:
-        metrics["mlflow"] = _log_to_run(package, metrics, settings, experiment, paths.run_reference)
+        metrics["mlflow"] = _log_to_run(package, metrics, settings, experiment, paths)
     write_json_atomic(_json_safe(metrics), paths.stack_metrics)
     log.info("stack: %s over %s, weights %s; meta walk-forward rank IC %s; Hedge regret %.3f over %d updates",
              settings.method, ", ".join(result.families), {k: round(v, 4) for k, v in result.combiner.weights_.items()},
@@ -96,10 +97,10 @@ def _trading_metrics(result: StackResult, spec: Mapping[str, Any], evaluation: A
 
 
 def _log_to_run(package: EnsemblePackage, metrics: Mapping[str, Any], settings: EnsembleParams, experiment: str,
-                run_reference: Path) -> dict[str, Any]:
+                paths: Paths) -> dict[str, Any]:
     from alphaforge import tracking
 
-    reference = json.loads(run_reference.read_text()) if run_reference.is_file() else {}
+    reference = read_run_reference(paths)
     info = tracking.log_ensemble_model(
         run_id=reference.get("run_id"), experiment=experiment, artifacts=package.artifacts,
         python_model=package.python_model(), signature=package.signature, input_example=package.input_example,
