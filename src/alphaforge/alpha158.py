@@ -1,10 +1,13 @@
 """Alpha158: equivalents of Qlib's Alpha158 factor set (``qlib/contrib/data/loader.py``, ``Alpha158DL``).
 
-One kernel, :func:`alpha158_values`, evaluates every factor on windows of a (rows, bars) panel. The batch
-library (:func:`alphaforge.features.compute_features`, ``features.set: alpha158``) hands it whole
-panels and takes every position; the incremental engine hands it each symbol's last
-:data:`HISTORY` bars (a ring buffer) and takes the last position (``last_only``). Both run the same
-arithmetic on the same window values, so they agree far inside 1e-9.
+The formulas are written once (:func:`_evaluate`) over a small set of window primitives (sums, index-weighted
+sums, extremes, sorted windows, rank counts, flatness), which come in two implementations: :class:`_Panel`
+for whole (rows, bars) panels, O(1) per bar and window (cumulative sums over overlapping blocks, running
+max/min filters), used by the batch library (:func:`alphaforge.features.compute_features`, ``features.set:
+alpha158``); and :class:`_Latest` for each symbol's last :data:`HISTORY` bars (the incremental engine's ring
+buffer, ``last_only``), where every window is a prefix of the history read backwards, so one cumulative sum
+serves all five window lengths. Both sum values relative to a nearby level (a block's first bar, the current
+bar), so they agree far inside 1e-9 (``tests/test_featurestore.py`` checks every factor).
 
 Names and formulas are Qlib's (``$close`` is the bar's close, ``Ref(x, d)`` its value ``d`` bars
 earlier, windows ``d`` in 5, 10, 20, 30, 60):
@@ -39,14 +42,19 @@ Where this differs from Qlib, on purpose (house rules: no value from a partial w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+from scipy.ndimage import maximum_filter1d, minimum_filter1d
 
 WINDOWS: tuple[int, ...] = (5, 10, 20, 30, 60)
 #: Bars of a symbol's history the incremental engine keeps: the longest window of one-bar changes.
 HISTORY: int = max(WINDOWS) + 1
+#: Bars per block of the batch engine's cumulative sums (see :class:`_Panel`).
+BLOCK: int = 64
 KBAR: tuple[str, ...] = ("KMID", "KLEN", "KMID2", "KUP", "KUP2", "KLOW", "KLOW2", "KSFT", "KSFT2")
 PRICE: tuple[str, ...] = ("OPEN0", "HIGH0", "LOW0", "VWAP0")
 ROLLING: tuple[str, ...] = (
@@ -140,8 +148,250 @@ def plan(present: set[str]) -> tuple[list[str], list[str]]:
 
 
 # --------------------------------------------------------------------------------------------
-# The kernel
+# The kernel: the formulas once, over two ways of summing windows
 # --------------------------------------------------------------------------------------------
+
+
+class _Panel:
+    """Windows ending at every bar of (rows, bars) panels, in O(1) per bar and window.
+
+    Sums come from cumulative sums over overlapping blocks: block ``k`` covers its own :data:`BLOCK` bars
+    plus the :data:`HISTORY` bars before them, so every window ending in the block lies inside it and no
+    cumulative sum runs over more than ``BLOCK + HISTORY`` values (no drift with the series' length). Values
+    are summed relative to the block's first own bar (its anchor), so second moments of prices far from 0 do
+    not cancel catastrophically. Extremes use running max/min filters on (rank, position) keys, quantiles
+    sort each window, ranks count.
+    """
+
+    def __init__(self, close: np.ndarray) -> None:
+        self.rows, self.n_bars = close.shape
+        self.n_blocks = max(1, -(-self.n_bars // BLOCK))
+        self.position = np.arange(self.n_bars)[None, :]
+        # ext position of each block's own bars, for the index sums
+        self._own = np.arange(HISTORY, HISTORY + BLOCK, dtype=np.float64)
+
+    def _extend(self, x: np.ndarray) -> np.ndarray:
+        """(rows, blocks, HISTORY + BLOCK) overlapping blocks of ``x`` (NaN before the first bar)."""
+        padded = np.full((self.rows, HISTORY + self.n_blocks * BLOCK), np.nan)
+        padded[:, HISTORY:HISTORY + self.n_bars] = x
+        return sliding_window_view(padded, HISTORY + BLOCK, axis=1)[:, ::BLOCK]
+
+    def _out(self, blocks: np.ndarray) -> np.ndarray:
+        return blocks.reshape(self.rows, self.n_blocks * BLOCK)[:, : self.n_bars]
+
+    def valid(self, span: int) -> np.ndarray:
+        return self.position >= span - 1
+
+    def current(self, x: np.ndarray) -> np.ndarray:
+        return x
+
+    def earlier(self, x: np.ndarray, bars: int) -> np.ndarray:
+        out = np.full_like(x, np.nan)
+        if bars < self.n_bars:
+            out[:, bars:] = x[:, : self.n_bars - bars]
+        return out
+
+    def prepare(self, x: np.ndarray, *, shifted: bool) -> _Series:
+        ext = self._extend(x)
+        if shifted:  # the block's first known own bar (a series of changes is NaN on a symbol's first bar)
+            own = ext[:, :, HISTORY:]
+            first = np.argmax(~np.isnan(own), axis=-1)[:, :, None]
+            shift = np.nan_to_num(np.take_along_axis(own, first, axis=-1)[:, :, 0])
+        else:
+            shift = np.zeros((self.rows, self.n_blocks))
+        values = ext - shift[:, :, None]
+        missing = np.isnan(values)
+        values[missing] = 0.0
+        return _Series(values, self._out(np.repeat(shift[:, :, None], BLOCK, axis=2)), missing)
+
+    def sums(self, values: np.ndarray, windows: tuple[int, ...]) -> dict[int, np.ndarray]:
+        cumulative = np.zeros(values.shape[:-1] + (values.shape[-1] + 1,))
+        np.cumsum(values, axis=-1, out=cumulative[..., 1:])
+        end = cumulative[..., HISTORY + 1:]
+        return {d: self._out(end - cumulative[..., HISTORY + 1 - d: HISTORY + 1 - d + BLOCK]) for d in windows}
+
+    def index_sums(self, values: np.ndarray, windows: tuple[int, ...], plain: dict[int, np.ndarray]
+                   ) -> dict[int, np.ndarray]:
+        """Per window, the sum of (bars since the window's oldest bar) x value."""
+        weighted = self.sums(values * np.arange(HISTORY + BLOCK, dtype=np.float64), windows)
+        out = {}
+        for d in windows:
+            start = np.tile(self._own - (d - 1), self.n_blocks)[: self.n_bars]
+            out[d] = weighted[d] - start * plain[d]
+        return out
+
+    def flat(self, x: np.ndarray, windows: tuple[int, ...]) -> dict[int, np.ndarray]:
+        changes = np.zeros(x.shape, dtype=np.int32)
+        changes[:, 1:] = x[:, 1:] != x[:, :-1]
+        counts = np.cumsum(changes, axis=1, dtype=np.int32)
+        out = {}
+        for d in windows:
+            same = np.zeros(x.shape, dtype=bool)
+            if d == 1:
+                same[:] = True
+            elif d <= self.n_bars:
+                same[:, d - 1:] = counts[:, d - 1:] == counts[:, : self.n_bars - d + 1]
+            out[d] = same
+        return out
+
+    def extremes(self, x: np.ndarray, windows: tuple[int, ...], *, highest: bool
+                 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        """Per window, the max (or min) and the position of its first occurrence counted from the oldest bar."""
+        order = np.argsort(x, axis=1, kind="stable")
+        ordered = np.take_along_axis(x, order, axis=1)
+        dense = np.zeros(x.shape, dtype=np.int64)
+        dense[:, 1:] = np.cumsum(ordered[:, 1:] != ordered[:, :-1], axis=1)
+        ranks = np.empty_like(dense)
+        np.put_along_axis(ranks, order, dense, axis=1)
+        bits = max(1, self.n_bars.bit_length())
+        mask = (1 << bits) - 1
+        out = {}
+        for d in windows:
+            if highest:  # larger value first, then the earlier bar
+                keys = (ranks << bits) | (mask - self.position)
+                best = maximum_filter1d(keys, d, axis=1, origin=(d - 1) // 2, mode="nearest")
+                where = mask - (best & mask)
+            else:
+                keys = (ranks << bits) | self.position
+                best = minimum_filter1d(keys, d, axis=1, origin=(d - 1) // 2, mode="nearest")
+                where = best & mask
+            value = np.take_along_axis(x, np.minimum(where, self.n_bars - 1), axis=1)
+            out[d] = (value, (where - (self.position - (d - 1))).astype(np.float64))
+        return out
+
+    def sorted_windows(self, x: np.ndarray, d: int) -> np.ndarray:
+        """(rows, bars, d) each bar's last ``d`` values sorted (garbage where the window is not full)."""
+        out = np.full((self.rows, self.n_bars, d), np.nan)
+        if d <= self.n_bars:
+            out[:, d - 1:] = sliding_window_view(x, d, axis=1)
+            out.sort(axis=-1)
+        return out
+
+    def rank_counts(self, x: np.ndarray, windows: tuple[int, ...]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        out = {}
+        for d in windows:
+            less = np.zeros(x.shape, dtype=np.int64)
+            equal = np.zeros(x.shape, dtype=np.int64)
+            if d <= self.n_bars:
+                window, now = sliding_window_view(x, d, axis=1), x[:, d - 1:, None]
+                less[:, d - 1:] = (window < now).sum(axis=-1)
+                equal[:, d - 1:] = (window == now).sum(axis=-1)
+            out[d] = (less, equal)
+        return out
+
+
+class _Latest:
+    """Windows ending at the last bar of (rows, :data:`HISTORY`) ring buffers (the incremental engine).
+
+    Every window is a prefix of the history read backwards (row ``k`` of a (bars back, symbols) array is ``k``
+    bars back), so one cumulative sum (or running max) down it gives every window length at once, each step
+    one vector operation across the symbols; values are taken relative to the current bar, the closest level.
+    """
+
+    def __init__(self, close: np.ndarray) -> None:
+        self.rows = close.shape[0]
+        self._backwards: dict[int, np.ndarray] = {}
+        gaps = np.isnan(self.backwards(close))
+        self._known = np.where(gaps.any(axis=0), gaps.argmax(axis=0), HISTORY)  # bars before the first gap
+
+    def backwards(self, x: np.ndarray) -> np.ndarray:
+        """(bars back, rows) copy of ``x`` (cached per array: the formulas read the close many times)."""
+        key = id(x)
+        if key not in self._backwards:
+            self._backwards[key] = np.ascontiguousarray(x.T[::-1])
+        return self._backwards[key]
+
+    def valid(self, span: int) -> np.ndarray:
+        return self._known >= span
+
+    def current(self, x: np.ndarray) -> np.ndarray:
+        return x[:, -1]
+
+    def earlier(self, x: np.ndarray, bars: int) -> np.ndarray:
+        return x[:, -1 - bars]
+
+    def prepare(self, x: np.ndarray, *, shifted: bool) -> _Series:
+        backwards = self.backwards(x)
+        shift = np.nan_to_num(backwards[0]) if shifted else np.zeros(self.rows)
+        values = backwards - shift
+        missing = np.isnan(values)
+        values[missing] = 0.0
+        return _Series(values, shift, missing)
+
+    @staticmethod
+    def _apply(weights: np.ndarray, values: np.ndarray, windows: tuple[int, ...]) -> dict[int, np.ndarray]:
+        longest = max(windows)
+        totals = weights[:, :longest] @ values[:longest].astype(np.float64, copy=False)
+        return {d: totals[i] for i, d in enumerate(windows)}
+
+    def sums(self, values: np.ndarray, windows: tuple[int, ...]) -> dict[int, np.ndarray]:
+        """Per window, the sum of its values: one small matrix product for every window length."""
+        return self._apply(_window_weights(windows, indexed=False), values, windows)
+
+    def index_sums(self, values: np.ndarray, windows: tuple[int, ...], plain: dict[int, np.ndarray]
+                   ) -> dict[int, np.ndarray]:
+        """Per window, sum of (bars since its oldest bar) x value: bar k back sits at d - 1 - k."""
+        return self._apply(_window_weights(windows, indexed=True), values, windows)
+
+    def flat(self, x: np.ndarray, windows: tuple[int, ...]) -> dict[int, np.ndarray]:
+        backwards = self.backwards(x)
+        differ = self.sums(backwards[: max(windows)] != backwards[0], windows)
+        return {d: differ[d] == 0 for d in windows}
+
+    def extremes(self, x: np.ndarray, windows: tuple[int, ...], *, highest: bool
+                 ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        backwards = self.backwards(x)
+        reduce = np.max if highest else np.min
+        out = {}
+        extreme, covered = None, 0
+        for d in windows:  # the extreme of a longer window: the shorter one's and that of the bars it adds
+            more = reduce(backwards[covered:d], axis=0)
+            extreme = more if extreme is None else (np.maximum if highest else np.minimum)(extreme, more)
+            covered = d
+            # the furthest-back bar holding it = its first occurrence counted from the window's oldest bar
+            furthest = (d - 1) - np.argmax(backwards[d - 1::-1] == extreme, axis=0)
+            out[d] = (extreme, ((d - 1) - furthest).astype(np.float64))
+        return out
+
+    def sorted_windows(self, x: np.ndarray, d: int) -> np.ndarray:
+        return np.sort(x[:, -d:], axis=1)
+
+    def rank_counts(self, x: np.ndarray, windows: tuple[int, ...]) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+        if not windows:
+            return {}
+        backwards = self.backwards(x)[: max(windows)]
+        now = backwards[0]
+        less, equal = self.sums(backwards < now, windows), self.sums(backwards == now, windows)
+        return {d: (less[d], equal[d]) for d in windows}
+
+
+@functools.lru_cache(maxsize=64)
+def _windows_by_operator(names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
+    """The windows each rolling operator among ``names`` is wanted over."""
+    by_operator: dict[str, tuple[int, ...]] = {}
+    for name in names:
+        if name not in KBAR and name not in PRICE:
+            operator, d = operator_of(name)
+            by_operator[operator] = (*by_operator.get(operator, ()), d)
+    return by_operator
+
+
+@functools.lru_cache(maxsize=64)
+def _window_weights(windows: tuple[int, ...], *, indexed: bool) -> np.ndarray:
+    """(windows, HISTORY) weights of the bars back: 1 (or, ``indexed``, d - 1 - k) inside each window, else 0."""
+    back = np.arange(HISTORY, dtype=np.float64)[None, :]
+    lengths = np.asarray(windows, dtype=np.float64)[:, None]
+    inside = back < lengths
+    return np.where(inside, (lengths - 1.0 - back) if indexed else 1.0, 0.0)
+
+
+@dataclass(frozen=True)
+class _Series:
+    """A series laid out for window sums: ``values`` relative to ``shift`` (NaN -> 0), ``missing`` where NaN."""
+
+    values: np.ndarray
+    shift: np.ndarray
+    missing: np.ndarray
 
 
 def _lag1(x: np.ndarray) -> np.ndarray:
@@ -159,187 +409,188 @@ def alpha158_values(panels: dict[str, np.ndarray], names: list[str], *, last_onl
     at the last bar (the panels must hold at least :data:`HISTORY` bars, NaN-padded in front when shorter).
     """
     close = panels["close"]
-    rows, n_bars = close.shape
-    if last_only and n_bars < HISTORY:
-        raise ValueError(f"alpha158_values: last_only needs {HISTORY} bars of history, got {n_bars}")
-    wanted = set(names)
-    out: dict[str, np.ndarray] = {}
-    current = (lambda x: x[:, -1]) if last_only else (lambda x: x)
-
-    def windows(x: np.ndarray, d: int) -> np.ndarray:
-        """(rows, positions, d) windows ending at every bar (last_only: at the last bar only)."""
-        if last_only:
-            return np.ascontiguousarray(x[:, -d:])[:, None, :]
-        if d > n_bars:
-            return np.empty((rows, 0, d))
-        return sliding_window_view(x, d, axis=1)
-
-    def place(values: np.ndarray, d: int, valid: np.ndarray) -> np.ndarray:
-        values = np.where(valid, values, np.nan)
-        if last_only:
-            return values[:, 0]
-        full = np.full((rows, n_bars), np.nan)
-        full[:, d - 1:] = values
-        return full
-
-    def complete(window: np.ndarray) -> np.ndarray:
-        return ~np.isnan(window).any(axis=-1)
-
-    def constant(window: np.ndarray) -> np.ndarray:
-        return (window == window[..., :1]).all(axis=-1)
-
+    n_bars = close.shape[1]
+    if last_only and n_bars != HISTORY:
+        if n_bars < HISTORY:
+            raise ValueError(f"alpha158_values: last_only needs {HISTORY} bars of history, got {n_bars}")
+        panels = {c: v[:, -HISTORY:] for c, v in panels.items()}
+        close = panels["close"]
+    windows: _Panel | _Latest = _Latest(close) if last_only else _Panel(close)
     with np.errstate(divide="ignore", invalid="ignore"):
-        c = current(close)
-        if any(n in wanted for n in KBAR):
-            o, h, lo = current(panels["open"]), current(panels["high"]), current(panels["low"])
-            span = h - lo + _EPS
-            top, bottom = np.maximum(o, c), np.minimum(o, c)
-            kbar = {"KMID": (c - o) / o, "KLEN": (h - lo) / o, "KMID2": (c - o) / span, "KUP": (h - top) / o,
-                    "KUP2": (h - top) / span, "KLOW": (bottom - lo) / o, "KLOW2": (bottom - lo) / span,
-                    "KSFT": (2.0 * c - h - lo) / o, "KSFT2": (2.0 * c - h - lo) / span}
-            out.update({n: v for n, v in kbar.items() if n in wanted})
-        for name, column in (("OPEN0", "open"), ("HIGH0", "high"), ("LOW0", "low"), ("VWAP0", "vwap")):
-            if name in wanted:
-                out[name] = current(panels[column]) / c
-
-        rolling = [operator_of(n) for n in names if n not in out]
-        by_window: dict[int, set[str]] = {}
-        for operator, d in rolling:
-            by_window.setdefault(d, set()).add(operator)
-        change = close - _lag1(close) if any(op in _ON_CHANGES for op, _ in rolling) else None
-        for d, ops in sorted(by_window.items()):
-            def put(op: str, values: np.ndarray, valid: np.ndarray, span: int = d, d: int = d) -> None:
-                if op in ops:
-                    out[f"{op}{d}"] = place(values, span, valid)
-
-            _close_window_ops(ops, windows, close, d, put, complete, constant)
-            if ops & {"MAX", "MIN", "RSV", "IMAX", "IMIN", "IMXD"}:
-                wc = windows(close, d)
-                valid = complete(wc)
-                cw = wc[..., -1]
-                if ops & {"MAX", "RSV", "IMAX", "IMXD"}:
-                    wh = windows(panels["high"], d)
-                    highest = wh.max(axis=-1)
-                    arg_high = wh.argmax(axis=-1)
-                    put("MAX", highest / cw, valid)
-                    put("IMAX", (arg_high + 1.0) / d, valid)
-                if ops & {"MIN", "RSV", "IMIN", "IMXD"}:
-                    wl = windows(panels["low"], d)
-                    lowest = wl.min(axis=-1)
-                    arg_low = wl.argmin(axis=-1)
-                    put("MIN", lowest / cw, valid)
-                    put("IMIN", (arg_low + 1.0) / d, valid)
-                if "RSV" in ops:
-                    put("RSV", (cw - lowest) / (highest - lowest + _EPS), valid)
-                if "IMXD" in ops:
-                    put("IMXD", (arg_high - arg_low) / float(d), valid)
-            if "CORR" in ops:
-                wx, wy = windows(close, d), windows(np.log(panels["volume"] + 1.0), d)
-                put("CORR", _corr(wx, wy, constant), complete(wx) & complete(wy))
-            if change is not None and ops & _ON_CHANGES:
-                _change_ops(ops, windows, close, panels, change, d, put, complete, constant)
-            if ops & {"VMA", "VSTD"}:
-                wv = windows(panels["volume"], d)
-                valid = complete(wv)
-                denominator = wv[..., -1] + _EPS
-                put("VMA", wv.mean(axis=-1) / denominator, valid)
-                if "VSTD" in ops:
-                    put("VSTD", _std(wv, constant) / denominator, valid)
-    return {name: out[name] for name in names}
+        return _evaluate(windows, panels, names)
 
 
-def _std(window: np.ndarray, constant: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Sample std (ddof 1) along the window, exactly 0 on a window of equal values."""
-    std = window.std(axis=-1, ddof=1)
-    return np.where(constant(window), 0.0, std)
+def _evaluate(w: _Panel | _Latest, panels: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
+    """Every factor's formula, once, over the window sums of ``w``."""
+    out: dict[str, np.ndarray] = {}
+    wanted = set(names)
+    close = panels["close"]
+    c = w.current(close)
+    if wanted & set(KBAR):
+        o, h, lo = (w.current(panels[k]) for k in ("open", "high", "low"))
+        span = h - lo + _EPS
+        top, bottom = np.maximum(o, c), np.minimum(o, c)
+        kbar = {"KMID": (c - o) / o, "KLEN": (h - lo) / o, "KMID2": (c - o) / span, "KUP": (h - top) / o,
+                "KUP2": (h - top) / span, "KLOW": (bottom - lo) / o, "KLOW2": (bottom - lo) / span,
+                "KSFT": (2.0 * c - h - lo) / o, "KSFT2": (2.0 * c - h - lo) / span}
+        out.update({n: v for n, v in kbar.items() if n in wanted})
+    for name, column in (("OPEN0", "open"), ("HIGH0", "high"), ("LOW0", "low"), ("VWAP0", "vwap")):
+        if name in wanted:
+            out[name] = w.current(panels[column]) / c
 
+    by_operator = _windows_by_operator(tuple(names))
 
-def _corr(wx: np.ndarray, wy: np.ndarray, constant: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
-    """Pearson correlation along the window; NaN where either side is flat."""
-    dx = wx - wx.mean(axis=-1, keepdims=True)
-    dy = wy - wy.mean(axis=-1, keepdims=True)
-    value = (dx * dy).sum(axis=-1) / np.sqrt((dx * dx).sum(axis=-1) * (dy * dy).sum(axis=-1))
-    return np.where(constant(wx) | constant(wy), np.nan, value)
+    def ds(*operators: str) -> tuple[int, ...]:
+        return tuple(sorted({d for op in operators for d in by_operator.get(op, ())}))
 
+    def put(operator: str, d: int, values: np.ndarray, span: int | None = None, extra: np.ndarray | None = None
+            ) -> None:
+        if d in by_operator.get(operator, ()):
+            valid = w.valid(d if span is None else span)
+            if extra is not None:
+                valid = valid & extra
+            out[f"{operator}{d}"] = np.where(valid, values, np.nan)
 
-def _close_window_ops(ops: set[str], windows: Callable[[np.ndarray, int], np.ndarray], close: np.ndarray, d: int,
-                      put: Callable[..., None], complete: Callable[[np.ndarray], np.ndarray],
-                      constant: Callable[[np.ndarray], np.ndarray]) -> None:
-    """ROC, MA, STD, BETA, RSQR, RESI, QTLU, QTLD, RANK: functions of the last ``d`` (ROC: ``d + 1``) closes."""
-    if "ROC" in ops:
-        wr = windows(close, d + 1)
-        put("ROC", wr[..., 0] / wr[..., -1], complete(wr), span=d + 1)
-    if not ops & {"MA", "STD", "BETA", "RSQR", "RESI", "QTLU", "QTLD", "RANK"}:
-        return
-    wc = windows(close, d)
-    valid = complete(wc)
-    cw = wc[..., -1]
-    mean = wc.mean(axis=-1)
-    put("MA", mean / cw, valid)
-    flat = constant(wc)
-    if "STD" in ops:
-        put("STD", np.where(flat, 0.0, wc.std(axis=-1, ddof=1)) / cw, valid)
-    if ops & {"BETA", "RSQR", "RESI"}:
-        x = np.arange(d, dtype=np.float64) - (d - 1) / 2.0
-        deviations = wc - mean[..., None]
-        sxx = float((x * x).sum())
-        sxy = (deviations * x).sum(axis=-1)
-        slope = sxy / sxx
-        put("BETA", slope / cw, valid)
-        syy = (deviations * deviations).sum(axis=-1)
-        put("RSQR", np.where(flat, np.nan, sxy * sxy / (sxx * syy)), valid)
-        put("RESI", (cw - (mean + slope * x[-1])) / cw, valid)
-    if ops & {"QTLU", "QTLD"}:
-        ordered = np.sort(wc, axis=-1)
-        for op, q in (("QTLU", 0.8), ("QTLD", 0.2)):
+    for d in ds("ROC"):
+        put("ROC", d, w.earlier(close, d) / c, span=d + 1)
+
+    moments_of_close = ds("MA", "STD", "BETA", "RSQR", "RESI", "CORR")
+    if moments_of_close:
+        series = w.prepare(close, shifted=True)
+        s1 = w.sums(series.values, moments_of_close)
+        s2 = w.sums(series.values * series.values, moments_of_close)
+        flat = w.flat(close, moments_of_close)
+        index = w.index_sums(series.values, ds("BETA", "RSQR", "RESI"), s1)
+        for d in moments_of_close:
+            put("MA", d, (series.shift + s1[d] / d) / c)
+            syy = np.maximum(s2[d] - s1[d] * s1[d] / d, 0.0)
+            put("STD", d, np.where(flat[d], 0.0, np.sqrt(syy / (d - 1))) / c)
+            if d in index:
+                sxx = d * (d * d - 1) / 12.0
+                sxy = index[d] - (d - 1) / 2.0 * s1[d]
+                slope = sxy / sxx
+                put("BETA", d, slope / c)
+                put("RSQR", d, np.where(flat[d], np.nan, sxy * sxy / (sxx * syy)))
+                put("RESI", d, ((c - series.shift) - (s1[d] / d + slope * (d - 1) / 2.0)) / c)
+        if ds("CORR"):
+            _put_correlation(w, put, "CORR", ds("CORR"), series, s1, s2, flat,
+                             np.log(panels["volume"] + 1.0), span_extra=0)
+
+    extreme_windows = ds("MAX", "MIN", "RSV", "IMAX", "IMIN", "IMXD")
+    if ds("MAX", "RSV", "IMAX", "IMXD"):
+        high = w.extremes(panels["high"], ds("MAX", "RSV", "IMAX", "IMXD"), highest=True)
+    if ds("MIN", "RSV", "IMIN", "IMXD"):
+        low = w.extremes(panels["low"], ds("MIN", "RSV", "IMIN", "IMXD"), highest=False)
+    for d in extreme_windows:
+        if d in ds("MAX", "IMAX"):
+            put("MAX", d, high[d][0] / c)
+            put("IMAX", d, (high[d][1] + 1.0) / d)
+        if d in ds("MIN", "IMIN"):
+            put("MIN", d, low[d][0] / c)
+            put("IMIN", d, (low[d][1] + 1.0) / d)
+        if d in ds("RSV"):
+            put("RSV", d, (c - low[d][0]) / (high[d][0] - low[d][0] + _EPS))
+        if d in ds("IMXD"):
+            put("IMXD", d, (high[d][1] - low[d][1]) / float(d))
+
+    for d in ds("QTLU", "QTLD"):
+        ordered = w.sorted_windows(close, d)
+        for operator, q in (("QTLU", 0.8), ("QTLD", 0.2)):
             position = q * (d - 1)
             below = int(np.floor(position))
             above = min(below + 1, d - 1)
-            fraction = position - below
-            value = ordered[..., below] + (ordered[..., above] - ordered[..., below]) * fraction
-            put(op, value / cw, valid)
-    if "RANK" in ops:
-        less = (wc < cw[..., None]).sum(axis=-1)
-        equal = (wc == cw[..., None]).sum(axis=-1)
-        put("RANK", (less + (equal + 1) / 2.0) / d, valid)
+            value = ordered[..., below] + (ordered[..., above] - ordered[..., below]) * (position - below)
+            put(operator, d, value / c)
+    for d, (less, equal) in w.rank_counts(close, ds("RANK")).items():
+        put("RANK", d, (less + (equal + 1) / 2.0) / d)
 
+    _change_factors(w, panels, put, ds)
 
-def _change_ops(ops: set[str], windows: Callable[[np.ndarray, int], np.ndarray], close: np.ndarray,
-                panels: dict[str, np.ndarray], change: np.ndarray, d: int, put: Callable[..., None],
-                complete: Callable[[np.ndarray], np.ndarray], constant: Callable[[np.ndarray], np.ndarray]) -> None:
-    """The operators on the last ``d`` one-bar changes (``d + 1`` bars: the first change of a symbol is NaN,
-    so a window that reaches it is not complete)."""
-    if ops & {"CNTP", "CNTN", "CNTD", "SUMP", "SUMN", "SUMD"}:
-        wd = windows(change, d)
-        valid = complete(wd)
-        up, down = (wd > 0).sum(axis=-1) / float(d), (wd < 0).sum(axis=-1) / float(d)
-        put("CNTP", up, valid)
-        put("CNTN", down, valid)
-        put("CNTD", up - down, valid)
-        _gain_loss_ops(("SUMP", "SUMN", "SUMD"), ops, wd, valid, put)
-    if ops & {"VSUMP", "VSUMN", "VSUMD"}:
+    volume_windows = ds("VMA", "VSTD")
+    if volume_windows:
         volume = panels["volume"]
-        wd = windows(volume - _lag1(volume), d)
-        _gain_loss_ops(("VSUMP", "VSUMN", "VSUMD"), ops, wd, complete(wd), put)
-    if "WVMA" in ops:
-        weighted = np.abs(close / _lag1(close) - 1.0) * panels["volume"]
-        ww = windows(weighted, d)
-        put("WVMA", _std(ww, constant) / (ww.mean(axis=-1) + _EPS), complete(ww))
-    if "CORD" in ops:
+        v = w.current(volume) + _EPS
+        plain = w.prepare(volume, shifted=False)
+        for d, total in w.sums(plain.values, ds("VMA")).items():
+            put("VMA", d, total / d / v)
+        if ds("VSTD"):
+            moments = w.prepare(volume, shifted=True)
+            s1 = w.sums(moments.values, ds("VSTD"))
+            s2 = w.sums(moments.values * moments.values, ds("VSTD"))
+            flat = w.flat(volume, ds("VSTD"))
+            for d in ds("VSTD"):
+                variance = np.maximum(s2[d] - s1[d] * s1[d] / d, 0.0) / (d - 1)
+                put("VSTD", d, np.where(flat[d], 0.0, np.sqrt(variance)) / v)
+    return {name: out[name] for name in names}
+
+
+def _put_correlation(w: _Panel | _Latest, put: Callable[..., None], operator: str, windows: tuple[int, ...],
+                     x: _Series, sx: dict[int, np.ndarray], sxx: dict[int, np.ndarray],
+                     flat_x: dict[int, np.ndarray], y_raw: np.ndarray, span_extra: int) -> None:
+    """Pearson correlation of the prepared ``x`` with ``y_raw`` over each window; NaN where either side is flat
+    or a value is missing (``span_extra``: 1 for series of one-bar changes)."""
+    y = w.prepare(y_raw, shifted=True)
+    sy = w.sums(y.values, windows)
+    syy = w.sums(y.values * y.values, windows)
+    sxy = w.sums(x.values * y.values, windows)
+    missing = w.sums((x.missing | y.missing).astype(np.float64), windows)
+    flat_y = w.flat(y_raw, windows)
+    for d in windows:
+        covariance = sxy[d] - sx[d] * sy[d] / d
+        spread = np.maximum(sxx[d] - sx[d] * sx[d] / d, 0.0) * np.maximum(syy[d] - sy[d] * sy[d] / d, 0.0)
+        value = np.where(flat_x[d] | flat_y[d], np.nan, covariance / np.sqrt(spread))
+        put(operator, d, value, span=d + span_extra, extra=missing[d] == 0)
+
+
+def _change_factors(w: _Panel | _Latest, panels: dict[str, np.ndarray], put: Callable[..., None],
+                    ds: Callable[..., tuple[int, ...]]) -> None:
+    """The operators on the last ``d`` one-bar changes (``d + 1`` bars: a symbol's first change is NaN)."""
+    close = panels["close"]
+    counted = ds("CNTP", "CNTN", "CNTD", "SUMP", "SUMN", "SUMD")
+    if counted:
+        change = w.prepare(close - _lag1(close), shifted=False).values
+        up = w.sums((change > 0).astype(np.float64), ds("CNTP", "CNTN", "CNTD"))
+        down = w.sums((change < 0).astype(np.float64), ds("CNTP", "CNTN", "CNTD"))
+        for d in up:
+            put("CNTP", d, up[d] / float(d), span=d + 1)
+            put("CNTN", d, down[d] / float(d), span=d + 1)
+            put("CNTD", d, up[d] / float(d) - down[d] / float(d), span=d + 1)
+        _gain_loss(w, ("SUMP", "SUMN", "SUMD"), change, ds("SUMP", "SUMN", "SUMD"), put)
+    if ds("VSUMP", "VSUMN", "VSUMD"):
+        volume = panels["volume"]
+        change = w.prepare(volume - _lag1(volume), shifted=False).values
+        _gain_loss(w, ("VSUMP", "VSUMN", "VSUMD"), change, ds("VSUMP", "VSUMN", "VSUMD"), put)
+    if ds("WVMA"):
+        weighted_raw = np.abs(close / _lag1(close) - 1.0) * panels["volume"]
+        plain = w.sums(w.prepare(weighted_raw, shifted=False).values, ds("WVMA"))
+        weighted = w.prepare(weighted_raw, shifted=True)
+        s1 = w.sums(weighted.values, ds("WVMA"))
+        s2 = w.sums(weighted.values * weighted.values, ds("WVMA"))
+        flat = w.flat(weighted_raw, ds("WVMA"))
+        for d in ds("WVMA"):
+            std = np.where(flat[d], 0.0, np.sqrt(np.maximum(s2[d] - s1[d] * s1[d] / d, 0.0) / (d - 1)))
+            put("WVMA", d, std / (plain[d] / d + _EPS), span=d + 1)
+    if ds("CORD"):
         volume = panels["volume"]
         previous = _lag1(volume)
         ratio = np.log(np.where(previous == 0, np.nan, volume / previous) + 1.0)
-        wx, wy = windows(close / _lag1(close), d), windows(ratio, d)
-        put("CORD", _corr(wx, wy, constant), complete(wx) & complete(wy))
+        relative = close / _lag1(close)
+        x = w.prepare(relative, shifted=True)
+        windows = ds("CORD")
+        sx, sxx = w.sums(x.values, windows), w.sums(x.values * x.values, windows)
+        _put_correlation(w, put, "CORD", windows, x, sx, sxx, w.flat(relative, windows), ratio, span_extra=1)
 
 
-def _gain_loss_ops(names: tuple[str, str, str], ops: set[str], wd: np.ndarray, valid: np.ndarray,
-                   put: Callable[..., None]) -> None:
-    if not ops & set(names):
+def _gain_loss(w: _Panel | _Latest, names: tuple[str, str, str], change: np.ndarray, windows: tuple[int, ...],
+               put: Callable[..., None]) -> None:
+    if not windows:
         return
-    gains = np.maximum(wd, 0.0).sum(axis=-1)
-    losses = np.maximum(-wd, 0.0).sum(axis=-1)
-    total = np.abs(wd).sum(axis=-1) + _EPS
-    put(names[0], gains / total, valid)
-    put(names[1], losses / total, valid)
-    put(names[2], (gains - losses) / total, valid)
+    gains = w.sums(np.maximum(change, 0.0), windows)
+    losses = w.sums(np.maximum(-change, 0.0), windows)
+    for d in windows:
+        # |change| summed as gains + losses: a window of only losses has gains exactly 0 in both engines, so
+        # SUMN is l / (l + 1e-12) in both, and cross-sectional processing of such ties cannot amplify rounding
+        total = gains[d] + losses[d] + _EPS
+        put(names[0], d, gains[d] / total, span=d + 1)
+        put(names[1], d, losses[d] / total, span=d + 1)
+        put(names[2], d, (gains[d] - losses[d]) / total, span=d + 1)

@@ -96,7 +96,7 @@ _PANEL_CELL_BUDGET: int = 1 << 17
 # Rolling sums restart every _MIN_BLOCK bars (or the largest window, if longer).
 _MIN_BLOCK: int = 128
 # Alpha158 works on (symbols, bars, window) views: smaller panels keep its temporaries (x 60 bars) small.
-_ALPHA158_CELL_BUDGET: int = 1 << 14
+_ALPHA158_CELL_BUDGET: int = 1 << 16
 _NANOS_PER_DAY: int = 86_400_000_000_000
 _NANOS_PER_HOUR: int = 3_600_000_000_000
 

@@ -507,7 +507,7 @@ class IncrementalEngine:
             panels = {}
             for c in self._factor_inputs:
                 register = _push(getattr(self, f"factor_{c}"), slots, n_known, np.asarray(columns[c], dtype=np.float64))
-                panels[c] = np.ascontiguousarray(register.T)
+                panels[c] = register.T  # a (symbols, bars) view; the kernel copies what it reorders
             factors = alpha158.alpha158_values(panels, self._factors, last_only=True)
             out[self._factor_rows] = np.stack([factors[name] for name in self._factors])
         if self.ranked:
