@@ -594,3 +594,14 @@ def _gain_loss(w: _Panel | _Latest, names: tuple[str, str, str], change: np.ndar
         put(names[0], d, gains[d] / total, span=d + 1)
         put(names[1], d, losses[d] / total, span=d + 1)
         put(names[2], d, (gains[d] - losses[d]) / total, span=d + 1)
+
+
+def inputs_of(name: str) -> tuple[str, ...]:
+    """The bar columns a factor reads."""
+    return NEEDS[operator_of(name)[0]]
+
+
+def describe(name: str) -> str:
+    """One line saying what a factor is."""
+    operator, d = operator_of(name)
+    return DESCRIPTIONS[operator].format(d=d)

@@ -78,7 +78,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 from scipy.signal import lfilter
 
-from alphaforge import alpha158
+from alphaforge import alpha158, alpha360
 from alphaforge.featurestore.exogenous import ExogenousParams, load_exogenous
 from alphaforge.featurestore.sentiment import SentimentParams, load_headlines
 from alphaforge.schema import KEY_COLUMNS, NUMERIC_COLUMNS, DataError
@@ -90,6 +90,18 @@ log = logging.getLogger(__name__)
 
 FEATURE_VERSION: str = "1"
 LABEL_COLUMNS: tuple[str, ...] = ("forward_return", "forward_direction", "forward_volatility", "forward_return_1")
+#: The factor families of ``features.set`` beyond the basic indicators: module with plan, all_names, inputs_of,
+#: window_of and describe.
+FACTOR_SETS = {"alpha158": alpha158, "alpha360": alpha360}
+
+
+def factor_values(feature_set: str, panels: dict[str, np.ndarray], names: list[str], *, last_only: bool
+                  ) -> dict[str, np.ndarray]:
+    """The factor family ``feature_set``'s columns ``names`` of (rows, bars) panels; shared by the batch library
+    and the incremental engine (``last_only``: the value at each row's last bar)."""
+    if feature_set == "alpha360":
+        return alpha360.alpha360_values(panels, names, last_only=last_only)
+    return alpha158.alpha158_values(panels, names, last_only=last_only)
 
 # Panel cells (symbols x bars) computed at once; bounds memory, not results.
 _PANEL_CELL_BUDGET: int = 1 << 17
@@ -109,7 +121,9 @@ class FeatureParams(BaseModel):
     # Which per-symbol feature family: "basic" (the indicators below, the default) or "alpha158" (Qlib's
     # Alpha158 factors, alphaforge.alpha158; the basic windows are then unused). Calendar, cross-sectional
     # ranks, exogenous, sentiment and regime columns follow either set.
-    set: Literal["basic", "alpha158"] = "basic"
+    # "alpha360": Qlib's Alpha360, the last 60 bars of open/high/low/close over the current close and of the volume
+    # over the current volume (alphaforge.alpha360), for the sequence models or tabular ones.
+    set: Literal["basic", "alpha158", "alpha360"] = "basic"
     # Per-timestamp cross-sectional processing of the per-symbol features, after they are computed (no fitted
     # state: each timestamp sees only its own rows): "cs_rank" = (percentile rank - 0.5) * 3.46 (Qlib's
     # CSRankNorm), "cs_zscore" = (x - mean) / std (ddof 1, Qlib's CSZScoreNorm); both then fill NaN with 0
@@ -192,8 +206,8 @@ def _plan(
     ``n_regimes``: the regime model's number of regimes (0: no regime model, so no regime columns).
     """
     present = set(NUMERIC_COLUMNS) if all_columns else (columns or set())
-    if params.set == "alpha158":
-        names, skipped = alpha158.plan(present)
+    if params.set in FACTOR_SETS:
+        names, skipped = FACTOR_SETS[params.set].plan(present)
     else:
         names, skipped = _basic_plan(params, present)
     if params.calendar:
@@ -896,9 +910,10 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams, regime_model: Re
     if params.processing != "none" and not multi_symbol:
         raise DataError(f"compute_features: features.processing {params.processing!r} transforms each feature among "
                         "the symbols of a timestamp, and the bars have one symbol; set features.processing: none")
-    known_factors = set(alpha158.all_names())
+    family = FACTOR_SETS.get(params.set)
+    known_factors = set(family.all_names()) if family is not None else set()
     factors = [name for name in names if name in known_factors]
-    needed = {"close", *(c for n in factors for c in alpha158.NEEDS[alpha158.operator_of(n)[0]])}
+    needed = {"close", *(c for n in factors for c in family.inputs_of(n))} if family is not None else {"close"}
     if "open" in needed:  # the basic set never reads the open; Alpha158 divides by it
         _check_numeric(bars, "open", "compute_features", positive=True, allow_nan=False)
     long_columns = {
@@ -908,7 +923,7 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams, regime_model: Re
     }
     for chunk in _chunks(groups, 1, budget=_ALPHA158_CELL_BUDGET) if factors else ():
         inputs = {c: chunk.panel(long_columns[c]) for c in needed}
-        for name, result in alpha158.alpha158_values(inputs, factors, last_only=False).items():
+        for name, result in factor_values(params.set, inputs, factors, last_only=False).items():
             chunk.write(values[slot[name]], result)
     block = _feature_block(params)
     for chunk in _chunks(groups, block) if params.set == "basic" else ():
