@@ -74,7 +74,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from scipy.ndimage import maximum_filter1d, minimum_filter1d
 from scipy.signal import lfilter
 
@@ -128,7 +128,10 @@ class FeatureParams(BaseModel):
     # state: each timestamp sees only its own rows): "cs_rank" = (percentile rank - 0.5) * 3.46 (Qlib's
     # CSRankNorm), "cs_zscore" = (x - mean) / std (ddof 1, Qlib's CSZScoreNorm); both then fill NaN with 0
     # (Qlib's Fillna). Calendar, exogenous, regime and *_cs_rank columns are left as they are.
-    processing: Literal["none", "cs_rank", "cs_zscore"] = "none"
+    # "robust_zscore" (Qlib's RobustZScoreNorm: (x - median) / (1.4826 MAD), clipped to [-3, 3]) and
+    # "robust_zscore_fillna" (the same, then NaN -> 0; also written [robust_zscore, fillna]) are fitted on the
+    # TRAINING rows, so they are not applied here: the model carries them (alphaforge.models.normalise).
+    processing: Literal["none", "cs_rank", "cs_zscore", "robust_zscore", "robust_zscore_fillna"] = "none"
     return_horizons: tuple[int, ...] = Field((1, 5, 10, 20), min_length=1)
     ma_windows: tuple[int, ...] = (5, 10, 20, 50)
     rsi_window: int = Field(14, ge=1)
@@ -151,6 +154,26 @@ class FeatureParams(BaseModel):
     # stage fits it on the first training window). On by default; they exist only when a model is handed to
     # compute_features (the features stage and the service do), so FEATURE_VERSION is unchanged: no definition moved.
     regimes: bool = True
+
+    @field_validator("processing", mode="before")
+    @classmethod
+    def _processing_steps(cls, value: object) -> object:
+        """``[robust_zscore, fillna]`` -> ``robust_zscore_fillna``; ``[x]`` -> ``x``."""
+        if isinstance(value, (list, tuple)):
+            steps = [str(step) for step in value]
+            if steps == ["robust_zscore", "fillna"]:
+                return "robust_zscore_fillna"
+            if len(steps) == 1:
+                return steps[0]
+            raise ValueError(f"features.processing: the steps {steps} are not a known pipeline; use one of none, "
+                             "cs_rank, cs_zscore, robust_zscore or [robust_zscore, fillna]")
+        return value
+
+    @property
+    def per_timestamp_processing(self) -> str:
+        """The processing applied where the features are computed: the per-timestamp kinds, else none (the
+        fitted kinds travel with the model)."""
+        return self.processing if self.processing in ("cs_rank", "cs_zscore") else "none"
 
     @model_validator(mode="after")
     def _check(self) -> FeatureParams:
@@ -907,8 +930,9 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams, regime_model: Re
     slot = {name: i for i, name in enumerate(names)}
     name_set = set(names)
 
-    if params.processing != "none" and not multi_symbol:
-        raise DataError(f"compute_features: features.processing {params.processing!r} transforms each feature among "
+    processing = params.per_timestamp_processing
+    if processing != "none" and not multi_symbol:
+        raise DataError(f"compute_features: features.processing {processing!r} transforms each feature among "
                         "the symbols of a timestamp, and the bars have one symbol; set features.processing: none")
     family = FACTOR_SETS.get(params.set)
     known_factors = set(family.all_names()) if family is not None else set()
@@ -971,11 +995,11 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams, regime_model: Re
         regimes = apply_regime_features(bars, regime_model)
         for name in regime_probability_columns(n_regimes):
             values[slot[name]] = regimes[name].to_numpy(dtype=np.float64)
-    if params.processing != "none":
+    if processing != "none":
         timestamps = _TimestampGrid.build(groups)
         for name in processed_columns(names):
             values[slot[name]] = _cross_sectional_apply(values[slot[name]], timestamps,
-                                                        lambda block: process_rows(block, params.processing))
+                                                        lambda block: process_rows(block, processing))
 
     frame = _with_keys(bars, pd.DataFrame(values.T, columns=names, index=bars.index, copy=False))
     frame.attrs["skipped"] = list(skipped)

@@ -138,7 +138,7 @@ def feature_definitions(
     out = []
     n_regimes = regime_model.params.n_regimes if regime_model is not None else 0
     planned = feature_plan(params, columns=columns, multi_symbol=multi_symbol, intraday=intraday, n_regimes=n_regimes)
-    processed = set(processed_columns(planned)) if params.processing != "none" else set()
+    processed = set(processed_columns(planned)) if params.per_timestamp_processing != "none" else set()
     for name in feature_plan(params, columns=columns, multi_symbol=multi_symbol, intraday=intraday,
                              n_regimes=n_regimes):
         if regime_model is not None and name.startswith("regime_prob_"):

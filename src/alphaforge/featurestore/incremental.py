@@ -183,7 +183,7 @@ class IncrementalEngine:
         self._factor_inputs = sorted({"close", *(c for n in self._factors for c in family.inputs_of(n))}
                                      if family is not None else {"close"})
         self._processed_rows = (np.asarray([self._column[n] for n in processed_columns(self.names)], dtype=np.int64)
-                                if params.processing != "none" else np.empty(0, dtype=np.int64))
+                                if params.per_timestamp_processing != "none" else np.empty(0, dtype=np.int64))
         p = params
         self._close_length = max(max(p.return_horizons) + 1, *p.ma_windows, p.bollinger_window, 2)
         self._return_length = max(p.volatility_windows)
@@ -519,7 +519,7 @@ class IncrementalEngine:
             for i, name in enumerate(self.ranked):
                 out[column[name]] = ranked[i]
         if self._processed_rows.size:  # across the symbols of this timestamp, after the ranks (as in batch)
-            out[self._processed_rows] = process_rows(out[self._processed_rows], p.processing)
+            out[self._processed_rows] = process_rows(out[self._processed_rows], p.per_timestamp_processing)
 
         return out
 
