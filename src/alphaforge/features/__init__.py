@@ -151,7 +151,7 @@ def factor_values(feature_set: str, panels: dict[str, np.ndarray], names: list[s
         return alpha360.alpha360_values(panels, names, last_only=last_only)
     return alpha158.alpha158_values(panels, names, last_only=last_only)
 # Alpha158 works on (symbols, bars, window) views: smaller panels keep its temporaries (x 60 bars) small.
-_ALPHA158_CELL_BUDGET: int = 1 << 16
+_ALPHA158_CELL_BUDGET: int = 1 << 15
 
 
 class FeatureParams(BaseModel):
