@@ -7,7 +7,11 @@ max/min filters), used by the batch library (:func:`alphaforge.features.compute_
 alpha158``); and :class:`_Latest` for each symbol's last :data:`HISTORY` bars (the incremental engine's ring
 buffer, ``last_only``), where every window is a prefix of the history read backwards, so one cumulative sum
 serves all five window lengths. Both sum values relative to a nearby level (a block's first bar, the current
-bar), so they agree far inside 1e-9 (``tests/test_featurestore.py`` checks every factor).
+bar), so they agree inside 1e-9 (``tests/test_featurestore.py`` checks every factor on real bars; on the
+benchmark's 500 x 2,500 random bars the largest gap is ~1e-10, in the correlations and R^2 of short, nearly
+flat windows, which are ill-conditioned whatever the summation order). Sums of gains and losses count |change|
+as gains + losses, so a window with no gains has exactly 0 of them in both engines (cross-sectional processing
+would otherwise amplify rounding among tied symbols).
 
 Names and formulas are Qlib's (``$close`` is the bar's close, ``Ref(x, d)`` its value ``d`` bars
 earlier, windows ``d`` in 5, 10, 20, 30, 60):
