@@ -102,3 +102,23 @@ def test_saved_and_served_predictions_equal_the_in_process_ones(tmp_path: Path) 
     assert np.array_equal(served["prediction_ridge"].to_numpy(), in_process)
     raw_model = make_forecaster("ridge", task="regression").fit(frame, label, fit_mask=train)
     assert not np.allclose(raw_model.predict(frame), in_process)  # the transform changed something
+
+
+def test_tuning_fits_the_statistics_per_fold_as_training_does(tmp_path: Path) -> None:
+    """A study with a fitted processing wraps each trial's model (each fold fits its own statistics) and is a
+    different study from the raw one (its fingerprint names the processing)."""
+    from alphaforge.splits import WalkForward, WalkForwardParams
+    from alphaforge.tune import TuneParams, tune_family
+
+    frame, label = _panel(seed=2, n_symbols=5, n_bars=200)
+    dataset = frame.assign(forward_return=label)
+    tune = TuneParams(families=("ridge",), storage=f"sqlite:///{tmp_path / 'tune.db'}", n_trials=2,
+                      n_startup_trials=2, search_spaces={"ridge": {"alpha": {"type": "float", "low": 1e-2,
+                                                                              "high": 1e2, "log": True}}})
+    splitter = WalkForward(WalkForwardParams(n_splits=2, min_train_size=80, embargo=1), purge=1)
+    fitted = tune_family(dataset, "ridge", tune=tune, splitter=splitter, base_params={"n_jobs": 1},
+                         feature_processing="robust_zscore_fillna")
+    raw = tune_family(dataset, "ridge", tune=tune, splitter=splitter, base_params={"n_jobs": 1})
+    assert fitted["n_complete"] == 2 and raw["n_complete"] == 2
+    assert fitted["study_name"] != raw["study_name"]
+    assert fitted["best_value"] != raw["best_value"]

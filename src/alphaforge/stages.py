@@ -252,7 +252,7 @@ def tune(params: Params, workers: int = 1) -> dict[str, Any]:
         walk_forward=params.train.walk_forward,
         purge=params.labels.horizon,
         target=params.labels.target,
-        label_normalise=params.labels.normalise,
+        label_normalise=params.labels.normalise, feature_processing=params.features.processing,
         base_params={family: dict(params.train.models.get(family, {})) for family in params.tune.families},
         evaluation=params.evaluate,
         experiment=params.tracking.experiment if params.tracking.enabled else None,

@@ -285,6 +285,8 @@ class TuneJob(BaseModel):
     target: str = "forward_return"
     label_normalise: LabelNormalise = Field("none", description="labels.normalise: the training label's per-timestamp "
                                             "transform (the metrics use the raw label)")
+    feature_processing: str = Field("none", description="features.processing: a fitted kind (robust_zscore) puts each "
+                                    "trial's model behind it, fitted per fold as in training")
     base_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="family -> fixed hyperparameters that sampled ones are laid over")
     evaluation: EvaluationParams = EvaluationParams()
@@ -366,6 +368,7 @@ def open_storage(url: str, tune: TuneParams) -> optuna.storages.RDBStorage:
 def study_fingerprint(
     dataset: pd.DataFrame, family: str, *, tune: TuneParams, splitter: WalkForward, target: str,
     base_params: Mapping[str, Any], evaluation: EvaluationParams, label_normalise: str = "none",
+    feature_processing: str = "none",
 ) -> str:
     """A short hash of everything that changes what a trial's value means (see the module docstring)."""
     data_hash = int(pd.util.hash_pandas_object(dataset, index=False).sum())
@@ -378,6 +381,7 @@ def study_fingerprint(
         "base_params": dict(base_params),
         "space": {k: v.model_dump(mode="json") for k, v in sorted(tune.search_spaces[family].items())},
         "evaluation": evaluation.model_dump(mode="json") if tune.metric == "sharpe" else None,
+        **({"feature_processing": feature_processing} if feature_processing != "none" else {}),
     }
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
@@ -459,7 +463,7 @@ class StudyHandle:
 def open_study(
     dataset: pd.DataFrame, family: str, *, tune: TuneParams, splitter: WalkForward, target: str = "forward_return",
     base_params: Mapping[str, Any] | None = None, evaluation: EvaluationParams | None = None,
-    experiment: str | None = None, label_normalise: str = "none",
+    experiment: str | None = None, label_normalise: str = "none", feature_processing: str = "none",
 ) -> StudyHandle:
     """Create or load the family's study, and its MLflow parent run when tracking (created once per study)."""
     import optuna
@@ -470,7 +474,8 @@ def open_study(
     evaluation = evaluation or EvaluationParams()
     url = storage_url(tune)
     fingerprint = study_fingerprint(dataset, family, tune=tune, splitter=splitter, target=target,
-                                    base_params=base_params, evaluation=evaluation, label_normalise=label_normalise)
+                                    base_params=base_params, evaluation=evaluation, label_normalise=label_normalise,
+                                    feature_processing=feature_processing)
     name = f"{tune.study_prefix}-{family}-{fingerprint}"
     study = optuna.create_study(
         storage=open_storage(url, tune), sampler=_sampler(tune), pruner=_pruner(tune),
@@ -586,7 +591,7 @@ class _Objective:
     def __init__(
         self, dataset: pd.DataFrame, handle: StudyHandle, *, tune: TuneParams, splitter: WalkForward, target: str,
         base_params: Mapping[str, Any], evaluation: EvaluationParams, worker_index: int,
-        trials_dir: Path | None = None, label_normalise: str = "none",
+        trials_dir: Path | None = None, label_normalise: str = "none", feature_processing: str = "none",
     ) -> None:
         from alphaforge.train import task_of
 
@@ -598,6 +603,7 @@ class _Objective:
         self.horizon = max(int(splitter.purge), 1)  # the purge is the label horizon
         self.target = target
         self.label_normalise = label_normalise
+        self.feature_processing = feature_processing
         self.task = task_of(target)
         self.base_params = dict(base_params)
         self.space = tune.search_spaces[handle.family]
@@ -647,6 +653,7 @@ class _Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         import optuna
 
+        from alphaforge.models.normalise import with_fitted_processing
         from alphaforge.models.registry import make_forecaster
         from alphaforge.train import walk_forward_train
 
@@ -662,7 +669,8 @@ class _Objective:
         last_fold = len(self.folds) - 1
 
         def make_model() -> Forecaster:
-            model = make_forecaster(self.handle.family, task=self.task, params=params)
+            model = with_fitted_processing(make_forecaster(self.handle.family, task=self.task, params=params),
+                                           self.feature_processing)
             models[:] = [model]  # the fold's model, for metrics that need its predictions
             return model
 
@@ -869,6 +877,7 @@ def tune_family(
     worker_index: int = 0,
     trials_dir: str | Path | None = None,
     label_normalise: str = "none",
+    feature_processing: str = "none",
 ) -> dict[str, Any]:
     """Run, resume or join the family's study in this process until its budget is spent; its summary.
 
@@ -880,12 +889,14 @@ def tune_family(
     evaluation = evaluation or EvaluationParams()
     _check_inputs(dataset, family, tune, target, base_params)
     handle = open_study(dataset, family, tune=tune, splitter=splitter, target=target, base_params=base_params,
-                        evaluation=evaluation, experiment=experiment, label_normalise=label_normalise)
+                        evaluation=evaluation, experiment=experiment, label_normalise=label_normalise,
+                        feature_processing=feature_processing)
     counts = state_counts(handle.study)
     log.info("tune %s: study %s in %s, %d/%d trials finished, metric %s", family, handle.name, redact(handle.url),
              counts.finished, tune.n_trials, tune.metric)
     objective = _Objective(dataset, handle, tune=tune, splitter=splitter, target=target, base_params=base_params,
                            evaluation=evaluation, worker_index=worker_index, label_normalise=label_normalise,
+                           feature_processing=feature_processing,
                            trials_dir=Path(trials_dir) if trials_dir is not None else None)
     started = time.perf_counter()
     _optimize_until_budget(handle, objective, tune)
@@ -909,7 +920,7 @@ def tune_job(job: TuneJob, *, worker_index: int = 0, dataset: pd.DataFrame | Non
         family: tune_family(dataset, family, tune=job.tune, splitter=job.splitter(), target=job.target,
                             base_params=job.base_params.get(family, {}), evaluation=job.evaluation,
                             experiment=job.experiment, worker_index=worker_index, trials_dir=job.trials_dir,
-                            label_normalise=job.label_normalise)
+                            label_normalise=job.label_normalise, feature_processing=job.feature_processing)
         for family in job.tune.families
     }
 
@@ -952,7 +963,7 @@ def run_workers(n_workers: int, job: TuneJob, *, dataset: pd.DataFrame | None = 
         _check_inputs(dataset, family, job.tune, job.target, base)
         handles[family] = open_study(dataset, family, tune=job.tune, splitter=job.splitter(), target=job.target,
                                      base_params=base, evaluation=job.evaluation, experiment=job.experiment,
-                                     label_normalise=job.label_normalise)
+                                     label_normalise=job.label_normalise, feature_processing=job.feature_processing)
     with tempfile.TemporaryDirectory(prefix="alphaforge-tune-") as folder:
         job_path = Path(folder) / "job.json"
         job_path.write_text(job.model_dump_json())
