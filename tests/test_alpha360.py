@@ -89,3 +89,33 @@ def test_sequences_hold_the_last_60_bars_oldest_first(ohlcv: pd.DataFrame, batch
 def test_an_unknown_column_is_refused_naming_the_rule() -> None:
     with pytest.raises(KeyError, match="not an Alpha360 column"):
         alpha360.field_of("CLOSE60")
+
+
+def test_a_sequence_model_reads_each_rows_own_history(ohlcv: pd.DataFrame, batch: pd.DataFrame,
+                                                      tmp_path) -> None:
+    """``history_layout: alpha360``: the window of a row is its own 60 x 5 history, so its forecast moves with
+    its own columns only, survives a save and load, and needs lookback 60."""
+    import torch
+    from pydantic import ValidationError
+
+    from alphaforge.features import compute_labels
+    from alphaforge.models.registry import load_forecaster, make_forecaster
+    from alphaforge.models.sequence import SequenceParams
+
+    with pytest.raises(ValidationError, match="lookback: 60"):
+        SequenceParams(history_layout="alpha360", lookback=20)
+    torch.set_num_threads(1)
+    label = compute_labels(ohlcv, 5)["forward_return"]
+    params = {"history_layout": "alpha360", "lookback": 60, "hidden_size": 8, "max_epochs": 2, "batch_size": 256,
+              "seed": 0, "device": "cpu", "max_train_windows": 1000}
+    model = make_forecaster("gru", task="regression", params=params).fit(batch, label)
+    assert model.n_inputs_ == 5
+    prediction = model.predict(batch)
+    assert np.isfinite(prediction).all()
+    changed = batch.copy()
+    changed.loc[500, "CLOSE3"] = changed.loc[500, "CLOSE3"] * 1.05  # one row's own history
+    moved = model.predict(changed)
+    assert moved[500] != prediction[500]
+    np.testing.assert_array_equal(np.delete(moved, 500), np.delete(prediction, 500))
+    model.save(tmp_path / "gru")
+    np.testing.assert_array_equal(load_forecaster(tmp_path / "gru").predict(batch), prediction)

@@ -13,7 +13,8 @@ The last 60 bars of each price, divided by the current close, and of the volume,
 symbol's last :data:`HISTORY` bars) run the same single division on the same values: they agree bit for bit.
 
 :func:`as_sequences` turns the flat columns back into (rows, 60 bars, fields) windows, oldest bar first, the
-shape the sequence models (:mod:`alphaforge.models.sequence`) take.
+shape the sequence models take: ``history_layout: alpha360`` (with ``lookback: 60``) in a torch family's params
+makes each row's window its own Alpha360 history (:mod:`alphaforge.models.sequence`).
 """
 
 from __future__ import annotations
@@ -103,10 +104,21 @@ def alpha360_values(panels: dict[str, np.ndarray], names: list[str], *, last_onl
     return out
 
 
+def history_columns(names: list[str]) -> tuple[list[int], int]:
+    """Positions in ``names`` of the Alpha360 columns, bar-major (59 bars back first) and field-minor, and the
+    number of fields present (in :data:`FIELDS` order); ``names`` must hold every bar of those fields."""
+    position = {name: j for j, name in enumerate(names)}
+    fields = [f for f in FIELDS if f"{f}0" in position]
+    missing = [f"{f}{i}" for f in fields for i in range(LOOKBACK) if f"{f}{i}" not in position]
+    if not fields or missing:
+        raise ValueError(f"alpha360 history: the features lack {missing[:5] or 'every Alpha360 column'}; compute "
+                         "them with features.set: alpha360")
+    return [position[f"{f}{i}"] for i in range(LOOKBACK - 1, -1, -1) for f in fields], len(fields)
+
+
 def as_sequences(frame_values: np.ndarray, names: list[str]) -> tuple[np.ndarray, list[str]]:
     """(rows, :data:`LOOKBACK`, fields) windows, oldest bar first, from the flat columns ``names`` of
     ``frame_values`` (rows, len(names)); the fields are those present, in :data:`FIELDS` order."""
-    position = {name: j for j, name in enumerate(names)}
-    fields = [f for f in FIELDS if f"{f}0" in position]
-    columns = [position[f"{f}{i}"] for i in range(LOOKBACK - 1, -1, -1) for f in fields]
-    return frame_values[:, columns].reshape(len(frame_values), LOOKBACK, len(fields)), fields
+    columns, n_fields = history_columns(names)
+    fields = [f for f in FIELDS if f"{f}0" in names]
+    return frame_values[:, columns].reshape(len(frame_values), LOOKBACK, n_fields), fields

@@ -139,6 +139,10 @@ class SequenceParams(BaseModel):
     device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'")
     max_train_windows: int | None = Field(None, ge=1, description="windows sampled per epoch; None = all")
     missing_indicator: bool = Field(True, description="add a 0/1 input per feature that has NaN in the fit frame")
+    history_layout: Literal["rows", "alpha360"] = Field(
+        "rows", description="rows: a window is the feature vectors of the last lookback rows of the symbol; "
+        "alpha360: a window is each row's own Alpha360 columns (features.set: alpha360) read as 60 bars x fields, "
+        "oldest first (lookback must be 60)")
     objective: Literal["regression", "ic"] = Field(
         "regression", description="regression: squared error; ic: minus the Pearson correlation of forecast and label "
         "among the symbols of each timestamp, averaged over the timestamps of a batch (batches then hold whole "
@@ -148,6 +152,9 @@ class SequenceParams(BaseModel):
     def _objective_fits_task(self) -> SequenceParams:
         if self.objective == "ic" and self.task != "regression":
             raise ValueError("objective 'ic' correlates forecasts with a real-valued label; use task: regression")
+        if self.history_layout == "alpha360" and self.lookback != 60:
+            raise ValueError(f"history_layout 'alpha360' reads 60 bars from each row; set lookback: 60 "
+                             f"(got {self.lookback})")
         return self
 
     @field_validator("device")
@@ -591,7 +598,7 @@ class SequenceForecaster:
                 )
 
         inputs = self._scaled_inputs(raw)
-        windows, valid_end_rows = sequence_windows(inputs, codes, params.lookback)
+        windows, valid_end_rows = self._windows(inputs, codes)
         trainable = np.zeros(len(frame), dtype=bool)
         trainable[valid_end_rows] = True
         trainable &= fit_rows & ~np.isnan(target_values)
@@ -620,7 +627,7 @@ class SequenceForecaster:
             self.target_mean_, self.target_std_ = 0.0, 1.0
         scaled_target = ((target_values - self.target_mean_) / self.target_std_).astype(np.float32)
 
-        self.n_inputs_ = inputs.shape[1]
+        self.n_inputs_ = windows.shape[2]
         device = resolve_device(params.device)
         with _repeatable(params.seed, device):
             network = build_network(self.family, self.n_inputs_, params).to(device)
@@ -784,6 +791,23 @@ class SequenceForecaster:
     def _predict_batch_size(self) -> int:
         return max(self.params.batch_size, 4096)
 
+    def _windows(self, inputs: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(windows, rows whose window is valid), indexed as :func:`window_batch` reads them.
+
+        ``history_layout: alpha360``: every row's window is its own Alpha360 columns as (60 bars, fields),
+        oldest bar first (a copy, rows x 60 x fields, rotated so that ``window_batch`` finds row ``r``'s at
+        ``r - (lookback - 1)``, negative for the first rows); every row has one.
+        """
+        if self.params.history_layout == "rows":
+            return sequence_windows(inputs, codes, self.params.lookback)
+        from alphaforge.alpha360 import LOOKBACK, history_columns
+
+        order, n_fields = history_columns(self.feature_names_)
+        history = np.ascontiguousarray(inputs[:, order]).reshape(len(inputs), LOOKBACK, n_fields)
+        shift = self.params.lookback - 1
+        padded = np.concatenate([history, np.zeros((shift, LOOKBACK, n_fields), dtype=history.dtype)])
+        return np.roll(padded, -shift, axis=0), np.arange(len(inputs), dtype=np.int64)
+
     def _scaled_inputs(self, raw: np.ndarray) -> np.ndarray:
         """Standardise with the fit-row scaler, NaN -> 0, and append the missing indicators (float32)."""
         scaled = ((raw - self.feature_mean_) / self.feature_std_).astype(np.float32)
@@ -808,7 +832,7 @@ class SequenceForecaster:
         rows = np.flatnonzero(_row_mask(predict_mask, len(frame), "predict_mask"))
         codes = _symbol_codes(frame)
         inputs = self._scaled_inputs(_feature_matrix(frame, self.feature_names_))
-        windows, valid_end_rows = sequence_windows(inputs, codes, self.params.lookback)
+        windows, valid_end_rows = self._windows(inputs, codes)
         has_window = np.isin(rows, valid_end_rows, assume_unique=True)
         return windows, rows[has_window], np.flatnonzero(has_window)
 
@@ -883,7 +907,7 @@ class SequenceForecaster:
         if not 0 < alpha < 1 or n_samples < 2 or self.params.dropout == 0:
             raise ValueError("MC dropout needs n_samples >= 2, 0 < alpha < 1 and dropout > 0")
         inputs = self._scaled_inputs(np.asarray(values, dtype=np.float64))
-        windows, valid_end_rows = sequence_windows(inputs, np.asarray(symbol_codes), self.params.lookback)
+        windows, valid_end_rows = self._windows(inputs, np.asarray(symbol_codes))
         rows = np.asarray(valid_end_rows, dtype=np.int64)
         mean, _, lower, upper = self._monte_carlo(windows, rows, rows, len(values), n_samples, alpha)
         return mean, lower, upper
