@@ -214,26 +214,32 @@ def plot_importance_bars(importance: pd.Series, path: str | Path, title: str, to
 
 def model_factory(
     family: str, *, task: Task, hyperparameters: dict[str, object], uncertainty_method: str = "none",
-    alpha: float = 0.1, calibration_fraction: float = 0.2, purge: int = 0,
+    alpha: float = 0.1, calibration_fraction: float = 0.2, purge: int = 0, feature_processing: str = "none",
 ) -> Callable[[], Forecaster]:
     """A function making a fresh forecaster of ``family``, wrapped for intervals where asked.
 
     Tabular regression gets split-conformal intervals (``conformal``) or quantile LightGBM
     (``quantile``, LightGBM only); sequence families carry Monte Carlo dropout themselves.
     ``purge`` bars separate the conformal model's rows from its calibration slice (the label horizon).
+    ``feature_processing`` (``features.processing``): a fitted kind (``robust_zscore``) puts the model behind
+    :class:`alphaforge.models.normalise.RobustZScoreForecaster`, fitted on each fold's training rows.
     """
+    from alphaforge.models.normalise import with_fitted_processing
     from alphaforge.models.registry import SEQUENCE_FAMILIES, make_forecaster
+
+    def base() -> Forecaster:
+        return with_fitted_processing(make_forecaster(family, task=task, params=hyperparameters), feature_processing)
 
     def make() -> Forecaster:
         if family in SEQUENCE_FAMILIES or task != "regression" or uncertainty_method == "none":
-            return make_forecaster(family, task=task, params=hyperparameters)
+            return base()
         from alphaforge.models import uncertainty
 
         if uncertainty_method == "quantile" and family == "lightgbm":
-            return uncertainty.QuantileLightGBM(task=task, alpha=alpha, **hyperparameters)
+            return with_fitted_processing(uncertainty.QuantileLightGBM(task=task, alpha=alpha, **hyperparameters),
+                                          feature_processing)
         return uncertainty.ConformalRegressor(
-            make_forecaster(family, task=task, params=hyperparameters),
-            calibration_fraction=calibration_fraction, alpha=alpha, gap=purge,
+            base(), calibration_fraction=calibration_fraction, alpha=alpha, gap=purge,
         )
 
     return make

@@ -12,7 +12,7 @@ import re
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from alphaforge import alpha158
+from alphaforge import alpha158, alpha360
 from alphaforge.features import FEATURE_VERSION, FeatureParams, feature_plan, processed_columns
 from alphaforge.featurestore.exogenous import SERIES
 
@@ -24,6 +24,7 @@ ALL_BAR_COLUMNS: frozenset[str] = frozenset(
     {"open", "high", "low", "close", "volume", "bid", "ask", "bid_size", "ask_size"}
 )
 _ALPHA158: frozenset[str] = frozenset(alpha158.all_names())
+_ALPHA360: frozenset[str] = frozenset(alpha360.all_names())
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,9 @@ def _base_definition(name: str, params: FeatureParams) -> tuple[str, tuple[str, 
         needs = tuple(c for c in ("open", "high", "low", "close", "volume", "vwap") if c in alpha158.NEEDS[operator])
         return (f"Alpha158 {name}: " + alpha158.DESCRIPTIONS[operator].format(d=d), needs, alpha158.window_of(name),
                 False, "alpha158")
+    if name in _ALPHA360:
+        return (f"Alpha360 {name}: " + alpha360.describe(name), alpha360.inputs_of(name), alpha360.window_of(name),
+                False, "alpha360")
     if name.startswith("exo_") and name.removeprefix("exo_") in SERIES:
         return (SERIES[name.removeprefix("exo_")][0] + ", as of the bar", ("timestamp",), 1, False, "exogenous")
     if name == "sentiment_lm_polarity":
@@ -134,7 +138,7 @@ def feature_definitions(
     out = []
     n_regimes = regime_model.params.n_regimes if regime_model is not None else 0
     planned = feature_plan(params, columns=columns, multi_symbol=multi_symbol, intraday=intraday, n_regimes=n_regimes)
-    processed = set(processed_columns(planned)) if params.processing != "none" else set()
+    processed = set(processed_columns(planned)) if params.per_timestamp_processing != "none" else set()
     for name in feature_plan(params, columns=columns, multi_symbol=multi_symbol, intraday=intraday,
                              n_regimes=n_regimes):
         if regime_model is not None and name.startswith("regime_prob_"):

@@ -39,10 +39,12 @@ import pandas as pd
 
 from alphaforge import alpha158
 from alphaforge.features import (
+    FACTOR_SETS,
     FEATURE_VERSION,
     FeatureParams,
     _pct_rank_rows,
     calendar_values,
+    factor_values,
     feature_plan,
     process_rows,
     processed_columns,
@@ -174,13 +176,14 @@ class IncrementalEngine:
         self._sentiment = SentimentState(load_headlines(params.sentiment)) if params.sentiment.enabled else None
         self._needs_high_low = "atr_ratio" in self._column or "stochastic_k" in self._column
         self._needs_volume = "volume_ratio" in self._column
-        known_factors = set(alpha158.all_names())
+        family = FACTOR_SETS.get(params.set)
+        known_factors = set(family.all_names()) if family is not None else set()
         self._factors = [n for n in self.names if n in known_factors]
         self._factor_rows = np.asarray([self._column[n] for n in self._factors], dtype=np.int64)
-        self._factor_inputs = sorted({"close", *(c for n in self._factors
-                                                 for c in alpha158.NEEDS[alpha158.operator_of(n)[0]])})
+        self._factor_inputs = sorted({"close", *(c for n in self._factors for c in family.inputs_of(n))}
+                                     if family is not None else {"close"})
         self._processed_rows = (np.asarray([self._column[n] for n in processed_columns(self.names)], dtype=np.int64)
-                                if params.processing != "none" else np.empty(0, dtype=np.int64))
+                                if params.per_timestamp_processing != "none" else np.empty(0, dtype=np.int64))
         p = params
         self._close_length = max(max(p.return_horizons) + 1, *p.ma_windows, p.bollinger_window, 2)
         self._return_length = max(p.volatility_windows)
@@ -507,8 +510,8 @@ class IncrementalEngine:
             panels = {}
             for c in self._factor_inputs:
                 register = _push(getattr(self, f"factor_{c}"), slots, n_known, np.asarray(columns[c], dtype=np.float64))
-                panels[c] = np.ascontiguousarray(register.T)
-            factors = alpha158.alpha158_values(panels, self._factors, last_only=True)
+                panels[c] = register.T  # a (symbols, bars) view; the kernel copies what it reorders
+            factors = factor_values(p.set, panels, self._factors, last_only=True)
             out[self._factor_rows] = np.stack([factors[name] for name in self._factors])
         if self.ranked:
             sources = np.stack([out[column[name.removesuffix("_cs_rank")]] for name in self.ranked])
@@ -516,7 +519,7 @@ class IncrementalEngine:
             for i, name in enumerate(self.ranked):
                 out[column[name]] = ranked[i]
         if self._processed_rows.size:  # across the symbols of this timestamp, after the ranks (as in batch)
-            out[self._processed_rows] = process_rows(out[self._processed_rows], p.processing)
+            out[self._processed_rows] = process_rows(out[self._processed_rows], p.per_timestamp_processing)
 
         return out
 

@@ -65,4 +65,8 @@ def load_forecaster(path: str | Path) -> Forecaster:
 
         wrapper = uncertainty.ConformalRegressor if family == "conformal" else uncertainty.QuantileLightGBM
         return wrapper.load(Path(path))
+    if family == "robust_zscore":
+        from alphaforge.models.normalise import RobustZScoreForecaster
+
+        return RobustZScoreForecaster.load(Path(path))
     return forecaster_class(family).load(Path(path))

@@ -51,7 +51,7 @@ import numpy as np
 import pandas as pd
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from alphaforge.features import feature_columns
@@ -139,6 +139,23 @@ class SequenceParams(BaseModel):
     device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'")
     max_train_windows: int | None = Field(None, ge=1, description="windows sampled per epoch; None = all")
     missing_indicator: bool = Field(True, description="add a 0/1 input per feature that has NaN in the fit frame")
+    history_layout: Literal["rows", "alpha360"] = Field(
+        "rows", description="rows: a window is the feature vectors of the last lookback rows of the symbol; "
+        "alpha360: a window is each row's own Alpha360 columns (features.set: alpha360) read as 60 bars x fields, "
+        "oldest first (lookback must be 60)")
+    objective: Literal["regression", "ic"] = Field(
+        "regression", description="regression: squared error; ic: minus the Pearson correlation of forecast and label "
+        "among the symbols of each timestamp, averaged over the timestamps of a batch (batches then hold whole "
+        "timestamps; regression task only)")
+
+    @model_validator(mode="after")
+    def _objective_fits_task(self) -> SequenceParams:
+        if self.objective == "ic" and self.task != "regression":
+            raise ValueError("objective 'ic' correlates forecasts with a real-valued label; use task: regression")
+        if self.history_layout == "alpha360" and self.lookback != 60:
+            raise ValueError(f"history_layout 'alpha360' reads 60 bars from each row; set lookback: 60 "
+                             f"(got {self.lookback})")
+        return self
 
     @field_validator("device")
     @classmethod
@@ -427,6 +444,62 @@ def _feature_matrix(frame: pd.DataFrame, feature_names: list[str]) -> np.ndarray
 # --------------------------------------------------------------------------------------------
 
 
+def timestamp_batches(rows: np.ndarray, timestamps: np.ndarray, batch_size: int, rng: np.random.Generator
+                      ) -> list[np.ndarray]:
+    """``rows`` grouped into batches of whole timestamps (in random order), about ``batch_size`` rows each: a
+    per-timestamp loss needs every symbol of a timestamp in the same batch. A timestamp larger than
+    ``batch_size`` is a batch of its own."""
+    order = np.argsort(timestamps[rows], kind="stable")
+    ordered = rows[order]
+    keys = timestamps[ordered]
+    starts = np.flatnonzero(np.r_[True, keys[1:] != keys[:-1]])
+    groups = np.split(ordered, starts[1:])
+    batches: list[np.ndarray] = []
+    current: list[np.ndarray] = []
+    size = 0
+    for index in rng.permutation(len(groups)):
+        group = groups[index]
+        if current and size + len(group) > batch_size:
+            batches.append(np.concatenate(current))
+            current, size = [], 0
+        current.append(group)
+        size += len(group)
+    if current:
+        batches.append(np.concatenate(current))
+    return batches
+
+
+def per_timestamp_ic(prediction: torch.Tensor, target: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """The Pearson correlation of ``prediction`` and ``target`` among the rows of each group (``groups``: 0..G-1,
+    one per timestamp), shape (G,): each group is centred and scaled with its own rows only. NaN for a group
+    with fewer than two rows or a constant side."""
+    n_groups = int(groups.max()) + 1 if groups.numel() else 0
+    count = torch.zeros(n_groups, dtype=prediction.dtype, device=prediction.device).index_add_(
+        0, groups, torch.ones_like(prediction))
+
+    def centred(x: torch.Tensor) -> torch.Tensor:
+        total = torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, groups, x)
+        return x - (total / count)[groups]
+
+    def group_sum(x: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(n_groups, dtype=x.dtype, device=x.device).index_add_(0, groups, x)
+
+    p, t = centred(prediction), centred(target.to(prediction.dtype))
+    covariance, p_var, t_var = group_sum(p * t), group_sum(p * p), group_sum(t * t)
+    ic = covariance / torch.sqrt((p_var * t_var).clamp_min(1e-24))  # clamped inside: no inf gradient at 0
+    return torch.where((count >= 2) & (p_var > 0) & (t_var > 0), ic, torch.full_like(ic, float("nan")))
+
+
+def ic_loss(prediction: torch.Tensor, target: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """``objective: ic``: minus the mean per-timestamp IC of the groups where it exists (0, still differentiable,
+    when none does)."""
+    ic = per_timestamp_ic(prediction, target, groups)
+    known = ~torch.isnan(ic)
+    if not bool(known.any()):
+        return prediction.sum() * 0.0
+    return -ic[known].mean()
+
+
 class SequenceForecaster:
     """A torch sequence model over the ``lookback`` bars ending at each predicted row.
 
@@ -525,7 +598,7 @@ class SequenceForecaster:
                 )
 
         inputs = self._scaled_inputs(raw)
-        windows, valid_end_rows = sequence_windows(inputs, codes, params.lookback)
+        windows, valid_end_rows = self._windows(inputs, codes)
         trainable = np.zeros(len(frame), dtype=bool)
         trainable[valid_end_rows] = True
         trainable &= fit_rows & ~np.isnan(target_values)
@@ -554,14 +627,14 @@ class SequenceForecaster:
             self.target_mean_, self.target_std_ = 0.0, 1.0
         scaled_target = ((target_values - self.target_mean_) / self.target_std_).astype(np.float32)
 
-        self.n_inputs_ = inputs.shape[1]
+        self.n_inputs_ = windows.shape[2]
         device = resolve_device(params.device)
         with _repeatable(params.seed, device):
             network = build_network(self.family, self.n_inputs_, params).to(device)
             if isinstance(network, _TemporalConvNet):
                 log.info("cnn: receptive field %d bars of a %d-bar window", network.receptive_field, params.lookback)
             self.history_, self.best_epoch_ = self._train(
-                network, windows, scaled_target, train_rows, validation_rows, device
+                network, windows, scaled_target, train_rows, validation_rows, device, timestamps
             )
         self.network_ = network.eval()
         self.device_ = device
@@ -593,8 +666,12 @@ class SequenceForecaster:
         train_rows: np.ndarray,
         validation_rows: np.ndarray,
         device: torch.device,
+        timestamps: np.ndarray | None = None,
     ) -> tuple[list[dict[str, float]], int]:
         params = self.params
+        by_timestamp = params.objective == "ic"
+        if by_timestamp and timestamps is None:
+            raise ValueError("objective 'ic' needs each row's timestamp")
         rng = np.random.default_rng(params.seed)
         amp_dtype = _amp_dtype(device)
         grad_scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
@@ -610,14 +687,22 @@ class SequenceForecaster:
             rows = train_rows
             if params.max_train_windows is not None and len(rows) > params.max_train_windows:
                 rows = rng.choice(rows, size=params.max_train_windows, replace=False)
-            rows = rng.permutation(rows)
+            if by_timestamp:
+                batches = timestamp_batches(rows, timestamps, params.batch_size, rng)
+            else:
+                rows = rng.permutation(rows)
+                batches = [rows[start : start + params.batch_size] for start in range(0, len(rows), params.batch_size)]
             network.train()
             total, count = 0.0, 0
-            for start in range(0, len(rows), params.batch_size):
-                batch_rows = rows[start : start + params.batch_size]
+            for batch_rows in batches:
                 x, y = self._batch(windows, target, batch_rows, device)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-                    loss = loss_function(network(x).float(), y)
+                    output = network(x).float()
+                    if by_timestamp:
+                        groups = torch.from_numpy(np.unique(timestamps[batch_rows], return_inverse=True)[1]).to(device)
+                        loss = ic_loss(output, y, groups)
+                    else:
+                        loss = loss_function(output, y)
                 optimizer.zero_grad(set_to_none=True)
                 grad_scaler.scale(loss).backward()
                 if params.grad_clip is not None:
@@ -628,11 +713,12 @@ class SequenceForecaster:
                 total += float(loss.detach()) * len(batch_rows)
                 count += len(batch_rows)
             train_loss = total / count
-            validation_loss = (
-                self._evaluate_loss(network, windows, target, validation_rows, device, loss_function)
-                if len(validation_rows)
-                else math.nan
-            )
+            if not len(validation_rows):
+                validation_loss = math.nan
+            elif by_timestamp:
+                validation_loss = self._evaluate_ic_loss(network, windows, target, validation_rows, device, timestamps)
+            else:
+                validation_loss = self._evaluate_loss(network, windows, target, validation_rows, device, loss_function)
             seconds = time.perf_counter() - started
             history.append(
                 {"epoch": epoch, "train_loss": train_loss, "validation_loss": validation_loss, "seconds": seconds}
@@ -689,9 +775,38 @@ class SequenceForecaster:
             total += float(loss_function(output, y, reduction="sum"))  # type: ignore[call-arg]
         return total / len(rows)
 
+    @torch.no_grad()
+    def _evaluate_ic_loss(self, network: nn.Module, windows: np.ndarray, target: np.ndarray, rows: np.ndarray,
+                          device: torch.device, timestamps: np.ndarray) -> float:
+        """Minus the mean per-timestamp IC over the validation rows, all forecasts first (whole timestamps)."""
+        network.eval()
+        outputs = []
+        for start in range(0, len(rows), self._predict_batch_size):
+            x, _ = self._batch(windows, None, rows[start : start + self._predict_batch_size], device)
+            outputs.append(network(x).float().cpu())
+        groups = torch.from_numpy(np.unique(timestamps[rows], return_inverse=True)[1])
+        return float(ic_loss(torch.cat(outputs), torch.from_numpy(target[rows]), groups))
+
     @property
     def _predict_batch_size(self) -> int:
         return max(self.params.batch_size, 4096)
+
+    def _windows(self, inputs: np.ndarray, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(windows, rows whose window is valid), indexed as :func:`window_batch` reads them.
+
+        ``history_layout: alpha360``: every row's window is its own Alpha360 columns as (60 bars, fields),
+        oldest bar first (a copy, rows x 60 x fields, rotated so that ``window_batch`` finds row ``r``'s at
+        ``r - (lookback - 1)``, negative for the first rows); every row has one.
+        """
+        if self.params.history_layout == "rows":
+            return sequence_windows(inputs, codes, self.params.lookback)
+        from alphaforge.alpha360 import LOOKBACK, history_columns
+
+        order, n_fields = history_columns(self.feature_names_)
+        history = np.ascontiguousarray(inputs[:, order]).reshape(len(inputs), LOOKBACK, n_fields)
+        shift = self.params.lookback - 1
+        padded = np.concatenate([history, np.zeros((shift, LOOKBACK, n_fields), dtype=history.dtype)])
+        return np.roll(padded, -shift, axis=0), np.arange(len(inputs), dtype=np.int64)
 
     def _scaled_inputs(self, raw: np.ndarray) -> np.ndarray:
         """Standardise with the fit-row scaler, NaN -> 0, and append the missing indicators (float32)."""
@@ -717,7 +832,7 @@ class SequenceForecaster:
         rows = np.flatnonzero(_row_mask(predict_mask, len(frame), "predict_mask"))
         codes = _symbol_codes(frame)
         inputs = self._scaled_inputs(_feature_matrix(frame, self.feature_names_))
-        windows, valid_end_rows = sequence_windows(inputs, codes, self.params.lookback)
+        windows, valid_end_rows = self._windows(inputs, codes)
         has_window = np.isin(rows, valid_end_rows, assume_unique=True)
         return windows, rows[has_window], np.flatnonzero(has_window)
 
@@ -792,7 +907,7 @@ class SequenceForecaster:
         if not 0 < alpha < 1 or n_samples < 2 or self.params.dropout == 0:
             raise ValueError("MC dropout needs n_samples >= 2, 0 < alpha < 1 and dropout > 0")
         inputs = self._scaled_inputs(np.asarray(values, dtype=np.float64))
-        windows, valid_end_rows = sequence_windows(inputs, np.asarray(symbol_codes), self.params.lookback)
+        windows, valid_end_rows = self._windows(inputs, np.asarray(symbol_codes))
         rows = np.asarray(valid_end_rows, dtype=np.int64)
         mean, _, lower, upper = self._monte_carlo(windows, rows, rows, len(values), n_samples, alpha)
         return mean, lower, upper

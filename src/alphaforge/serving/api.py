@@ -404,7 +404,7 @@ def min_history_bars(model: ServedModel) -> int:
     slow = int(params.get("macd_slow", 26)) + int(params.get("macd_signal", 9))
     if model.regime_model is not None:  # the regime filter's volatility window of market returns
         windows.append(model.regime_model.params.volatility_window + 1)
-    if params.get("set") == "alpha158":  # Alpha158's longest operator window (60 bars) and the one before it
+    if params.get("set") in ("alpha158", "alpha360"):  # the longest window (60 bars) and the one before it
         from alphaforge.alpha158 import HISTORY
 
         windows.append(HISTORY)

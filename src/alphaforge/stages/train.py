@@ -62,7 +62,7 @@ def run(params: Params, root: str | Path = ".") -> dict[str, Any]:
         make_model = model_factory(
             family, task=task, hyperparameters=hyperparameters, uncertainty_method=params.train.uncertainty.method,
             alpha=params.train.uncertainty.alpha, calibration_fraction=params.train.uncertainty.calibration_fraction,
-            purge=params.labels.horizon,
+            purge=params.labels.horizon, feature_processing=params.features.processing,
         )
         result = walk_forward_train(
             dataset, splitter, make_model, target=target, fit_final_model=params.train.fit_final_model,

@@ -37,6 +37,7 @@ def run(params: Params, root: str | Path = ".", workers: int = 1) -> dict[str, A
         purge=params.labels.horizon,
         target=params.labels.target,
         label_normalise=params.labels.normalise,
+        feature_processing=params.features.processing,
         base_params={family: dict(params.train.models.get(family, {})) for family in params.tune.families},
         evaluation=params.evaluate,
         experiment=params.tracking.experiment if params.tracking.enabled else None,

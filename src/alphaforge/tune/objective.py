@@ -88,7 +88,7 @@ class _Objective:
     def __init__(
         self, dataset: pd.DataFrame, handle: StudyHandle, *, tune: TuneParams, splitter: WalkForward, target: str,
         base_params: Mapping[str, Any], evaluation: EvaluationParams, worker_index: int,
-        trials_dir: Path | None = None, label_normalise: str = "none",
+        trials_dir: Path | None = None, label_normalise: str = "none", feature_processing: str = "none",
     ) -> None:
         from alphaforge.train import task_of
 
@@ -100,6 +100,7 @@ class _Objective:
         self.horizon = max(int(splitter.purge), 1)  # the purge is the label horizon
         self.target = target
         self.label_normalise = label_normalise
+        self.feature_processing = feature_processing
         self.task = task_of(target)
         self.base_params = dict(base_params)
         self.space = tune.search_spaces[handle.family]
@@ -141,6 +142,7 @@ class _Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         import optuna
 
+        from alphaforge.models.normalise import with_fitted_processing
         from alphaforge.models.registry import make_forecaster
         from alphaforge.train import walk_forward_train
 
@@ -156,7 +158,8 @@ class _Objective:
         last_fold = len(self.folds) - 1
 
         def make_model() -> Forecaster:
-            model = make_forecaster(self.handle.family, task=self.task, params=params)
+            model = with_fitted_processing(make_forecaster(self.handle.family, task=self.task, params=params),
+                                           self.feature_processing)
             models[:] = [model]  # the fold's model, for metrics that need its predictions
             return model
 

@@ -160,6 +160,7 @@ def tune_family(
     worker_index: int = 0,
     trials_dir: str | Path | None = None,
     label_normalise: str = "none",
+    feature_processing: str = "none",
 ) -> dict[str, Any]:
     """Run, resume or join the family's study in this process until its budget is spent; its summary.
 
@@ -171,12 +172,14 @@ def tune_family(
     evaluation = evaluation or EvaluationParams()
     _check_inputs(dataset, family, tune, target, base_params)
     handle = open_study(dataset, family, tune=tune, splitter=splitter, target=target, base_params=base_params,
-                        evaluation=evaluation, experiment=experiment, label_normalise=label_normalise)
+                        evaluation=evaluation, experiment=experiment, label_normalise=label_normalise,
+                        feature_processing=feature_processing)
     counts = state_counts(handle.study)
     log.info("tune %s: study %s in %s, %d/%d trials finished, metric %s", family, handle.name, redact(handle.url),
              counts.finished, tune.n_trials, tune.metric)
     objective = _Objective(dataset, handle, tune=tune, splitter=splitter, target=target, base_params=base_params,
                            evaluation=evaluation, worker_index=worker_index, label_normalise=label_normalise,
+                           feature_processing=feature_processing,
                            trials_dir=Path(trials_dir) if trials_dir is not None else None)
     started = time.perf_counter()
     _optimize_until_budget(handle, objective, tune)

@@ -91,6 +91,8 @@ class TuneJob(BaseModel):
     target: str = "forward_return"
     label_normalise: LabelNormalise = Field("none", description="labels.normalise: the training label's per-timestamp "
                                             "transform (the metrics use the raw label)")
+    feature_processing: str = Field("none", description="features.processing: a fitted kind (robust_zscore) puts each "
+                                    "trial's model behind it, fitted per fold as in training")
     base_params: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="family -> fixed hyperparameters that sampled ones are laid over")
     evaluation: EvaluationParams = EvaluationParams()

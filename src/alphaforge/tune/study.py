@@ -29,6 +29,7 @@ if TYPE_CHECKING:
 def study_fingerprint(
     dataset: pd.DataFrame, family: str, *, tune: TuneParams, splitter: WalkForward, target: str,
     base_params: Mapping[str, Any], evaluation: EvaluationParams, label_normalise: str = "none",
+    feature_processing: str = "none",
 ) -> str:
     """A short hash of everything that changes what a trial's value means (see the module docstring)."""
     data_hash = int(pd.util.hash_pandas_object(dataset, index=False).sum())
@@ -41,6 +42,7 @@ def study_fingerprint(
         "base_params": dict(base_params),
         "space": {k: v.model_dump(mode="json") for k, v in sorted(tune.search_spaces[family].items())},
         "evaluation": evaluation.model_dump(mode="json") if tune.metric == "sharpe" else None,
+        **({"feature_processing": feature_processing} if feature_processing != "none" else {}),
     }
     text = json.dumps(identity, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:10]
@@ -122,7 +124,7 @@ class StudyHandle:
 def open_study(
     dataset: pd.DataFrame, family: str, *, tune: TuneParams, splitter: WalkForward, target: str = "forward_return",
     base_params: Mapping[str, Any] | None = None, evaluation: EvaluationParams | None = None,
-    experiment: str | None = None, label_normalise: str = "none",
+    experiment: str | None = None, label_normalise: str = "none", feature_processing: str = "none",
 ) -> StudyHandle:
     """Create or load the family's study, and its MLflow parent run when tracking (created once per study)."""
     import optuna
@@ -133,7 +135,8 @@ def open_study(
     evaluation = evaluation or EvaluationParams()
     url = storage_url(tune)
     fingerprint = study_fingerprint(dataset, family, tune=tune, splitter=splitter, target=target,
-                                    base_params=base_params, evaluation=evaluation, label_normalise=label_normalise)
+                                    base_params=base_params, evaluation=evaluation, label_normalise=label_normalise,
+                                    feature_processing=feature_processing)
     name = f"{tune.study_prefix}-{family}-{fingerprint}"
     study = optuna.create_study(
         storage=open_storage(url, tune), sampler=_sampler(tune), pruner=_pruner(tune),

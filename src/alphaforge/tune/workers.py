@@ -30,7 +30,7 @@ def tune_job(job: TuneJob, *, worker_index: int = 0, dataset: pd.DataFrame | Non
         family: tune_family(dataset, family, tune=job.tune, splitter=job.splitter(), target=job.target,
                             base_params=job.base_params.get(family, {}), evaluation=job.evaluation,
                             experiment=job.experiment, worker_index=worker_index, trials_dir=job.trials_dir,
-                            label_normalise=job.label_normalise)
+                            label_normalise=job.label_normalise, feature_processing=job.feature_processing)
         for family in job.tune.families
     }
 
@@ -73,7 +73,7 @@ def run_workers(n_workers: int, job: TuneJob, *, dataset: pd.DataFrame | None = 
         _check_inputs(dataset, family, job.tune, job.target, base)
         handles[family] = open_study(dataset, family, tune=job.tune, splitter=job.splitter(), target=job.target,
                                      base_params=base, evaluation=job.evaluation, experiment=job.experiment,
-                                     label_normalise=job.label_normalise)
+                                     label_normalise=job.label_normalise, feature_processing=job.feature_processing)
     with tempfile.TemporaryDirectory(prefix="alphaforge-tune-") as folder:
         job_path = Path(folder) / "job.json"
         job_path.write_text(job.model_dump_json())
