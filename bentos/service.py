@@ -9,7 +9,8 @@ Endpoints (POST unless noted): ``/predict`` (feature rows, JSON), ``/predict_bar
 features are computed by the training code), ``/predict_symbols`` (latest stored features per symbol, from
 the online feature store when one is configured), ``/model_info``, ``/admin/reload``; the mounted fast
 routes ``/v1/predict_arrow`` (Arrow IPC body and answer, for large batches) and ``/v1/predict`` (the same
-JSON as ``/predict`` without BentoML's request model); BentoML's ``/livez``, ``/readyz`` (ready once the
+JSON as ``/predict`` without BentoML's request model; with ``serving.batching`` on, concurrent requests are
+predicted together, see :mod:`alphaforge.serving.batching`); BentoML's ``/livez``, ``/readyz`` (ready once the
 champion is loaded) and ``/metrics`` (with the service's own counters appended).
 
 Lean on purpose: BentoML's per-request metrics middleware and OpenTelemetry spans skip the predict routes and
@@ -39,12 +40,14 @@ from alphaforge.serving.admin import (
     listening_hosts,
     stop_the_server,
 )
+from alphaforge.serving.batching import MicroBatcher
 from alphaforge.serving.host import ModelFault, ModelHost, NoModel, serving_params
 from alphaforge.serving.model import BadRequest
 
 log = logging.getLogger("alphaforge.serving")
 
 _HOST: ModelHost | None = None  # the service instance's host, shared with the mounted fast routes
+_BATCHER: MicroBatcher | None = None  # serving.batching on: concurrent /v1/predict requests predicted together
 
 
 class RequestRefused(BentoMLException):
@@ -134,7 +137,7 @@ async def fast_predict(request: Request) -> Response:
         return JSONResponse({"error": "the service is starting"}, status_code=503)
     try:
         body = api.PredictRequest.model_validate_json(await request.body())
-        answer = api.predict_rows(host, body)
+        answer = await _BATCHER.predict(body) if _BATCHER is not None else api.predict_rows(host, body)
     except ValidationError as err:
         host.count_bad_request()
         return JSONResponse({"error": f"{err.error_count()} validation error(s)",
@@ -196,7 +199,7 @@ class AlphaforgeService:
     """The champion (and challenger) ensemble, reloaded when its alias moves; see the module docstring."""
 
     def __init__(self) -> None:
-        global _HOST
+        global _HOST, _BATCHER
         from alphaforge.config import load_params
         from alphaforge.features import FeatureParams
 
@@ -221,13 +224,16 @@ class AlphaforgeService:
             log.error("serving: %s", err)
             self.host.start_polling()
         _HOST = self.host
+        self.batcher = MicroBatcher(self.host, self.params.batching) if self.params.batching.enabled else None
+        _BATCHER = self.batcher
         _settle_the_heap()
         self.grpc_server = None
         if self.params.grpc_port:
             from alphaforge.serving.grpc_server import start_grpc_server
 
             self.grpc_server, self.grpc_port = start_grpc_server(
-                self.host, self.params.grpc_port, bind=os.environ.get("ALPHAFORGE_GRPC_BIND", "127.0.0.1"))
+                self.host, self.params.grpc_port, bind=os.environ.get("ALPHAFORGE_GRPC_BIND", "127.0.0.1"),
+                batching=self.params.batching)
 
     def __is_ready__(self) -> bool:
         return self.host.ready()
@@ -306,6 +312,7 @@ class AlphaforgeService:
         """The models served (version, alias, fallback), routing settings and per-variant counters."""
         info = self.host.info()
         info["grpc_port"] = getattr(self, "grpc_port", None)
+        info["batching"] = self.batcher.info() if self.batcher is not None else {"enabled": False}
         if self.host.ready():
             info["serving"] = self.host.model().info()
         return info

@@ -73,6 +73,18 @@ def new_request_id() -> str:
 _STARTED_NS = time.time_ns()
 
 
+class BatchingParams(BaseModel):
+    """``serving.batching``: concurrent row requests (``/v1/predict``, ``/predict``, the gRPC stream) predicted
+    together, one model call per batch. A lone request never waits: a batch is flushed as soon as the event loop
+    has taken in what already arrived, and waits up to ``max_latency_ms`` for more only while requests queue."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    max_batch_size: int = Field(256, ge=1)  # requests per model call; a full batch is flushed at once
+    max_latency_ms: float = Field(1.0, ge=0.0)  # the longest a request waits for others (only under load)
+
+
 class ServingParams(BaseModel):
     """The ``serving`` section of params.yaml (environment variables override a few, see :func:`from_env`)."""
 
@@ -98,6 +110,7 @@ class ServingParams(BaseModel):
     request_fallback: bool = True  # keep a standby model; it answers a request the serving model raises on
     online_weights: bool = False  # Hedge weights over the families (seeded from hedge_seed), moved by outcomes
     online_weights_prefix: str = "alphaforge:hedge:"  # Redis key prefix of their state ({prefix}{name}:{version})
+    batching: BatchingParams = BatchingParams()  # micro-batching of concurrent row requests (serving/batching.py)
 
 
 class ModelFault(RuntimeError):
@@ -463,11 +476,7 @@ class ModelHost:
         """
         started = time.perf_counter()
         request_id = request_id or new_request_id()
-        chosen = variant or self.choose_variant(request_id, name)
-        if chosen == CHALLENGER:
-            model, served_variant = self._model_for(name, CHALLENGER)
-        else:
-            model, served_variant = self.model(name), CHAMPION
+        model, served_variant = self.route(name, variant or self.choose_variant(request_id, name))
         x, symbols, timestamps = build(model)
         fallback_reason = None
         try:
@@ -480,11 +489,24 @@ class ModelHost:
             served_variant = FALLBACK
         latency_ms = (time.perf_counter() - started) * 1000.0
         answer = Prediction(prediction, lower, upper, model.name, model.version, served_variant, fallback_reason)
-        self._count(served_variant, len(prediction), latency_ms)
-        self._log(request_id, model, served_variant, x, symbols, timestamps, prediction, latency_ms)
-        if self._shadow_pool is not None and served_variant == CHAMPION:
-            self._shadow_pool.submit(self._shadow, name, request_id, x, symbols, timestamps)
+        self.record(name, request_id, model, served_variant, x, symbols, timestamps, prediction, latency_ms)
         return answer, model
+
+    def route(self, name: str | None, chosen: str) -> tuple[ServedModel, str]:
+        """The model answering a request routed to ``chosen`` (champion or challenger) and the variant it really
+        is (the champion when no challenger loads); :class:`BadRequest` 404 for an unknown model."""
+        if chosen == CHALLENGER:
+            return self._model_for(name, CHALLENGER)
+        return self.model(name), CHAMPION
+
+    def record(self, name: str | None, request_id: str, model: ServedModel, variant: str, x: np.ndarray,
+               symbols: Sequence[str], timestamps: Any, prediction: np.ndarray, latency_ms: float) -> None:
+        """Count, log and shadow one answered request (:meth:`predict`, and the micro-batcher for each request
+        of a batch it predicted in one call)."""
+        self._count(variant, len(prediction), latency_ms)
+        self._log(request_id, model, variant, x, symbols, timestamps, prediction, latency_ms)
+        if self._shadow_pool is not None and variant == CHAMPION:
+            self._shadow_pool.submit(self._shadow, name, request_id, x, symbols, timestamps)
 
     def _fall_back(self, name: str | None, failed: ServedModel, variant: str, fault: Exception,
                    build: Callable[[ServedModel], tuple[np.ndarray, Sequence[str], Any]]) -> tuple[Any, ...]:
@@ -653,6 +675,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "ALPHAFORGE_ONLINE_WEIGHTS": "online_weights",
     "ALPHAFORGE_ONLINE_WEIGHTS_PREFIX": "online_weights_prefix",
 }
+BATCHING_ENV = "ALPHAFORGE_BATCHING"  # true / false: overrides serving.batching.enabled
 
 
 def serving_params(params_path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ServingParams:
@@ -665,5 +688,8 @@ def serving_params(params_path: str | Path | None = None, environ: Mapping[str, 
     environ = os.environ if environ is None else environ
     path = Path(params_path or environ.get("ALPHAFORGE_PARAMS", "params.yaml"))
     base = load_params(path).serving if path.is_file() else ServingParams()
-    overrides = {field: environ[name] for name, field in ENV_OVERRIDES.items() if environ.get(name, "") != ""}
+    overrides: dict[str, Any] = {field: environ[name] for name, field in ENV_OVERRIDES.items()
+                                 if environ.get(name, "") != ""}
+    if environ.get(BATCHING_ENV, "") != "":  # serving.batching.enabled
+        overrides["batching"] = {**base.batching.model_dump(), "enabled": environ[BATCHING_ENV]}
     return base.model_copy(update={}) if not overrides else ServingParams(**{**base.model_dump(), **overrides})

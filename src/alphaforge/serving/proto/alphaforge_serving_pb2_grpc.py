@@ -44,6 +44,11 @@ class PredictorStub:
                 request_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoRequest.SerializeToString,
                 response_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoResponse.FromString,
                 _registered_method=True)
+        self.PredictStream = channel.stream_stream(
+                '/alphaforge.serving.v1.Predictor/PredictStream',
+                request_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictRequest.SerializeToString,
+                response_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictResponse.FromString,
+                _registered_method=True)
 
 
 class PredictorServicer:
@@ -61,6 +66,15 @@ class PredictorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PredictStream(self, request_iterator, context):
+        """One answer per request message, in order (usually one row each: the row stream of many small requests);
+        the messages waiting on the server are predicted together (serving.batching). A message that cannot be
+        answered gets an answer with error + status; the stream stays open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PredictorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +87,11 @@ def add_PredictorServicer_to_server(servicer, server):
                     servicer.ModelInfo,
                     request_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoRequest.FromString,
                     response_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoResponse.SerializeToString,
+            ),
+            'PredictStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PredictStream,
+                    request_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictRequest.FromString,
+                    response_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +148,33 @@ class Predictor:
             '/alphaforge.serving.v1.Predictor/ModelInfo',
             alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoRequest.SerializeToString,
             alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/alphaforge.serving.v1.Predictor/PredictStream',
+            alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictRequest.SerializeToString,
+            alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictResponse.FromString,
             options,
             channel_credentials,
             insecure,
