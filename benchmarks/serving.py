@@ -171,13 +171,14 @@ def _grpc_stream(target: str, message: object, seconds: float, window: int) -> d
     with grpc.insecure_channel(target) as channel:
         for reply in pb_grpc.PredictorStub(channel).PredictStream(messages(), timeout=seconds + 60):
             now = time.perf_counter()
-            started = sent.popleft()
-            in_flight.release()
-            if started >= measure_from:
-                if reply.HasField("error"):
-                    failures += 1
-                else:
-                    latencies.append((now - started) * 1000.0)
+            for answer in reply.answers:  # the answers of the messages the service predicted together, in order
+                started = sent.popleft()
+                in_flight.release()
+                if started >= measure_from:
+                    if answer.HasField("error"):
+                        failures += 1
+                    else:
+                        latencies.append((now - started) * 1000.0)
     return {**_percentiles(latencies), "preds_per_s": len(latencies) / seconds, "window": window,
             "seconds": seconds, "failures": failures}
 
@@ -341,7 +342,8 @@ def main() -> None:
     parser.add_argument("--client-processes", type=int, default=1, help="processes the HTTP clients run in")
     parser.add_argument("--concurrent-seconds", type=float, default=10.0,
                         help="length of each concurrent run (HTTP clients, the gRPC stream)")
-    parser.add_argument("--stream-window", type=int, default=64, help="one-row messages in flight on the gRPC stream")
+    parser.add_argument("--stream-window", type=int, default=256,
+                        help="one-row messages in flight on the gRPC stream")
     parser.add_argument("--no-unbatched", action="store_true",
                         help="leave out the concurrent runs against a second service with serving.batching off")
     args = parser.parse_args()

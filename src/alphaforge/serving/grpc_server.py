@@ -9,7 +9,9 @@ same answers as HTTP. Bad input maps to ``INVALID_ARGUMENT`` (400), ``NOT_FOUND`
 ``PredictStream`` is the row stream: a bidirectional stream of ``PredictRequest`` messages (usually one row
 each) answered in order, one ``PredictResponse`` per message. A reader thread drains the client's messages into
 an inbox; the handler takes whatever waits there (up to ``serving.batching.max_batch_size`` messages, one
-when batching is off) and answers it with one model call (:func:`alphaforge.serving.batching.predict_requests`).
+when batching is off), answers it with one model call (:func:`alphaforge.serving.batching.predict_requests`)
+and sends those answers in one ``PredictAnswers`` message: in a Python gRPC stream each send costs a round of
+thread hand-offs, more than predicting the row.
 A message that cannot be answered gets an answer carrying ``error`` and the HTTP ``status`` of the same
 request over ``/v1/predict``, and the stream goes on.
 """
@@ -47,6 +49,26 @@ def request_from_proto(message: pb.PredictRequest) -> api.PredictRequest:
               for row in message.rows],
         model=message.model or None, request_id=message.request_id or None, variant=message.variant or None,
     )
+
+
+_VARIANTS = ("", "champion", "challenger")
+
+
+def stream_request_from_proto(message: pb.PredictRequest) -> api.PredictRequest:
+    """A stream message as the HTTP request model without pydantic's pass (the row stream's hot path): protobuf
+    has typed every field already (features are doubles), and what is left of the model's rules is checked here
+    (request id length, variant) or downstream, as for every request (non-empty symbol and time-zone-aware
+    timestamp by ``check_keys``, feature names and finite values by ``matrix_from_records``), so a bad message
+    is refused with the same kind of message as over HTTP."""
+    if len(message.request_id) > 128:
+        raise BadRequest(f"request_id: {len(message.request_id)} characters; the limit is 128")
+    if message.variant not in _VARIANTS:
+        raise BadRequest(f"variant: {message.variant!r}; rule: champion, challenger or empty (A/B routing)")
+    rows = [api.FeatureRow.model_construct(symbol=row.symbol, timestamp=row.timestamp, features=dict(row.features))
+            for row in message.rows]
+    return api.PredictRequest.model_construct(rows=rows, model=message.model or None,
+                                              request_id=message.request_id or None,
+                                              variant=message.variant or None)
 
 
 def response_to_proto(answer: dict) -> pb.PredictResponse:
@@ -105,7 +127,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         return pb.ModelInfoResponse(json=json.dumps(self.host.info(), default=str))
 
     def PredictStream(self, request_iterator: Iterator[pb.PredictRequest], context: grpc.ServicerContext
-                      ) -> Iterator[pb.PredictResponse]:
+                      ) -> Iterator[pb.PredictAnswers]:
         """One answer per message, in order; what waits in the inbox is predicted together (module docstring)."""
         inbox: queue.SimpleQueue[Any] = queue.SimpleQueue()
 
@@ -134,7 +156,7 @@ class PredictorServicer(pb_grpc.PredictorServicer):
                     ended = True
                     break
                 batch.append(message)
-            yield from self._answer_messages(batch)
+            yield pb.PredictAnswers(answers=self._answer_messages(batch))
             if ended:
                 return
 
@@ -143,9 +165,9 @@ class PredictorServicer(pb_grpc.PredictorServicer):
         valid: list[tuple[int, api.PredictRequest]] = []
         for index, message in enumerate(messages):
             try:
-                valid.append((index, request_from_proto(message)))
-            except ValidationError as err:
-                answers[index] = BadRequest(_validation_message(err))
+                valid.append((index, stream_request_from_proto(message)))
+            except BadRequest as err:
+                answers[index] = err
         for (index, _), answer in zip(valid, predict_requests(self.host, [r for _, r in valid]), strict=True):
             answers[index] = answer
         replies = []
@@ -212,5 +234,5 @@ def grpc_predict_stream(target: str, requests: Iterable[api.PredictRequest | pb.
     (as :func:`answer_from_proto` gives them) in order."""
     messages = (r if isinstance(r, pb.PredictRequest) else request_to_proto(r) for r in requests)
     with grpc.insecure_channel(target) as channel:
-        return [answer_from_proto(reply) for reply in
-                pb_grpc.PredictorStub(channel).PredictStream(messages, timeout=timeout)]
+        return [answer_from_proto(answer) for reply in
+                pb_grpc.PredictorStub(channel).PredictStream(messages, timeout=timeout) for answer in reply.answers]

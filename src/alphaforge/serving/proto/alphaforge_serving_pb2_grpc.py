@@ -47,7 +47,7 @@ class PredictorStub:
         self.PredictStream = channel.stream_stream(
                 '/alphaforge.serving.v1.Predictor/PredictStream',
                 request_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictRequest.SerializeToString,
-                response_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictResponse.FromString,
+                response_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictAnswers.FromString,
                 _registered_method=True)
 
 
@@ -67,9 +67,10 @@ class PredictorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PredictStream(self, request_iterator, context):
-        """One answer per request message, in order (usually one row each: the row stream of many small requests);
-        the messages waiting on the server are predicted together (serving.batching). A message that cannot be
-        answered gets an answer with error + status; the stream stays open.
+        """The row stream: one answer per request message (usually one row each), in order. The messages waiting on
+        the server are predicted together (serving.batching) and their answers sent in one PredictAnswers message
+        (one send per batch, not per row: a send is what a Python gRPC stream pays most for). A message that cannot
+        be answered gets an answer with error + status; the stream stays open.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -91,7 +92,7 @@ def add_PredictorServicer_to_server(servicer, server):
             'PredictStream': grpc.stream_stream_rpc_method_handler(
                     servicer.PredictStream,
                     request_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictRequest.FromString,
-                    response_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictResponse.SerializeToString,
+                    response_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictAnswers.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -174,7 +175,7 @@ class Predictor:
             target,
             '/alphaforge.serving.v1.Predictor/PredictStream',
             alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictRequest.SerializeToString,
-            alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictResponse.FromString,
+            alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictAnswers.FromString,
             options,
             channel_credentials,
             insecure,
