@@ -15,6 +15,11 @@ In one run:
 * throughput: ``--clients`` processes sending Arrow IPC bodies of ``--batch-rows`` rows to ``/v1/predict_arrow``
   for ``--seconds``: predictions per second;
 * gRPC single-row p50 / p99;
+* concurrent one-row traffic (``serving.batching`` on, as configured): ``--concurrent-clients`` asyncio clients
+  (aiohttp, one connection each) posting one row each to ``/v1/predict`` back to back, and one gRPC
+  ``PredictStream`` with ``--stream-window`` one-row messages in flight, each for ``--concurrent-seconds``:
+  predictions per second and p50 / p99 ms; then the same against a second service with batching off
+  (``--no-unbatched`` skips it);
 * the HTTP floor: a bare Starlette endpoint on uvicorn (one worker, same host) answering a one-row POST;
 * in process: the same model's :meth:`ServedModel.predict_matrix` on one row, and the cold load of the
   model folder (ms);
@@ -86,6 +91,107 @@ def _arrow_client(args: tuple[str, int, bytes, float, int]) -> tuple[int, int]:
             failures += 1
     connection.close()
     return predictions, failures
+
+
+def _concurrent_client(args: tuple[str, int, bytes, int, float, float]) -> dict[str, object]:
+    """``connections`` asyncio clients (aiohttp, one keep-alive connection each) posting one-row requests to
+    ``/v1/predict`` back to back for ``seconds`` after ``warmup`` seconds: latencies (ms) and failures."""
+    import asyncio
+
+    import aiohttp
+
+    host, port, body, connections, seconds, warmup = args
+
+    async def run() -> dict[str, object]:
+        latencies: list[float] = []
+        failures = 0
+        loop = asyncio.get_running_loop()
+        begin = loop.time()
+        measure_from, deadline = begin + warmup, begin + warmup + seconds
+        connector = aiohttp.TCPConnector(limit=connections)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            async def client() -> None:
+                nonlocal failures
+                while True:
+                    started = time.perf_counter()
+                    now = loop.time()
+                    if now >= deadline:
+                        return
+                    async with session.post(f"http://{host}:{port}/v1/predict", data=body,
+                                            headers={"Content-Type": "application/json"}) as response:
+                        await response.read()
+                        ok = response.status == 200
+                    if now >= measure_from:
+                        if ok:
+                            latencies.append((time.perf_counter() - started) * 1000.0)
+                        else:
+                            failures += 1
+
+            await asyncio.gather(*(client() for _ in range(connections)))
+        return {"latencies": latencies, "failures": failures}
+
+    return asyncio.run(run())
+
+
+def _concurrent_http(host: str, port: int, body: bytes, clients: int, processes: int, seconds: float
+                     ) -> dict[str, float]:
+    """``clients`` concurrent one-row clients spread over ``processes`` processes: predictions per second and
+    latency percentiles (each answer is one prediction)."""
+    shares = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    with multiprocessing.get_context("spawn").Pool(processes) as pool:
+        outcomes = pool.map(_concurrent_client, [(host, port, body, n, seconds, 1.0) for n in shares if n])
+    latencies = [v for outcome in outcomes for v in outcome["latencies"]]  # type: ignore[attr-defined]
+    return {**_percentiles(latencies), "preds_per_s": len(latencies) / seconds, "clients": clients,
+            "client_processes": processes, "seconds": seconds,
+            "failures": sum(int(outcome["failures"]) for outcome in outcomes)}  # type: ignore[call-overload]
+
+
+def _grpc_stream(target: str, message: object, seconds: float, window: int) -> dict[str, float]:
+    """One ``PredictStream`` with at most ``window`` one-row messages in flight, for ``seconds`` after a second of
+    warm-up: predictions per second and the latency of each message (sent -> its answer), ms."""
+    import collections
+    import threading
+
+    import grpc
+
+    from alphaforge.serving.proto import alphaforge_serving_pb2_grpc as pb_grpc
+
+    in_flight = threading.Semaphore(window)
+    sent: collections.deque[float] = collections.deque()
+    begin = time.perf_counter()
+    measure_from, deadline = begin + 1.0, begin + 1.0 + seconds
+
+    def messages():  # type: ignore[no-untyped-def]
+        while time.perf_counter() < deadline:
+            in_flight.acquire()
+            sent.append(time.perf_counter())
+            yield message
+
+    latencies, failures = [], 0
+    with grpc.insecure_channel(target) as channel:
+        for reply in pb_grpc.PredictorStub(channel).PredictStream(messages(), timeout=seconds + 60):
+            now = time.perf_counter()
+            for answer in reply.answers:  # the answers of the messages the service predicted together, in order
+                started = sent.popleft()
+                in_flight.release()
+                if started >= measure_from:
+                    if answer.HasField("error"):
+                        failures += 1
+                    else:
+                        latencies.append((now - started) * 1000.0)
+    return {**_percentiles(latencies), "preds_per_s": len(latencies) / seconds, "window": window,
+            "seconds": seconds, "failures": failures}
+
+
+def _concurrency(service: object, body: bytes, message: object, args: argparse.Namespace) -> dict[str, object]:
+    """The concurrent one-row figures of a running service: HTTP clients, then one gRPC stream, then the
+    service's batching counters."""
+    host, port = "127.0.0.1", int(service.url.rsplit(":", 1)[1])  # type: ignore[attr-defined]
+    http = _concurrent_http(host, port, body, args.concurrent_clients, args.client_processes,
+                            args.concurrent_seconds)
+    stream = _grpc_stream(service.grpc_target, message, args.concurrent_seconds, args.stream_window)  # type: ignore[attr-defined]
+    batching = json.loads(_post_json(host, port, "/model_info", b"{}")).get("batching")
+    return {"http": http, "grpc_stream": stream, "batching": batching}
 
 
 FLOOR_APP = '''
@@ -231,7 +337,17 @@ def main() -> None:
     parser.add_argument("--sequence-requests", type=int, default=500,
                         help="sequential one-window requests to the ridge + LSTM ensemble")
     parser.add_argument("--no-sequence", action="store_true", help="leave out the sequence-ensemble measurement")
+    parser.add_argument("--concurrent-clients", type=int, default=64,
+                        help="concurrent one-row HTTP clients (asyncio + aiohttp)")
+    parser.add_argument("--client-processes", type=int, default=1, help="processes the HTTP clients run in")
+    parser.add_argument("--concurrent-seconds", type=float, default=10.0,
+                        help="length of each concurrent run (HTTP clients, the gRPC stream)")
+    parser.add_argument("--stream-window", type=int, default=256,
+                        help="one-row messages in flight on the gRPC stream")
+    parser.add_argument("--no-unbatched", action="store_true",
+                        help="leave out the concurrent runs against a second service with serving.batching off")
     args = parser.parse_args()
+    load_at_start = [round(v, 2) for v in os.getloadavg()]  # a busy machine reads low: say how busy it was
 
     import pandas as pd
 
@@ -288,6 +404,7 @@ def main() -> None:
                         grpc_samples.append((time.perf_counter() - t0) * 1000.0)
             grpc_predict(service.grpc_target, request)  # the client helper works too
             results["grpc_single"] = _percentiles(grpc_samples)
+            results["concurrent"] = _concurrency(service, single_body, message, args)
 
             big = pd.concat([hundred] * (args.batch_rows // len(hundred) + 1), ignore_index=True).head(args.batch_rows)
             big = big.assign(timestamp=pd.date_range("1970-01-01", periods=len(big), freq="min", tz="UTC"))
@@ -307,6 +424,13 @@ def main() -> None:
         finally:
             service.stop()
 
+        if not args.no_unbatched:  # the same concurrent runs with serving.batching off: what batching buys
+            unbatched = start_service(cwd=REPO, env={**env, "ALPHAFORGE_BATCHING": "false"},
+                                      log_path=work / "service-unbatched.log")
+            try:
+                results["concurrent_unbatched"] = _concurrency(unbatched, single_body, message, args)
+            finally:
+                unbatched.stop()
         results["floor_single"] = _floor(single_body, args.single)
         from alphaforge.serving.model import load_served_model
 
@@ -337,16 +461,29 @@ def main() -> None:
         "inprocess_single_p50_ms": float(np.percentile(inprocess, 50)),
         "cold_load_ms": float(np.median(cold)),
         "service_start_seconds": start_seconds,
+        "concurrent_http_preds_per_s": results["concurrent"]["http"]["preds_per_s"],
+        "concurrent_http_p50_ms": results["concurrent"]["http"]["p50"],
+        "concurrent_http_p99_ms": results["concurrent"]["http"]["p99"],
+        "grpc_stream_preds_per_s": results["concurrent"]["grpc_stream"]["preds_per_s"],
+        "grpc_stream_p50_ms": results["concurrent"]["grpc_stream"]["p50"],
+        "grpc_stream_p99_ms": results["concurrent"]["grpc_stream"]["p99"],
+        **({"unbatched_concurrent_http_preds_per_s": results["concurrent_unbatched"]["http"]["preds_per_s"],
+            "unbatched_concurrent_http_p99_ms": results["concurrent_unbatched"]["http"]["p99"],
+            "unbatched_grpc_stream_preds_per_s": results["concurrent_unbatched"]["grpc_stream"]["preds_per_s"]}
+           if "concurrent_unbatched" in results else {}),
         **({f"sequence_{k}": v for k, v in results["sequence"].items() if k in ("mean_ms", "p95_ms", "preds_per_s")}
            if "sequence" in results else {}),
     }
     report = {
         **summary,
         "targets": {"single_p50_ms": 1.0, "single_p99_ms": 3.0, "batch100_p50_ms": 5.0,
-                    "batched_preds_per_s": 40_000, "cold_load_ms": 100.0},
+                    "batched_preds_per_s": 40_000, "cold_load_ms": 100.0,
+                    "concurrent_http_preds_per_s": 3_000, "concurrent_http_p99_ms": 20.0,
+                    "grpc_stream_preds_per_s": 10_000},
         "details": results, "model": {"name": name, "source": source, "families": final_info["serving"]["families"],
                                       "row_path": final_info["serving"]["row_wise"]},
-        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
+        "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+                    "load_average_at_start": load_at_start},
         "command": " ".join(["python", "benchmarks/serving.py", *sys.argv[1:]]),
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }

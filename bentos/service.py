@@ -9,7 +9,8 @@ Endpoints (POST unless noted): ``/predict`` (feature rows, JSON), ``/predict_bar
 features are computed by the training code), ``/predict_symbols`` (latest stored features per symbol, from
 the online feature store when one is configured), ``/model_info``, ``/admin/reload``; the mounted fast
 routes ``/v1/predict_arrow`` (Arrow IPC body and answer, for large batches) and ``/v1/predict`` (the same
-JSON as ``/predict`` without BentoML's request model); BentoML's ``/livez``, ``/readyz`` (ready once the
+JSON as ``/predict`` without BentoML's request model; with ``serving.batching`` on, concurrent requests are
+predicted together, see :mod:`alphaforge.serving.batching`); BentoML's ``/livez``, ``/readyz`` (ready once the
 champion is loaded) and ``/metrics`` (with the service's own counters appended).
 
 Lean on purpose: BentoML's per-request metrics middleware and OpenTelemetry spans skip the predict routes and
@@ -39,12 +40,14 @@ from alphaforge.serving.admin import (
     listening_hosts,
     stop_the_server,
 )
-from alphaforge.serving.host import ModelFault, ModelHost, NoModel, serving_params
+from alphaforge.serving.batching import MicroBatcher
+from alphaforge.serving.host import ModelFault, ModelHost, NoModel
 from alphaforge.serving.model import BadRequest
 
 log = logging.getLogger("alphaforge.serving")
 
 _HOST: ModelHost | None = None  # the service instance's host, shared with the mounted fast routes
+_BATCHER: MicroBatcher | None = None  # serving.batching on: concurrent /v1/predict requests predicted together
 
 
 class RequestRefused(BentoMLException):
@@ -73,38 +76,33 @@ def _faulted(err: ModelFault) -> BentoMLException:
     return InternalServerError(str(err))
 
 
-def _online_store(params_path: str) -> Any:
-    """The online feature store of params.yaml's ``feature_store`` (``ALPHAFORGE_REDIS_URL`` and
-    ``ALPHAFORGE_FEATURE_PREFIX`` override), or None when no Redis URL is configured: the service runs in
-    several processes' worth of isolation from a streamer, so an in-process dictionary would never be filled."""
-    from alphaforge.config import load_params
-    from alphaforge.featurestore.config import FeatureStoreParams
+def _encoded(answer: Any) -> Response:
+    """An answer as the JSON body of its ``api.PredictResponse`` schema."""
+    return Response(api.to_json(answer), media_type="application/json")
+
+
+def _online_store(settings: Any) -> Any:
+    """The online feature store of ``feature_store`` (``ALPHAFORGE_REDIS_URL`` / ``ALPHAFORGE_FEATURE_PREFIX`` override
+    it, through alphaforge.config), or None when no Redis URL is configured: the service runs in several
+    processes' worth of isolation from a streamer, so an in-process dictionary would never be filled."""
     from alphaforge.featurestore.online import OnlineStore
 
-    settings = load_params(params_path).feature_store if os.path.isfile(params_path) else FeatureStoreParams()
-    url = os.environ.get("ALPHAFORGE_REDIS_URL", settings.redis_url or "")
-    if not url:
+    if not settings.redis_url:
         return None
-    prefix = os.environ.get("ALPHAFORGE_FEATURE_PREFIX")
-    if prefix:
-        settings = settings.model_copy(update={"key_prefix": prefix})
-    return OnlineStore.from_params(settings, redis_url=url)
+    return OnlineStore.from_params(settings, redis_url=settings.redis_url)
 
 
-def _state_store(params: Any, params_path: str) -> Any:
-    """Where online Hedge weights persist: the feature store's Redis (``ALPHAFORGE_REDIS_URL`` overrides), else
-    memory (the weights then restart from the seed with the service)."""
-    if not params.online_weights:
+def _state_store(serving: Any, feature_store: Any) -> Any:
+    """Where online Hedge weights persist: the feature store's Redis, else memory (the weights then restart from
+    the seed with the service)."""
+    if not serving.online_weights:
         return None
-    from alphaforge.config import load_params
     from alphaforge.serving.online_weights import MemoryState, RedisState
 
-    url = os.environ.get("ALPHAFORGE_REDIS_URL") or (load_params(params_path).feature_store.redis_url
-                                                     if os.path.isfile(params_path) else None)
-    if not url:
+    if not feature_store.redis_url:
         log.warning("serving: online weights without Redis (feature_store.redis_url): kept in memory only")
         return MemoryState()
-    return RedisState(url)
+    return RedisState(feature_store.redis_url)
 
 
 def _settle_the_heap() -> None:
@@ -134,7 +132,7 @@ async def fast_predict(request: Request) -> Response:
         return JSONResponse({"error": "the service is starting"}, status_code=503)
     try:
         body = api.PredictRequest.model_validate_json(await request.body())
-        answer = api.predict_rows(host, body)
+        answer = await _BATCHER.predict(body) if _BATCHER is not None else api.predict_rows(host, body)
     except ValidationError as err:
         host.count_bad_request()
         return JSONResponse({"error": f"{err.error_count()} validation error(s)",
@@ -196,9 +194,8 @@ class AlphaforgeService:
     """The champion (and challenger) ensemble, reloaded when its alias moves; see the module docstring."""
 
     def __init__(self) -> None:
-        global _HOST
+        global _HOST, _BATCHER
         from alphaforge.config import load_params
-        from alphaforge.features import FeatureParams
 
         logging.getLogger("alphaforge").setLevel(logging.INFO)
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -208,11 +205,13 @@ class AlphaforgeService:
         except AdminTokenMissing as err:
             stop_the_server(str(err))
             raise
-        params_path = os.environ.get("ALPHAFORGE_PARAMS", "params.yaml")
-        self.params = serving_params(params_path)
-        self.feature_params = load_params(params_path).features if os.path.isfile(params_path) else FeatureParams()
-        self.store = _online_store(params_path)
-        self.host = ModelHost(self.params, state_store=_state_store(self.params, params_path))
+        # the settings, read once: params.yaml (+ runtime.yaml) with the ALPHAFORGE_* overrides; a missing file is an
+        # error (ALPHAFORGE_PARAMS names it), never a service running on defaults nobody chose
+        settings = load_params(os.environ.get("ALPHAFORGE_PARAMS", "params.yaml"))
+        self.params = settings.serving
+        self.feature_params = settings.features
+        self.store = _online_store(settings.feature_store)
+        self.host = ModelHost(self.params, state_store=_state_store(self.params, settings.feature_store))
         self.ready = False
         try:
             self.host.start()
@@ -221,13 +220,16 @@ class AlphaforgeService:
             log.error("serving: %s", err)
             self.host.start_polling()
         _HOST = self.host
+        self.batcher = MicroBatcher(self.host, self.params.batching) if self.params.batching.enabled else None
+        _BATCHER = self.batcher
         _settle_the_heap()
         self.grpc_server = None
         if self.params.grpc_port:
             from alphaforge.serving.grpc_server import start_grpc_server
 
             self.grpc_server, self.grpc_port = start_grpc_server(
-                self.host, self.params.grpc_port, bind=os.environ.get("ALPHAFORGE_GRPC_BIND", "127.0.0.1"))
+                self.host, self.params.grpc_port, bind=os.environ.get("ALPHAFORGE_GRPC_BIND", "127.0.0.1"),
+                batching=self.params.batching)
 
     def __is_ready__(self) -> bool:
         return self.host.ready()
@@ -241,20 +243,21 @@ class AlphaforgeService:
             self.grpc_server.stop(grace=2)
         self.host.close()
 
-    @bentoml.api(route="/predict")
+    # the schema is the answer's (api.PredictResponse); the method returns it already encoded, so BentoML does
+    # not validate it again on every call
+    @bentoml.api(route="/predict", output_spec=api.PredictResponse)
     async def predict(
         self,
         rows: list[api.FeatureRow],
         model: str | None = None,
         request_id: str | None = None,
         variant: api.Variant | None = None,
-    ) -> api.PredictResponse:
+    ) -> Response:
         """Predict feature rows (each: symbol, timestamp, every feature by name); prediction, interval, version."""
         try:
             answer = api.predict_rows(self.host, api.PredictRequest.model_construct(
                 rows=rows, model=model, request_id=request_id, variant=variant))
-            # a Response: BentoML would otherwise re-validate the answer against its schema on every call
-            return Response(api.to_json(answer), media_type="application/json")  # type: ignore[return-value]
+            return _encoded(answer)
         except BadRequest as err:
             raise _refuse(self.host, err) from None
         except NoModel as err:
@@ -262,19 +265,19 @@ class AlphaforgeService:
         except ModelFault as err:
             raise _faulted(err) from None
 
-    @bentoml.api(route="/predict_bars")
+    @bentoml.api(route="/predict_bars", output_spec=api.PredictResponse)
     def predict_bars(
         self,
         bars: list[api.Bar],
         model: str | None = None,
         request_id: str | None = None,
         last_only: bool = True,
-    ) -> api.PredictResponse:
+    ) -> Response:
         """Predict from raw recent bars: the features are computed by the training code, then the model runs."""
         try:
             request = api.PredictBarsRequest(bars=bars, model=model, request_id=request_id, last_only=last_only)
             answer = api.predict_bars(self.host, request, self.feature_params)
-            return Response(api.to_json(answer), media_type="application/json")  # type: ignore[return-value]
+            return _encoded(answer)
         except BadRequest as err:
             raise _refuse(self.host, err) from None
         except NoModel as err:
@@ -282,18 +285,18 @@ class AlphaforgeService:
         except ModelFault as err:
             raise _faulted(err) from None
 
-    @bentoml.api(route="/predict_symbols")
+    @bentoml.api(route="/predict_symbols", output_spec=api.PredictResponse)
     def predict_symbols(
         self,
         symbols: list[str],
         model: str | None = None,
         request_id: str | None = None,
-    ) -> api.PredictResponse:
+    ) -> Response:
         """Predict each symbol's latest bar from the online feature store (written by `alphaforge stream`)."""
         try:
             request = api.SymbolsRequest(symbols=symbols, model=model, request_id=request_id)
             answer = api.predict_symbols(self.host, request, self.store)
-            return Response(api.to_json(answer), media_type="application/json")  # type: ignore[return-value]
+            return _encoded(answer)
         except BadRequest as err:
             raise _refuse(self.host, err) from None
         except NoModel as err:
@@ -306,6 +309,7 @@ class AlphaforgeService:
         """The models served (version, alias, fallback), routing settings and per-variant counters."""
         info = self.host.info()
         info["grpc_port"] = getattr(self, "grpc_port", None)
+        info["batching"] = self.batcher.info() if self.batcher is not None else {"enabled": False}
         if self.host.ready():
             info["serving"] = self.host.model().info()
         return info

@@ -25,8 +25,7 @@ from alphaforge.promotion import PromotionParams
 from alphaforge.regimes import RegimeParams
 from alphaforge.risk import RiskParams
 from alphaforge.rl import RLParams
-from alphaforge.runtime import AirflowParams
-from alphaforge.serving.host import ServingParams
+from alphaforge.runtime import AirflowParams, ServingParams
 from alphaforge.splits import WalkForwardParams
 from alphaforge.tune import TuneParams
 from alphaforge.validate import ValidationParams
@@ -160,6 +159,7 @@ ENV_OVERRIDES: dict[str, str] = {
     "ALPHAFORGE_SHADOW": "serving.shadow",
     "ALPHAFORGE_ONLINE_WEIGHTS": "serving.online_weights",
     "ALPHAFORGE_ONLINE_WEIGHTS_PREFIX": "serving.online_weights_prefix",
+    "ALPHAFORGE_BATCHING": "serving.batching.enabled",
     "ALPHAFORGE_REDIS_URL": "feature_store.redis_url",
     "ALPHAFORGE_FEATURE_PREFIX": "feature_store.key_prefix",
     "ALPHAFORGE_SERVICE_URL": "airflow.service_url",

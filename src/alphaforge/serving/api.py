@@ -192,7 +192,14 @@ def predict_rows(host: ModelHost, request: PredictRequest) -> dict[str, Any]:
         return x, symbols, timestamps
 
     prediction, model = host.predict(name=request.model, build=build, request_id=request_id, variant=request.variant)
-    return _answer(prediction, model, request_id, symbols, [row.timestamp for row in rows],  # as sent
+    return answer_rows(prediction, model, request_id, request, timestamps)
+
+
+def answer_rows(prediction: Prediction, model: ServedModel, request_id: str, request: PredictRequest,
+                timestamps: Sequence[Any]) -> dict[str, Any]:
+    """The answer to a :class:`PredictRequest` (``timestamps``: its rows' parsed times), timestamps as sent."""
+    rows = request.rows
+    return _answer(prediction, model, request_id, [row.symbol for row in rows], [row.timestamp for row in rows],
                    _regime_of_rows(model, rows, timestamps) if model.regime_positions else None)
 
 

@@ -41,7 +41,7 @@ import tempfile
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -50,8 +50,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
 
+from alphaforge.runtime import BatchingParams, ServingParams  # noqa: F401  (re-exported)
 from alphaforge.serving.model import BadRequest, Prediction, ServedModel, load_served_model
 from alphaforge.serving.request_log_writer import RequestLogWriter
 
@@ -71,33 +71,6 @@ def new_request_id() -> str:
 
 
 _STARTED_NS = time.time_ns()
-
-
-class ServingParams(BaseModel):
-    """The ``serving`` section of params.yaml (environment variables override a few, see :func:`from_env`)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    model_name: str = "alphaforge-signal"
-    alias: str = CHAMPION
-    poll_seconds: float = Field(15.0, gt=0)
-    cache_dir: str = ".alphaforge/serving/models"
-    max_models: int = Field(4, ge=1)
-    max_cache_mb: float = Field(2048.0, gt=0)
-    max_batch_rows: int = Field(10_000, ge=1)
-    max_bars_per_request: int = Field(50_000, ge=1)
-    challenger_share: float = Field(0.0, ge=0.0, le=1.0)
-    shadow: bool = False
-    request_log: bool = True
-    request_log_dir: str = "logs/requests"
-    request_log_flush_seconds: float = Field(0.5, gt=0)
-    request_log_max_rows: int = Field(500, ge=1)  # per request; a bigger batch logs an evenly spaced sample
-    torch_threads: int = Field(1, ge=0)  # intra-op threads for torch members; 0: torch's default (all cores)
-    grpc_port: int = Field(50051, ge=0, le=65535)  # 0: no gRPC server
-    http_port: int = Field(3000, ge=1, le=65535)
-    request_fallback: bool = True  # keep a standby model; it answers a request the serving model raises on
-    online_weights: bool = False  # Hedge weights over the families (seeded from hedge_seed), moved by outcomes
-    online_weights_prefix: str = "alphaforge:hedge:"  # Redis key prefix of their state ({prefix}{name}:{version})
 
 
 class ModelFault(RuntimeError):
@@ -463,11 +436,7 @@ class ModelHost:
         """
         started = time.perf_counter()
         request_id = request_id or new_request_id()
-        chosen = variant or self.choose_variant(request_id, name)
-        if chosen == CHALLENGER:
-            model, served_variant = self._model_for(name, CHALLENGER)
-        else:
-            model, served_variant = self.model(name), CHAMPION
+        model, served_variant = self.route(name, variant or self.choose_variant(request_id, name))
         x, symbols, timestamps = build(model)
         fallback_reason = None
         try:
@@ -480,11 +449,24 @@ class ModelHost:
             served_variant = FALLBACK
         latency_ms = (time.perf_counter() - started) * 1000.0
         answer = Prediction(prediction, lower, upper, model.name, model.version, served_variant, fallback_reason)
-        self._count(served_variant, len(prediction), latency_ms)
-        self._log(request_id, model, served_variant, x, symbols, timestamps, prediction, latency_ms)
-        if self._shadow_pool is not None and served_variant == CHAMPION:
-            self._shadow_pool.submit(self._shadow, name, request_id, x, symbols, timestamps)
+        self.record(name, request_id, model, served_variant, x, symbols, timestamps, prediction, latency_ms)
         return answer, model
+
+    def route(self, name: str | None, chosen: str) -> tuple[ServedModel, str]:
+        """The model answering a request routed to ``chosen`` (champion or challenger) and the variant it really
+        is (the champion when no challenger loads); :class:`BadRequest` 404 for an unknown model."""
+        if chosen == CHALLENGER:
+            return self._model_for(name, CHALLENGER)
+        return self.model(name), CHAMPION
+
+    def record(self, name: str | None, request_id: str, model: ServedModel, variant: str, x: np.ndarray,
+               symbols: Sequence[str], timestamps: Any, prediction: np.ndarray, latency_ms: float) -> None:
+        """Count, log and shadow one answered request (:meth:`predict`, and the micro-batcher for each request
+        of a batch it predicted in one call)."""
+        self._count(variant, len(prediction), latency_ms)
+        self._log(request_id, model, variant, x, symbols, timestamps, prediction, latency_ms)
+        if self._shadow_pool is not None and variant == CHAMPION:
+            self._shadow_pool.submit(self._shadow, name, request_id, x, symbols, timestamps)
 
     def _fall_back(self, name: str | None, failed: ServedModel, variant: str, fault: Exception,
                    build: Callable[[ServedModel], tuple[np.ndarray, Sequence[str], Any]]) -> tuple[Any, ...]:
@@ -638,32 +620,3 @@ def timestamps_us(timestamps: Any) -> np.ndarray:
     if isinstance(timestamps, pd.DatetimeIndex):
         return (timestamps.asi8 // 1000).astype(np.int64)
     return np.fromiter((int(t.timestamp() * 1_000_000) for t in timestamps), dtype=np.int64, count=len(timestamps))
-
-
-ENV_OVERRIDES: dict[str, str] = {
-    "ALPHAFORGE_MODEL_NAME": "model_name",
-    "ALPHAFORGE_MODEL_ALIAS": "alias",
-    "ALPHAFORGE_GRPC_PORT": "grpc_port",
-    "ALPHAFORGE_POLL_SECONDS": "poll_seconds",
-    "ALPHAFORGE_SERVING_CACHE": "cache_dir",
-    "ALPHAFORGE_REQUEST_LOG_DIR": "request_log_dir",
-    "ALPHAFORGE_REQUEST_LOG": "request_log",
-    "ALPHAFORGE_CHALLENGER_SHARE": "challenger_share",
-    "ALPHAFORGE_SHADOW": "shadow",
-    "ALPHAFORGE_ONLINE_WEIGHTS": "online_weights",
-    "ALPHAFORGE_ONLINE_WEIGHTS_PREFIX": "online_weights_prefix",
-}
-
-
-def serving_params(params_path: str | Path | None = None, environ: Mapping[str, str] | None = None) -> ServingParams:
-    """The ``serving`` section of ``params_path`` ($ALPHAFORGE_PARAMS, else ./params.yaml if present), with the
-    environment variables of :data:`ENV_OVERRIDES` on top (how a container or a test configures the service)."""
-    import os
-
-    from alphaforge.config import load_params
-
-    environ = os.environ if environ is None else environ
-    path = Path(params_path or environ.get("ALPHAFORGE_PARAMS", "params.yaml"))
-    base = load_params(path).serving if path.is_file() else ServingParams()
-    overrides = {field: environ[name] for name, field in ENV_OVERRIDES.items() if environ.get(name, "") != ""}
-    return base.model_copy(update={}) if not overrides else ServingParams(**{**base.model_dump(), **overrides})

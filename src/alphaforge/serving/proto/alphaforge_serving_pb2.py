@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1alphaforge/serving/proto/alphaforge_serving.proto\x12\x15\x61lphaforge.serving.v1\"\xa3\x01\n\nFeatureRow\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\x41\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32/.alphaforge.serving.v1.FeatureRow.FeaturesEntry\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"u\n\x0ePredictRequest\x12/\n\x04rows\x18\x01 \x03(\x0b\x32!.alphaforge.serving.v1.FeatureRow\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07variant\x18\x04 \x01(\t\"\x96\x01\n\rRowPrediction\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\x17\n\nprediction\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05lower\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05upper\x18\x05 \x01(\x01H\x02\x88\x01\x01\x42\r\n\x0b_predictionB\x08\n\x06_lowerB\x08\n\x06_upper\"H\n\x0cRegimeReport\x12\x11\n\ttimestamp\x18\x01 \x01(\t\x12\x0e\n\x06regime\x18\x02 \x01(\x05\x12\x15\n\rprobabilities\x18\x03 \x03(\x01\"\xbc\x02\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_version\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x39\n\x0bpredictions\x18\x07 \x03(\x0b\x32$.alphaforge.serving.v1.RowPrediction\x12\x38\n\x06regime\x18\x08 \x01(\x0b\x32#.alphaforge.serving.v1.RegimeReportH\x00\x88\x01\x01\x12\x1c\n\x0f\x66\x61llback_reason\x18\t \x01(\tH\x01\x88\x01\x01\x42\t\n\x07_regimeB\x12\n\x10_fallback_reason\"\x12\n\x10ModelInfoRequest\"!\n\x11ModelInfoResponse\x12\x0c\n\x04json\x18\x01 \x01(\t2\xc5\x01\n\tPredictor\x12X\n\x07Predict\x12%.alphaforge.serving.v1.PredictRequest\x1a&.alphaforge.serving.v1.PredictResponse\x12^\n\tModelInfo\x12\'.alphaforge.serving.v1.ModelInfoRequest\x1a(.alphaforge.serving.v1.ModelInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n1alphaforge/serving/proto/alphaforge_serving.proto\x12\x15\x61lphaforge.serving.v1\"\xa3\x01\n\nFeatureRow\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\x41\n\x08\x66\x65\x61tures\x18\x03 \x03(\x0b\x32/.alphaforge.serving.v1.FeatureRow.FeaturesEntry\x1a/\n\rFeaturesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"u\n\x0ePredictRequest\x12/\n\x04rows\x18\x01 \x03(\x0b\x32!.alphaforge.serving.v1.FeatureRow\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x0f\n\x07variant\x18\x04 \x01(\t\"\x96\x01\n\rRowPrediction\x12\x0e\n\x06symbol\x18\x01 \x01(\t\x12\x11\n\ttimestamp\x18\x02 \x01(\t\x12\x17\n\nprediction\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05lower\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x12\n\x05upper\x18\x05 \x01(\x01H\x02\x88\x01\x01\x42\r\n\x0b_predictionB\x08\n\x06_lowerB\x08\n\x06_upper\"H\n\x0cRegimeReport\x12\x11\n\ttimestamp\x18\x01 \x01(\t\x12\x0e\n\x06regime\x18\x02 \x01(\x05\x12\x15\n\rprobabilities\x18\x03 \x03(\x01\"\xfa\x02\n\x0fPredictResponse\x12\x12\n\nmodel_name\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x0f\n\x07variant\x18\x03 \x01(\t\x12\x17\n\x0f\x66\x65\x61ture_version\x18\x04 \x01(\t\x12\x0e\n\x06target\x18\x05 \x01(\t\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x39\n\x0bpredictions\x18\x07 \x03(\x0b\x32$.alphaforge.serving.v1.RowPrediction\x12\x38\n\x06regime\x18\x08 \x01(\x0b\x32#.alphaforge.serving.v1.RegimeReportH\x00\x88\x01\x01\x12\x1c\n\x0f\x66\x61llback_reason\x18\t \x01(\tH\x01\x88\x01\x01\x12\x12\n\x05\x65rror\x18\n \x01(\tH\x02\x88\x01\x01\x12\x13\n\x06status\x18\x0b \x01(\x05H\x03\x88\x01\x01\x42\t\n\x07_regimeB\x12\n\x10_fallback_reasonB\x08\n\x06_errorB\t\n\x07_status\"I\n\x0ePredictAnswers\x12\x37\n\x07\x61nswers\x18\x01 \x03(\x0b\x32&.alphaforge.serving.v1.PredictResponse\"\x12\n\x10ModelInfoRequest\"!\n\x11ModelInfoResponse\x12\x0c\n\x04json\x18\x01 \x01(\t2\xa8\x02\n\tPredictor\x12X\n\x07Predict\x12%.alphaforge.serving.v1.PredictRequest\x1a&.alphaforge.serving.v1.PredictResponse\x12^\n\tModelInfo\x12\'.alphaforge.serving.v1.ModelInfoRequest\x1a(.alphaforge.serving.v1.ModelInfoResponse\x12\x61\n\rPredictStream\x12%.alphaforge.serving.v1.PredictRequest\x1a%.alphaforge.serving.v1.PredictAnswers(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,11 +44,13 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_REGIMEREPORT']._serialized_start=514
   _globals['_REGIMEREPORT']._serialized_end=586
   _globals['_PREDICTRESPONSE']._serialized_start=589
-  _globals['_PREDICTRESPONSE']._serialized_end=905
-  _globals['_MODELINFOREQUEST']._serialized_start=907
-  _globals['_MODELINFOREQUEST']._serialized_end=925
-  _globals['_MODELINFORESPONSE']._serialized_start=927
-  _globals['_MODELINFORESPONSE']._serialized_end=960
-  _globals['_PREDICTOR']._serialized_start=963
-  _globals['_PREDICTOR']._serialized_end=1160
+  _globals['_PREDICTRESPONSE']._serialized_end=967
+  _globals['_PREDICTANSWERS']._serialized_start=969
+  _globals['_PREDICTANSWERS']._serialized_end=1042
+  _globals['_MODELINFOREQUEST']._serialized_start=1044
+  _globals['_MODELINFOREQUEST']._serialized_end=1062
+  _globals['_MODELINFORESPONSE']._serialized_start=1064
+  _globals['_MODELINFORESPONSE']._serialized_end=1097
+  _globals['_PREDICTOR']._serialized_start=1100
+  _globals['_PREDICTOR']._serialized_end=1396
 # @@protoc_insertion_point(module_scope)

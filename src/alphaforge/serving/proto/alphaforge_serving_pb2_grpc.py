@@ -44,6 +44,11 @@ class PredictorStub:
                 request_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoRequest.SerializeToString,
                 response_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoResponse.FromString,
                 _registered_method=True)
+        self.PredictStream = channel.stream_stream(
+                '/alphaforge.serving.v1.Predictor/PredictStream',
+                request_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictRequest.SerializeToString,
+                response_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictAnswers.FromString,
+                _registered_method=True)
 
 
 class PredictorServicer:
@@ -61,6 +66,16 @@ class PredictorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PredictStream(self, request_iterator, context):
+        """The row stream: one answer per request message (usually one row each), in order. The messages waiting on
+        the server are predicted together (serving.batching) and their answers sent in one PredictAnswers message
+        (one send per batch, not per row: a send is what a Python gRPC stream pays most for). A message that cannot
+        be answered gets an answer with error + status; the stream stays open.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PredictorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -73,6 +88,11 @@ def add_PredictorServicer_to_server(servicer, server):
                     servicer.ModelInfo,
                     request_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoRequest.FromString,
                     response_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoResponse.SerializeToString,
+            ),
+            'PredictStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PredictStream,
+                    request_deserializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictRequest.FromString,
+                    response_serializer=alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictAnswers.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -129,6 +149,33 @@ class Predictor:
             '/alphaforge.serving.v1.Predictor/ModelInfo',
             alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoRequest.SerializeToString,
             alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.ModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/alphaforge.serving.v1.Predictor/PredictStream',
+            alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictRequest.SerializeToString,
+            alphaforge_dot_serving_dot_proto_dot_alphaforge__serving__pb2.PredictAnswers.FromString,
             options,
             channel_credentials,
             insecure,

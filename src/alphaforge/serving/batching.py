@@ -1,0 +1,172 @@
+"""Micro-batching: concurrent row requests answered with one model call, each answer still its own.
+
+One-row requests cost the model a few tens of microseconds, and everything around the model (routing,
+building the matrix, the combiner, counting) about as much again, per call. When many clients send one row
+each at the same time, :func:`predict_requests` answers them together: requests are routed one by one (each
+keeps its request id and its A/B variant: the hash of *its* id), grouped by the model that answers them, and
+each group's rows are predicted in one call of the row path; then every request is counted, logged and
+answered on its own, exactly as :func:`alphaforge.serving.api.predict_rows` would have answered it alone.
+
+What is not batched: a request whose input is bad gets its own error (the others are answered); a model
+with sequence members (which needs each symbol's history, so rows of different requests must not be mixed)
+and a batch the model raises on are answered request by request through ``predict_rows``, so the
+per-request fallback (``variant: fallback``) rescues only the requests that fault.
+
+:class:`MicroBatcher` gathers the requests of an asyncio server (the HTTP routes). A lone request never
+waits: the batch is flushed on the event loop's next turn, after the requests that have already arrived
+have queued; only while requests keep queueing (the previous batch held more than one) does it wait up to
+``serving.batching.max_latency_ms`` for more, and a batch of ``max_batch_size`` requests is flushed at once.
+The gRPC stream (:mod:`alphaforge.serving.grpc_server`) batches the rows that wait in its inbox the same way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from alphaforge.serving import api
+from alphaforge.serving.host import BatchingParams, ModelHost, ModelFault, NoModel, new_request_id
+from alphaforge.serving.model import BadRequest, Prediction, check_keys, check_row_count
+
+Answer = dict[str, Any] | Exception  # the answer predict_rows gives, or the exception it raises
+
+
+@dataclass
+class _Routed:
+    index: int
+    request: api.PredictRequest
+    request_id: str
+    symbols: list[str]
+    timestamps: list[Any]
+    x: np.ndarray | None = None
+
+
+def _alone(host: ModelHost, request: api.PredictRequest, request_id: str) -> Answer:
+    """``predict_rows`` on one request, its exception as the answer."""
+    try:
+        return api.predict_rows(host, request.model_copy(update={"request_id": request_id}))
+    except (BadRequest, NoModel, ModelFault) as err:
+        return err
+
+
+def predict_requests(host: ModelHost, requests: Sequence[api.PredictRequest]) -> list[Answer]:
+    """Each request's answer (or the :class:`BadRequest`, :class:`NoModel` or :class:`ModelFault` it raises), in
+    order, the rows of requests answered by the same row-path model predicted in one call."""
+    answers: list[Answer | None] = [None] * len(requests)
+    groups: dict[tuple[str | None, str], list[_Routed]] = {}
+    for index, request in enumerate(requests):
+        request_id = request.request_id or new_request_id()
+        try:
+            check_row_count(len(request.rows), host.params.max_batch_rows)
+            symbols = [row.symbol for row in request.rows]
+            timestamps = check_keys(symbols, [row.timestamp for row in request.rows])
+        except BadRequest as err:
+            answers[index] = err
+            continue
+        chosen = request.variant or host.choose_variant(request_id, request.model)
+        groups.setdefault((request.model, chosen), []).append(
+            _Routed(index, request, request_id, symbols, timestamps))
+    for (name, chosen), members in groups.items():
+        try:
+            model, variant = host.route(name, chosen)
+        except (BadRequest, NoModel) as err:
+            for member in members:
+                answers[member.index] = err
+            continue
+        if not model.row_wise or len(members) == 1:
+            for member in members:
+                answers[member.index] = _alone(host, member.request, member.request_id)
+            continue
+        ready = []
+        for member in members:
+            try:
+                member.x = model.matrix_from_records([row.features for row in member.request.rows],
+                                                     max_rows=host.params.max_batch_rows, trusted=True)
+                ready.append(member)
+            except BadRequest as err:
+                answers[member.index] = err
+        if not ready:
+            continue
+        started = time.perf_counter()
+        try:
+            prediction, lower, upper = model.predict_matrix(np.vstack([member.x for member in ready]))
+        except Exception:  # a model fault: each request alone, so that the fallback answers only those it hits
+            for member in ready:
+                answers[member.index] = _alone(host, member.request, member.request_id)
+            continue
+        latency_ms = (time.perf_counter() - started) * 1000.0 / len(ready)  # the model's time, shared out
+        start = 0
+        for member in ready:
+            rows = slice(start, start + len(member.symbols))
+            start = rows.stop
+            answer = Prediction(prediction[rows], None if lower is None else lower[rows],
+                                None if upper is None else upper[rows], model.name, model.version, variant)
+            host.record(name, member.request_id, model, variant, member.x, member.symbols,  # type: ignore[arg-type]
+                        member.timestamps, answer.prediction, latency_ms)
+            answers[member.index] = api.answer_rows(answer, model, member.request_id, member.request,
+                                                    member.timestamps)
+    return answers  # type: ignore[return-value]
+
+
+class MicroBatcher:
+    """Gathers the row requests of one asyncio event loop and answers them with :func:`predict_requests`.
+
+    Used from the loop's thread only (the HTTP routes); the prediction runs on the loop, like the unbatched
+    route's. See the module docstring for when a batch is flushed.
+    """
+
+    def __init__(self, host: ModelHost, settings: BatchingParams) -> None:
+        self.host = host
+        self.max_batch_size = settings.max_batch_size
+        self.max_latency_s = settings.max_latency_ms / 1000.0
+        self._pending: list[tuple[api.PredictRequest, asyncio.Future[dict[str, Any]]]] = []
+        self._flush_handle: asyncio.Handle | None = None
+        self._last_size = 1
+        self.batches = 0
+        self.requests = 0
+
+    async def predict(self, request: api.PredictRequest) -> dict[str, Any]:
+        """The request's answer (as :func:`alphaforge.serving.api.predict_rows` gives it), or its exception."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending.append((request, future))
+        if len(self._pending) >= self.max_batch_size:
+            self._flush()
+        elif self._flush_handle is None:
+            if self._last_size > 1 and self.max_latency_s > 0:  # requests are queueing: wait a moment for more
+                self._flush_handle = loop.call_later(self.max_latency_s, self._flush)
+            else:  # after the requests that have already arrived, without waiting
+                self._flush_handle = loop.call_soon(self._flush)
+        return await future
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        batch, self._pending = self._pending, []
+        if not batch:
+            return
+        self._last_size = len(batch)
+        self.batches += 1
+        self.requests += len(batch)
+        try:
+            answers = predict_requests(self.host, [request for request, _ in batch])
+        except Exception as err:  # a bug, not a request's fault: every waiting request hears of it
+            answers = [err] * len(batch)
+        for (_, future), answer in zip(batch, answers, strict=True):
+            if future.done():  # the client went away
+                continue
+            if isinstance(answer, Exception):
+                future.set_exception(answer)
+            else:
+                future.set_result(answer)
+
+    def info(self) -> dict[str, Any]:
+        return {"enabled": True, "max_batch_size": self.max_batch_size, "max_latency_ms": self.max_latency_s * 1000,
+                "batches": self.batches, "requests": self.requests,
+                "mean_batch": round(self.requests / self.batches, 2) if self.batches else 0.0}
