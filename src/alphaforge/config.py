@@ -76,6 +76,17 @@ class TrainParams(BaseModel):
     permutation_repeats: int = Field(1, ge=0, description="0 turns permutation importance off")
     fit_final_model: bool = True
 
+    @field_validator("models")
+    @classmethod
+    def _typed_hyperparameters(cls, models: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Each family's hyperparameters checked against its own model (alphaforge.models.params) at load: an
+        unknown family or key, or a bad value, fails here with its key path, not hours into a nightly run."""
+        from alphaforge.models.params import check_hyperparameters
+
+        for family, values in models.items():
+            check_hyperparameters(family, dict(values or {}), where=f"train.models.{family}")
+        return models
+
     @field_validator("families")
     @classmethod
     def _known_families(cls, families: tuple[str, ...]) -> tuple[str, ...]:

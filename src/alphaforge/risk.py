@@ -40,7 +40,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy import stats
 
 from alphaforge.schema import DataError
@@ -84,6 +84,14 @@ class RiskParams(BaseModel):
         "subsample": 0.8, "subsample_freq": 1, "reg_lambda": 1.0})
     min_train: int = Field(250, ge=30, description="training origins needed to fit")
     seed: int = 0
+
+    @field_validator("lightgbm")
+    @classmethod
+    def _lightgbm_hyperparameters(cls, values: dict[str, Any]) -> dict[str, Any]:
+        from alphaforge.models.params import check_hyperparameters
+
+        check_hyperparameters("lightgbm", values, where="risk.lightgbm")
+        return values
 
 
 # ---------------------------------------------------------------------------------------------- scores

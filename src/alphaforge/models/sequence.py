@@ -51,11 +51,11 @@ import numpy as np
 import pandas as pd
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from torch import nn
 
 from alphaforge.features import feature_columns
 from alphaforge.models.base import KEY_COLUMNS, Task
+from alphaforge.models.params import SequenceParams  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -114,55 +114,6 @@ def window_batch(windows: np.ndarray, end_rows: np.ndarray, lookback: int) -> np
 # --------------------------------------------------------------------------------------------
 # Parameters
 # --------------------------------------------------------------------------------------------
-
-
-class SequenceParams(BaseModel):
-    """Hyper-parameters of a sequence forecaster (all families share them; unused ones are ignored)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    task: Task = "regression"
-    lookback: int = Field(20, ge=1, description="bars per window, the predicted bar included")
-    hidden_size: int = Field(32, ge=1, description="RNN hidden size / Transformer d_model / CNN channels")
-    num_layers: int = Field(1, ge=1, description="RNN layers / encoder layers / TCN residual blocks")
-    dropout: float = Field(0.1, ge=0.0, lt=1.0)
-    n_heads: int = Field(2, ge=1, description="attention heads (transformer); must divide hidden_size")
-    kernel_size: int = Field(3, ge=2, description="causal convolution kernel (cnn)")
-    learning_rate: float = Field(1e-3, gt=0.0)
-    batch_size: int = Field(512, ge=1)
-    max_epochs: int = Field(20, ge=1)
-    patience: int = Field(3, ge=1, description="epochs without a better validation loss before stopping")
-    validation_fraction: float = Field(0.2, ge=0.0, lt=1.0, description="last share of fit rows (by time) held out")
-    grad_clip: float | None = Field(1.0, gt=0.0, description="max gradient L2 norm; None disables clipping")
-    weight_decay: float = Field(0.0, ge=0.0)
-    seed: int = 0
-    device: str = Field("auto", description="'auto' (cuda when available), 'cpu', 'cuda' or 'cuda:N'")
-    max_train_windows: int | None = Field(None, ge=1, description="windows sampled per epoch; None = all")
-    missing_indicator: bool = Field(True, description="add a 0/1 input per feature that has NaN in the fit frame")
-    history_layout: Literal["rows", "alpha360"] = Field(
-        "rows", description="rows: a window is the feature vectors of the last lookback rows of the symbol; "
-        "alpha360: a window is each row's own Alpha360 columns (features.set: alpha360) read as 60 bars x fields, "
-        "oldest first (lookback must be 60)")
-    objective: Literal["regression", "ic"] = Field(
-        "regression", description="regression: squared error; ic: minus the Pearson correlation of forecast and label "
-        "among the symbols of each timestamp, averaged over the timestamps of a batch (batches then hold whole "
-        "timestamps; regression task only)")
-
-    @model_validator(mode="after")
-    def _objective_fits_task(self) -> SequenceParams:
-        if self.objective == "ic" and self.task != "regression":
-            raise ValueError("objective 'ic' correlates forecasts with a real-valued label; use task: regression")
-        if self.history_layout == "alpha360" and self.lookback != 60:
-            raise ValueError(f"history_layout 'alpha360' reads 60 bars from each row; set lookback: 60 "
-                             f"(got {self.lookback})")
-        return self
-
-    @field_validator("device")
-    @classmethod
-    def _known_device(cls, device: str) -> str:
-        if device in {"auto", "cpu", "cuda"} or (device.startswith("cuda:") and device[5:].isdigit()):
-            return device
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}")
 
 
 def resolve_device(device: str) -> torch.device:

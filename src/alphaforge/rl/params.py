@@ -40,6 +40,19 @@ class EnvParams(BaseModel):
     volatility_window: int = Field(20, ge=2, description="bars of the trailing volatility in the risk penalty")
 
 
+#: The constructor arguments of Stable-Baselines3 2.x's PPO and SAC that ``rl.algo_kwargs`` may set (checked at
+#: load without importing torch; the policy, the environment and the seed are the stage's).
+ALGO_KWARGS: dict[str, frozenset[str]] = {
+    "ppo": frozenset({"learning_rate", "n_steps", "batch_size", "n_epochs", "gamma", "gae_lambda", "clip_range",
+                      "clip_range_vf", "normalize_advantage", "ent_coef", "vf_coef", "max_grad_norm", "use_sde",
+                      "sde_sample_freq", "target_kl", "stats_window_size", "policy_kwargs", "verbose", "device"}),
+    "sac": frozenset({"learning_rate", "buffer_size", "learning_starts", "batch_size", "tau", "gamma", "train_freq",
+                      "gradient_steps", "optimize_memory_usage", "n_steps", "ent_coef", "target_update_interval",
+                      "target_entropy", "use_sde", "sde_sample_freq", "use_sde_at_warmup", "stats_window_size",
+                      "policy_kwargs", "verbose", "device"}),
+}
+
+
 class RLParams(BaseModel):
     """The optional ``rl`` stage: which agents, how long they train, and the environment they trade in."""
 
@@ -72,4 +85,9 @@ class RLParams(BaseModel):
         unknown = [name for name in self.algo_kwargs if name not in ("ppo", "sac")]
         if unknown:
             raise ValueError(f"rl.algo_kwargs: unknown algorithm(s) {unknown}; choose from ['ppo', 'sac']")
+        for algo, kwargs in self.algo_kwargs.items():
+            stray = sorted(set(kwargs) - ALGO_KWARGS[algo])
+            if stray:
+                raise ValueError(f"rl.algo_kwargs.{algo}: unknown argument(s) {stray}; {algo.upper()} takes "
+                                 f"{sorted(ALGO_KWARGS[algo])}")
         return self
