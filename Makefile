@@ -43,6 +43,7 @@ test-fast: venv  ## the quick tests: no end-to-end run and no service (Redis, Po
 
 bench: venv  ## run every benchmark; results land in benchmarks/results/ (the training one takes a while)
 	$(BIN)/python benchmarks/features.py --out benchmarks/results/features.json
+	$(BIN)/python benchmarks/features.py --feature-set alpha158 --repeats 3 --out benchmarks/results/features.json
 	$(BIN)/python benchmarks/training.py --out benchmarks/results/training.json
 	$(BIN)/python benchmarks/serving.py --out benchmarks/results/serving.json
 	$(BIN)/python benchmarks/monitor.py --out benchmarks/results/monitor.json
