@@ -39,9 +39,9 @@ from alphaforge.live_monitor.follower import FollowResult, follow, follow_from_p
 from alphaforge.live_monitor.outcomes import DirectOutcomes, OutcomeSink, ServiceOutcomes
 from alphaforge.live_monitor.sources import BarTail, RequestTail
 from alphaforge.live_monitor.state import LiveMonitor
-from alphaforge.live_monitor.trigger import AirflowTrigger
+from alphaforge.live_monitor.trigger import AirflowTrigger, RetrainCooldown
 
-# the sub-modules: sources (the two tails), outcomes (the sinks), trigger (Airflow), figures (the arithmetic),
-# state (LiveMonitor), follower (the loop)
+# the sub-modules: sources (the two tails), outcomes (the sinks), trigger (Airflow, the cooldown), figures (the
+# arithmetic), state (LiveMonitor), follower (the loop)
 __all__ = ["AirflowTrigger", "BarTail", "DirectOutcomes", "FollowResult", "LiveMonitor", "OutcomeSink", "RequestTail",
-           "ServiceOutcomes", "degradation_z", "follow", "follow_from_params"]
+           "RetrainCooldown", "ServiceOutcomes", "degradation_z", "follow", "follow_from_params"]

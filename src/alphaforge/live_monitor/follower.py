@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import os
 import threading
 import time
@@ -23,7 +21,7 @@ from alphaforge.live_monitor.figures import _prometheus, _quantiles
 from alphaforge.live_monitor.outcomes import OutcomeSink, ServiceOutcomes
 from alphaforge.live_monitor.sources import BarTail, RequestTail
 from alphaforge.live_monitor.state import LiveMonitor
-from alphaforge.live_monitor.trigger import _RETRY_SECONDS, AirflowTrigger
+from alphaforge.live_monitor.trigger import AirflowTrigger, RetrainCooldown
 from alphaforge.monitor import MonitorParams
 from alphaforge.schema import DataError
 
@@ -57,16 +55,14 @@ def follow(params: MonitorParams, *, log_dir: str | Path, bar_log: str | Path, h
     drift = drift or DriftParams()
     out = Path(out_dir or params.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state_path = out / "retrain_state.json"
-    retrain_state: dict[str, Any] = json.loads(state_path.read_text()) if state_path.exists() else {}
-    retrain_state.setdefault("triggers", 0)
+    retrain_state = RetrainCooldown(out / "retrain_state.json", cooldown)
     since_us = int((clock() - params.lookback_hours * 3600) * 1e6)
     requests, bars = RequestTail(log_dir, since_us), BarTail(bar_log, price_column)
     monitor = LiveMonitor(params, horizon=horizon, cost_rate=cost_rate, drift=drift, reference=reference,
                           outcomes=outcomes)
     lags: deque[float] = deque(maxlen=2000)
     triggered: list[str] = []
-    started, polls, last_failure = clock(), 0, -math.inf
+    started, polls = clock(), 0
     document: dict[str, Any] = {}
     stop = stop or threading.Event()
     try:
@@ -84,19 +80,14 @@ def follow(params: MonitorParams, *, log_dir: str | Path, bar_log: str | Path, h
             blocking = bool(champion.get("fired"))
             _dispatch(monitor, variants, drift)
             now = clock()
-            last = retrain_state.get("last_trigger_at")
-            if blocking and retrain is not None and (last is None or now - last >= cooldown) \
-                    and now - last_failure >= _RETRY_SECONDS:
+            if blocking and retrain is not None and retrain_state.due(now):
                 try:
                     run_id = retrain(champion["detail"])
                 except Exception as err:  # recorded, logged, retried after _RETRY_SECONDS
-                    last_failure = now
-                    retrain_state["error"] = f"{type(err).__name__}: {err}"
+                    retrain_state.failed(now, err)
                     log.error("live monitor: could not trigger %s: %s", params.retrain_dag_id, err)
                 else:
-                    retrain_state.update(last_trigger_at=now, dag_run_id=run_id, reason=champion["detail"],
-                                         triggers=retrain_state["triggers"] + 1, error=None)
-                    write_json_atomic(retrain_state, state_path)
+                    retrain_state.succeeded(now, run_id, champion["detail"])
                     triggered.append(run_id)
                     log.warning("live monitor: triggered %s (run %s): %s", params.retrain_dag_id, run_id,
                                 champion["detail"])
@@ -108,9 +99,7 @@ def follow(params: MonitorParams, *, log_dir: str | Path, bar_log: str | Path, h
                 "execution_price": price_column, "cost_rate_per_side": cost_rate, "variants": variants,
                 "alert": {"blocking": blocking, "detail": champion.get("detail")},
                 "retrain": {"dag_id": params.retrain_dag_id, "cooldown_seconds": cooldown,
-                            "enabled": retrain is not None, **{k: retrain_state.get(k) for k in
-                                                             ("last_trigger_at", "dag_run_id", "error")},
-                            "triggers": retrain_state["triggers"]},
+                            "enabled": retrain is not None, **retrain_state.summary()},
                 "online_weights": {**monitor.hedge, "undelivered_rows": len(monitor._undelivered)},
                 "lag_seconds": _quantiles(lags),
                 "events": {"request_rows": len(new_requests), "bars": len(new_bars), "polls": polls},

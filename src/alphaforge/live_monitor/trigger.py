@@ -1,14 +1,17 @@
-"""The retrain trigger: a DAG run through Airflow 3's REST API (the follower keeps its cooldown state)."""
+"""The retrain trigger: a DAG run through Airflow 3's REST API, and the cooldown kept across restarts."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import urllib.error
 import urllib.request
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
+from alphaforge.io import write_json_atomic
 from alphaforge.monitor import MonitorParams
 
 _RETRY_SECONDS = 60.0  # a failed retrain trigger is retried no sooner than this
@@ -56,3 +59,34 @@ class AirflowTrigger:
         run = self._post(f"/api/v2/dags/{self.dag_id}/dagRuns", {"logical_date": None, "note": reason[:1000],
                                                                    "conf": {}}, token)
         return str(run["dag_run_id"])
+
+
+class RetrainCooldown:
+    """The last retrain trigger, kept in ``path`` (``retrain_state.json``) so a restarted follower respects it, and
+    when the next may fire: ``cooldown_seconds`` after the last one, and no sooner than ``_RETRY_SECONDS`` after a
+    failed try (a failure is recorded, not persisted)."""
+
+    def __init__(self, path: Path, cooldown_seconds: float) -> None:
+        self.path = path
+        self.cooldown_seconds = cooldown_seconds
+        self.state: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {}
+        self.state.setdefault("triggers", 0)
+        self._last_failure = -math.inf
+
+    def due(self, now: float) -> bool:
+        last = self.state.get("last_trigger_at")
+        return (last is None or now - last >= self.cooldown_seconds) and now - self._last_failure >= _RETRY_SECONDS
+
+    def failed(self, now: float, err: Exception) -> None:
+        self._last_failure = now
+        self.state["error"] = f"{type(err).__name__}: {err}"
+
+    def succeeded(self, now: float, run_id: str, reason: str) -> None:
+        self.state.update(last_trigger_at=now, dag_run_id=run_id, reason=reason, triggers=self.state["triggers"] + 1,
+                          error=None)
+        write_json_atomic(self.state, self.path)
+
+    def summary(self) -> dict[str, Any]:
+        """What ``live.json`` shows under ``retrain``: the last trigger, its run, the last error, the count."""
+        return {**{k: self.state.get(k) for k in ("last_trigger_at", "dag_run_id", "error")},
+                "triggers": self.state["triggers"]}
