@@ -54,6 +54,7 @@ import pandas as pd
 from alphaforge.runtime import BatchingParams, ServingParams  # noqa: F401  (re-exported)
 from alphaforge.serving.model import BadRequest, Prediction, ServedModel, load_served_model
 from alphaforge.serving.request_log_writer import RequestLogWriter
+from alphaforge.serving.stats import VariantStats, prometheus_text
 
 log = logging.getLogger(__name__)
 
@@ -79,20 +80,6 @@ class ModelFault(RuntimeError):
 
 class NoModel(RuntimeError):
     """No version of a requested model can be served (not registered, no alias, nothing loadable)."""
-
-
-@dataclass
-class VariantStats:
-    """Cheap per-variant counters (updated under the host's lock, read by /metrics)."""
-
-    requests: int = 0
-    rows: int = 0
-    errors: int = 0
-    latency_ms_sum: float = 0.0
-
-    def as_dict(self) -> dict[str, float]:
-        return {"requests": self.requests, "rows": self.rows, "errors": self.errors,
-                "mean_latency_ms": (self.latency_ms_sum / self.requests) if self.requests else 0.0}
 
 
 @dataclass
@@ -589,30 +576,8 @@ class ModelHost:
 
     def prometheus(self) -> str:
         """The host's own counters in Prometheus text format (appended to BentoML's ``/metrics``)."""
-        lines = [
-            "# HELP alphaforge_requests_total Predict requests answered, by variant.",
-            "# TYPE alphaforge_requests_total counter",
-            *[f'alphaforge_requests_total{{variant="{k}"}} {v.requests}' for k, v in self.stats.items()],
-            "# HELP alphaforge_rows_total Rows predicted, by variant.",
-            "# TYPE alphaforge_rows_total counter",
-            *[f'alphaforge_rows_total{{variant="{k}"}} {v.rows}' for k, v in self.stats.items()],
-            "# HELP alphaforge_latency_ms_sum Summed service time of predict requests (ms), by variant.",
-            "# TYPE alphaforge_latency_ms_sum counter",
-            *[f'alphaforge_latency_ms_sum{{variant="{k}"}} {v.latency_ms_sum:.3f}' for k, v in self.stats.items()],
-            "# HELP alphaforge_bad_requests_total Requests refused for bad input (4xx).",
-            "# TYPE alphaforge_bad_requests_total counter",
-            f"alphaforge_bad_requests_total {self.bad_requests}",
-            "# HELP alphaforge_model_faults_total Predict requests the serving model raised on (fallback or 5xx).",
-            "# TYPE alphaforge_model_faults_total counter",
-            f"alphaforge_model_faults_total {self.model_faults}",
-            "# HELP alphaforge_model_fallback 1 when a model serves a fallback version because its alias failed to load.",
-            "# TYPE alphaforge_model_fallback gauge",
-        ]
-        for slot in self.loaded():
-            version = slot.model.version if slot.model else "none"
-            lines.append(f'alphaforge_model_fallback{{model="{slot.name}",alias="{slot.alias}",version="{version}"}} '
-                         f"{1 if slot.fallback_reason else 0}")
-        return "\n".join(lines) + "\n"
+        return prometheus_text(self.stats, bad_requests=self.bad_requests, model_faults=self.model_faults,
+                               slots=self.loaded())
 
 
 def timestamps_us(timestamps: Any) -> np.ndarray:
