@@ -38,7 +38,7 @@ system-deps:  ## Debian packages the tests use (headless Chromium for the report
 test: venv airflow-venv system-deps  ## run the whole test suite (unit, data, model and end-to-end)
 	$(BIN)/python -m pytest -q
 
-test-fast: venv  ## the quick tests: no end-to-end run and no service (Redis, PostgreSQL, MLflow server, Airflow)
+test-fast: venv system-deps  ## the quick tests: no end-to-end run and no service (Redis, PostgreSQL, MLflow server, Airflow)
 	$(BIN)/python -m pytest -q -m "not slow and not e2e and not redis and not postgres and not mlflow_server and not airflow"
 
 bench: venv  ## run every benchmark; results land in benchmarks/results/ (the training one takes a while)
