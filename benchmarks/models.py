@@ -281,11 +281,12 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[
 
 def markdown_table(table: dict[str, Any], feature_set: str) -> str:
     """One feature set's table as markdown, mean +- std over seeds."""
-    header = ("| model | IC | ICIR | rank IC | rank ICIR | ann. excess (no cost) | IR (no cost) | "
+    header = ("| model | IC | ICIR | rank IC | rank ICIR | ann. excess (no cost) | IR (no cost) | max DD (no cost) | "
               "ann. excess (cost) | IR (cost) | max DD (cost) |")
-    lines = [header, "|" + "---|" * 10]
+    lines = [header, "|" + "---|" * 11]
     shown = ("ic", "icir", "rank_ic", "rank_icir", "excess_return_without_cost", "information_ratio_without_cost",
-             "excess_return_with_cost", "information_ratio_with_cost", "max_drawdown_with_cost")
+             "max_drawdown_without_cost", "excess_return_with_cost", "information_ratio_with_cost",
+             "max_drawdown_with_cost")
     for model, metrics in table[feature_set].items():
         cells = []
         for metric in shown:
@@ -293,6 +294,28 @@ def markdown_table(table: dict[str, Any], feature_set: str) -> str:
             cells.append("n/a" if mean is None else f"{mean:.4f} ± {std:.4f}")
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def qlib_table() -> str:
+    """Qlib's published CSI300 Alpha158 figures as markdown, in the same columns (theirs are with costs only)."""
+    lines = ["| Qlib model (our family) | IC | ICIR | rank IC | rank ICIR | ann. excess (cost) | IR (cost) | "
+             "max DD (cost) |", "|" + "---|" * 8]
+    for family, row in QLIB_ALPHA158.items():
+        cells = " | ".join(f"{row[c]:.4f}" for c in _QLIB_COLUMNS)
+        lines.append(f"| {row['model']} ({family}) | {cells} |")
+    return "\n".join(lines)
+
+
+def render(path: Path) -> str:
+    """The markdown of a results JSON: one table per feature set, then Qlib's."""
+    result = json.loads(path.read_text())
+    parts = []
+    for feature_set, table in result["table"].items():
+        seeds = sorted({r["seed"] for r in result["runs"] if r["feature_set"] == feature_set})
+        parts.append(f"**{feature_set}** ({result['feature_sets'][feature_set]['features']} features; "
+                     f"seeds {', '.join(map(str, seeds))})\n\n{markdown_table(result['table'], feature_set)}")
+    parts.append(f"**Qlib, CSI300, Alpha158** (published; 20 seeds)\n\n{qlib_table()}")
+    return "\n\n".join(parts)
 
 
 def _json_safe(value: Any) -> Any:
@@ -325,8 +348,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--predictions", type=Path, help="folder for the scored rows, one parquet per set and seed")
     parser.add_argument("--threads", type=int, help="threads per model (LightGBM num_threads, n_jobs, torch); default: "
                         "the families' own (2). On a busy machine 1 avoids OpenMP threads spinning against each other")
+    parser.add_argument("--render", type=Path, help="print the markdown tables of a results JSON and exit")
     parser.add_argument("--note", default="", help="a line saved in the JSON (e.g. whether the machine was idle)")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(args.render))
+        return
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alphaforge.train").setLevel(logging.INFO)  # a line per fold
 

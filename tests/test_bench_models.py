@@ -97,3 +97,16 @@ def test_summed_excess_matches_qlib_risk_analysis() -> None:
     assert out["annualised_return"] == pytest.approx(excess.mean() * 252)
     assert out["information_ratio"] == pytest.approx(excess.mean() / excess.std(ddof=1) * math.sqrt(252))
     assert out["max_drawdown"] == pytest.approx(-0.02)
+
+
+def test_render_prints_every_model_beside_qlib(tiny_run: tuple[dict, Path], tmp_path: Path) -> None:
+    result, _ = tiny_run
+    path = tmp_path / "models.json"
+    path.write_text(json.dumps(result))
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "models.py"), "--render", str(path)],
+                          check=True, capture_output=True, text=True, timeout=120)
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| ")]
+    assert [r.split(" | ")[0] for r in rows[1:4]] == ["| ridge", "| lightgbm", "| ensemble"]
+    ridge_ic = result["table"]["basic"]["ridge"]["ic"]
+    assert f"{ridge_ic['mean']:.4f} ± {ridge_ic['std']:.4f}" in rows[1]
+    assert any(line.startswith("| LightGBM (lightgbm) | 0.0448 | 0.3660 |") for line in rows)
