@@ -91,12 +91,19 @@ log = logging.getLogger("benchmarks.models")
 
 
 def _load_bars(params: Any) -> pd.DataFrame:
-    """Ingest and validate ``params.ingest`` (refusing data validation refuses), with validate's segments."""
+    """Ingest and validate ``params.ingest`` like the pipeline, with validate's segments: data validation refuses
+    are refused; with ``validate.policy: quarantine`` the broken rows are set aside first (within the limits)."""
     from alphaforge.data.ingest import load_source
-    from alphaforge.validate import assign_segments, validate_bars
+    from alphaforge.validate import assign_segments, quarantine_rows, validate_bars
 
     bars = load_source(params.ingest)
     report = validate_bars(bars, params.validate_, source=params.ingest.source)
+    if not report.success and params.validate_.policy == "quarantine":
+        bars, quarantine = quarantine_rows(bars, report, params.validate_.max_quarantine_share)
+        if quarantine.over_limit:
+            raise SystemExit(f"benchmark: quarantine over validate.max_quarantine_share: {quarantine.over_limit}")
+        print(f"benchmark: {quarantine.describe()}", file=sys.stderr, flush=True)
+        report = validate_bars(bars, params.validate_, source=f"{params.ingest.source} (after quarantine)")
     if not report.success:
         raise SystemExit(f"benchmark: source {params.ingest.source!r} fails validation: {report.summary()}")
     return bars.assign(segment=assign_segments(bars, params.validate_).to_numpy())
