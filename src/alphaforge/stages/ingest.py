@@ -1,6 +1,6 @@
 """Stage ``ingest``: read the configured source, apply the repairs ``ingest.repair`` allows, write canonical bars.
 
-Sources: skfolio_sp500 (default), bokeh_stocks, arch_sp500, backtesting_goog, backtesting_eurusd, synthetic, or
+Sources: skfolio_sp500 (default), bokeh_stocks, arch_sp500, backtesting_goog, backtesting_eurusd, fastquant_pse, synthetic, or
 file (your CSV/Parquet under data/external/). Writes data/raw/bars.parquet, the rows a repair dropped
 (data/quarantine/duplicates.parquet) and reports/ingest/summary.json.
 """

@@ -62,7 +62,8 @@ SERIES_SEPARATOR = "\x1f"  # sorts before every printable character, so "MSFT", 
 
 
 def as_series(bars: pd.DataFrame) -> pd.DataFrame:
-    """``bars`` with each later segment of a split symbol as its own series: ``symbol`` becomes ``MSFT\x1f1``.
+    """``bars`` with each later segment of a split symbol as its own series: ``symbol`` becomes ``MSFT\x1f1``
+    (``MSFT\x1f01`` .. ``MSFT\x1f12`` when some symbol has ten segments or more).
 
     Per-symbol computations (indicators, labels, returns) run on this view so that nothing reaches across a
     suspension; put the real ``symbol`` back afterwards. Bars without a ``segment`` column come back as they are.
@@ -70,6 +71,7 @@ def as_series(bars: pd.DataFrame) -> pd.DataFrame:
     if "segment" not in bars.columns or not (bars["segment"] > 0).any():
         return bars
     later = bars["segment"] > 0
-    symbol = bars["symbol"].astype(object).where(
-        ~later, bars["symbol"].astype(str) + SERIES_SEPARATOR + bars["segment"].astype(str))
+    # zero-padded to one width, so that a symbol's series keep their order as text ("X\x1f09" < "X\x1f10")
+    number = bars["segment"].astype(str).str.zfill(len(str(int(bars["segment"].max()))))
+    symbol = bars["symbol"].astype(object).where(~later, bars["symbol"].astype(str) + SERIES_SEPARATOR + number)
     return bars.assign(symbol=symbol)
