@@ -117,7 +117,7 @@ def test_cooldown_reads_seconds_or_a_duration_and_the_trigger_needs_a_password()
     assert MonitorParams(retrain_cooldown=90).retrain_cooldown_seconds == 90
     assert AirflowTrigger.from_settings(MonitorParams(), environ={}) is None  # no URL: alerts only
     with pytest.raises(ValueError, match="ALPHAFORGE_AIRFLOW_PASSWORD"):
-        AirflowTrigger.from_settings(MonitorParams(), environ={"ALPHAFORGE_AIRFLOW_URL": "http://127.0.0.1:1"})
+        AirflowTrigger.from_settings(MonitorParams(airflow_url="http://127.0.0.1:1"), environ={})
     trigger = AirflowTrigger.from_settings(MonitorParams(airflow_url="http://a:8080/", retrain_dag_id="d"),
                                            environ={"ALPHAFORGE_AIRFLOW_PASSWORD": "p"})
     assert (trigger.url, trigger.username, trigger.dag_id) == ("http://a:8080", "admin", "d")

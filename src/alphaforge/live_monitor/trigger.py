@@ -30,9 +30,10 @@ class AirflowTrigger:
 
     @classmethod
     def from_settings(cls, params: MonitorParams, environ: Mapping[str, str] = os.environ) -> AirflowTrigger | None:
-        """``ALPHAFORGE_AIRFLOW_URL`` (else ``monitor.airflow_url``), ``ALPHAFORGE_AIRFLOW_USER`` (default admin)
-        and ``ALPHAFORGE_AIRFLOW_PASSWORD``; None when no URL is set (alerts are recorded, nothing triggered)."""
-        url = environ.get("ALPHAFORGE_AIRFLOW_URL") or params.airflow_url
+        """``monitor.airflow_url`` (``ALPHAFORGE_AIRFLOW_URL`` sets it, through alphaforge.config), with the secrets
+        ``ALPHAFORGE_AIRFLOW_USER`` (default admin) and ``ALPHAFORGE_AIRFLOW_PASSWORD`` read here, never stored; None
+        when no URL is set (alerts are recorded, nothing triggered)."""
+        url = params.airflow_url
         if not url:
             return None
         password = environ.get("ALPHAFORGE_AIRFLOW_PASSWORD")

@@ -5,13 +5,12 @@ logs, opened with heartbeats and retries.
 from __future__ import annotations
 
 import logging
-import os
 import random
 import time
 import warnings
 from typing import TYPE_CHECKING, Any
 
-from alphaforge.tune.settings import STORAGE_ENV, TuneParams
+from alphaforge.tune.settings import TuneParams
 
 if TYPE_CHECKING:
     import optuna
@@ -23,10 +22,11 @@ log = logging.getLogger("alphaforge.tune")
 
 
 def storage_url(tune: TuneParams) -> str:
-    """``$ALPHAFORGE_OPTUNA_STORAGE``, else ``tune.storage``, else the SQLite file in the state folder."""
+    """``tune.storage`` (``$ALPHAFORGE_OPTUNA_STORAGE`` sets it, through alphaforge.config), else the SQLite file
+    in the state folder."""
     from alphaforge.tracking import state_dir
 
-    url = os.environ.get(STORAGE_ENV) or tune.storage
+    url = tune.storage
     if url:
         if "://" not in url:
             raise ValueError(f"tune.storage {url!r} is not a database URL (sqlite:///path.db, "
