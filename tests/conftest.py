@@ -54,10 +54,32 @@ def skfolio_bars() -> pd.DataFrame:
     return load_source(IngestParams(source="skfolio_sp500", start="2015-01-01"))
 
 
+@pytest.fixture()
+def redis_hedge_key() -> Iterator[tuple]:
+    """The real Redis (127.0.0.1:6379) as online-weights state, and a fresh key that only this test writes (deleted
+    afterwards); the test fails, saying so, when no Redis answers."""
+    import uuid
+
+    from alphaforge.serving.online_weights import RedisState
+
+    url = "redis://127.0.0.1:6379/0"
+    store = RedisState(url)
+    key = f"alphaforge-test:hedge:{uuid.uuid4().hex[:8]}:model:1"
+    try:
+        store.client.ping()
+    except Exception as err:  # noqa: BLE001 - the message says what is missing
+        pytest.fail(f"no Redis at {url}: {err}")
+    try:
+        yield store, key
+    finally:
+        store.client.delete(key)  # only the key this test wrote
+
+
 # Markers by the service a test needs, so `make test-fast` (-m "not redis and not postgres and ...") runs with none:
 # a test that uses the PostgreSQL-backed MLflow server or a PostgreSQL study is marked by its fixtures; a module
 # that talks to Redis or runs Airflow is marked as a whole (its fixtures start services the whole module shares).
-SERVICE_FIXTURES = {"mlflow_server": ("mlflow_server", "postgres"), "postgres_url": ("postgres",)}
+SERVICE_FIXTURES = {"mlflow_server": ("mlflow_server", "postgres"), "postgres_url": ("postgres",),
+                    "redis_hedge_key": ("redis",)}
 SERVICE_MODULES = {"127.0.0.1:6379": "redis", "airflow_driver": "airflow"}
 
 

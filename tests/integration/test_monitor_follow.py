@@ -16,7 +16,6 @@ import json
 import math
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -172,23 +171,9 @@ def test_a_planted_degradation_alerts_within_seconds_and_retrains_once_across_a_
         market.close()
 
 
-@pytest.fixture()
-def redis_key():
-    store = RedisState(REDIS_URL)
-    key = f"alphaforge-test:hedge:{uuid.uuid4().hex[:8]}:m:1"
-    try:
-        store.client.ping()
-    except Exception as err:  # noqa: BLE001 - the message says what is missing
-        pytest.fail(f"no Redis at {REDIS_URL}: {err}")
-    try:
-        yield store, key
-    finally:
-        store.client.delete(key)  # only the key this test wrote
-
-
 def test_matured_returns_move_the_hedge_weights_in_redis_across_a_restart_as_an_offline_replay(
-        tmp_path: Path, redis_key) -> None:
-    store, key = redis_key
+        tmp_path: Path, redis_hedge_key) -> None:
+    store, key = redis_hedge_key
     seed = HedgeEnsemble(FEATURES, learning_rate=None, loss="sign").to_dict()
     market = ServedMarket(tmp_path, n_bars=40, seed=2)
     out = tmp_path / "live"

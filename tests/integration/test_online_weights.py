@@ -4,14 +4,12 @@ delivery counts once, and replaying the same outcomes offline with HedgeEnsemble
 
 from __future__ import annotations
 
-import uuid
-
 import numpy as np
 import pandas as pd
 import pytest
 
 from alphaforge.ensemble import HedgeEnsemble
-from alphaforge.serving.online_weights import MemoryState, OnlineWeights, RedisState
+from alphaforge.serving.online_weights import MemoryState, OnlineWeights
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 FAMILIES = ["ridge", "lightgbm", "xgboost"]
@@ -42,22 +40,8 @@ def _offline(seed: dict, stamps: pd.DatetimeIndex, predictions: np.ndarray, real
     return hedge
 
 
-@pytest.fixture()
-def redis_store():
-    store = RedisState(REDIS_URL)
-    key = f"alphaforge-test:hedge:{uuid.uuid4().hex[:8]}:model:1"
-    try:
-        store.client.ping()
-    except Exception as err:  # noqa: BLE001 - the message says what is missing
-        pytest.fail(f"no Redis at {REDIS_URL}: {err}")
-    try:
-        yield store, key
-    finally:
-        store.client.delete(key)  # only the key this test wrote
-
-
-def test_a_restart_continues_from_redis_and_equals_the_offline_replay(redis_store) -> None:
-    store, key = redis_store
+def test_a_restart_continues_from_redis_and_equals_the_offline_replay(redis_hedge_key) -> None:
+    store, key = redis_hedge_key
     seed = _seed()
     stamps, predictions, realised = _outcomes(1)
     first = stamps < stamps.unique()[25]
