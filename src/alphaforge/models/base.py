@@ -47,3 +47,15 @@ class Forecaster(Protocol):
     @classmethod
     def load(cls, path: Path) -> Forecaster:
         """The forecaster saved in ``path``; predictions equal the saved one's."""
+
+
+def row_mask(mask: np.ndarray | pd.Series | None, n_rows: int, name: str) -> np.ndarray:
+    """``mask`` as a boolean array with one entry per row (all true when None); anything else raises."""
+    if mask is None:
+        return np.ones(n_rows, dtype=bool)
+    array = np.asarray(mask)
+    if array.dtype != bool:
+        raise TypeError(f"{name} must be a boolean array, got dtype {array.dtype}")
+    if array.shape != (n_rows,):
+        raise ValueError(f"{name} must have one entry per frame row: shape {array.shape} vs {n_rows} rows")
+    return array

@@ -17,7 +17,7 @@ import pandas as pd
 from pydantic import ValidationError
 
 from alphaforge.features import feature_columns
-from alphaforge.models.base import Task
+from alphaforge.models.base import Task, row_mask  # noqa: F401  (row_mask re-exported)
 from alphaforge.models.params import _Params
 
 # The public classes say they live in alphaforge.models.tabular, their public path: wrappers that save a base
@@ -35,18 +35,6 @@ TASKS: tuple[str, ...] = get_args(Task)
 # --------------------------------------------------------------------------------------------
 # Frame checks shared by every family
 # --------------------------------------------------------------------------------------------
-
-
-def row_mask(mask: np.ndarray | pd.Series | None, n_rows: int, name: str) -> np.ndarray:
-    """``mask`` as a boolean array with one entry per row (all true when None); anything else raises."""
-    if mask is None:
-        return np.ones(n_rows, dtype=bool)
-    array = np.asarray(mask)
-    if array.dtype != bool:
-        raise TypeError(f"{name} must be a boolean array, got dtype {array.dtype}")
-    if array.shape != (n_rows,):
-        raise ValueError(f"{name} must have one entry per frame row: shape {array.shape} vs {n_rows} rows")
-    return array
 
 
 def feature_matrix(frame: pd.DataFrame, names: list[str], rows: np.ndarray) -> np.ndarray:

@@ -12,6 +12,7 @@ import pandas as pd
 from numpy.lib.stride_tricks import sliding_window_view
 
 from alphaforge.models.base import KEY_COLUMNS
+from alphaforge.models.base import row_mask as _row_mask  # noqa: F401  (the one check, shared with tabular)
 
 
 def sequence_windows(values: np.ndarray, symbol_codes: np.ndarray, lookback: int) -> tuple[np.ndarray, np.ndarray]:
@@ -57,17 +58,6 @@ def window_batch(windows: np.ndarray, end_rows: np.ndarray, lookback: int) -> np
 # --------------------------------------------------------------------------------------------
 # Frame checks and preparation
 # --------------------------------------------------------------------------------------------
-
-
-def _row_mask(mask: np.ndarray | pd.Series | None, n_rows: int, name: str) -> np.ndarray:
-    if mask is None:
-        return np.ones(n_rows, dtype=bool)
-    array = np.asarray(mask)
-    if array.dtype != bool:
-        raise TypeError(f"{name} must be a boolean array, got dtype {array.dtype}")
-    if array.shape != (n_rows,):
-        raise ValueError(f"{name} must have one entry per frame row: shape {array.shape} vs {n_rows} rows")
-    return array
 
 
 def _timestamp_keys(frame: pd.DataFrame) -> np.ndarray:
