@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import bentoml
@@ -42,6 +43,7 @@ from alphaforge.serving.admin import (
 )
 from alphaforge.serving.batching import MicroBatcher
 from alphaforge.serving.host import ModelFault, ModelHost, NoModel
+from alphaforge.serving.live import LiveFigures
 from alphaforge.serving.model import BadRequest
 
 log = logging.getLogger("alphaforge.serving")
@@ -212,6 +214,7 @@ class AlphaforgeService:
         self.feature_params = settings.features
         self.store = _online_store(settings.feature_store)
         self.host = ModelHost(self.params, state_store=_state_store(self.params, settings.feature_store))
+        self.live = LiveFigures(Path(settings.monitor.out_dir) / "live.json")  # alphaforge monitor --follow's
         self.ready = False
         try:
             self.host.start()
@@ -306,10 +309,12 @@ class AlphaforgeService:
 
     @bentoml.api(route="/model_info")
     async def model_info(self) -> dict[str, Any]:
-        """The models served (version, alias, fallback), routing settings and per-variant counters."""
+        """The models served (version, alias, fallback), routing settings, per-variant counters, and the live figures
+        (IC, hit rate, net P&L per variant) of a running `alphaforge monitor --follow`."""
         info = self.host.info()
         info["grpc_port"] = getattr(self, "grpc_port", None)
         info["batching"] = self.batcher.info() if self.batcher is not None else {"enabled": False}
+        info["live"] = self.live.info()
         if self.host.ready():
             info["serving"] = self.host.model().info()
         return info

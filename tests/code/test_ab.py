@@ -138,3 +138,31 @@ def test_the_cli_takes_realised_returns_from_bars_at_the_next_bar(tmp_path) -> N
     assert done.output.startswith("A/B verdict: promote challenger")
     report = json.loads((tmp_path / "ab" / "report.json").read_text())
     assert report["compared_bars"] == labels["timestamp"].nunique() and report["cost_bps"] == 5.0
+
+
+def test_the_monitor_page_carries_the_ab_verdict_or_says_why_there_is_none(tmp_path) -> None:
+    """index.html of `alphaforge monitor`: its A/B section is the report's verdict and figures (or the reason)."""
+    from alphaforge.live_monitor.pages import monitor_page
+
+    market = _market(12)
+    traffic = _traffic(market, {"champion": 0.0, "challenger": 1.0}, seed=13)
+    RequestLog(tmp_path / "requests").append(traffic.assign(features=[{"f": 1.0}] * len(traffic)))
+    report = run_ab_report(str(tmp_path / "requests"), market, PARAMS, cost_bps=5.0,
+                           window_end=traffic["received_at"].max() + pd.Timedelta("1h"), out_dir=str(tmp_path / "ab"))
+    summary = {"window": {"start": "a", "end": "b", "variant": "champion"},
+               "requests": {"requests": 3, "unique_rows": 9, "symbols": 3, "bars": 3, "latency_ms_p50": 0.5,
+                            "latency_ms_p95": 0.9},
+               "matured_rows": 9, "pending_rows": 0, "lag_seconds": {"p50": 1.0},
+               "drift": {"drifted_features": ["f"], "n_features": 2, "share": 0.5}, "degradation": {"detail": "none"},
+               "alerts": []}
+    live = pd.DataFrame({"period": ["2024-01"], "rows": [9], "bars": [3], "ic": [0.1], "rank_ic": [0.2],
+                         "hit_rate": [0.6]})
+    page = monitor_page(summary, live, report, None, drift_report="report.html")
+    test = report["difference"][report["metric"]]
+    assert "<strong>Verdict: promote challenger</strong>" in page
+    assert f"{report['variants']['challenger']['net_pnl_total']:.5f}" in page and f"{test['lower']:.6f}" in page
+    assert "<code>report.html</code>" in page and "<td>2024-01</td>" in page
+    no_challenger = monitor_page(summary, live.iloc[0:0], None, "no challenger rows in the request log",
+                                 drift_report=None)
+    assert "No A/B verdict: no challenger rows in the request log" in no_challenger
+    assert "No served prediction has matured yet." in no_challenger

@@ -63,7 +63,9 @@ def test_the_follower_moves_the_services_online_weights_as_an_offline_replay(reg
             returns = served.pivot(index="timestamp", columns="symbol", values="forward_return_1").loc[stamps, symbols]
             opens = 100.0 * np.exp(np.vstack([np.zeros((2, len(symbols))), np.cumsum(returns.to_numpy(), axis=0)]))
             bar_log = BarLog(folder / "bars.sqlite")
-            follower = Follower(_LoggedMarket(folder), tmp_path / "live",
+            assert client.post("/model_info", json={}).json()["live"]["available"] is False  # no follower yet
+            # where the service looks for the follower's figures: monitor.out_dir of its settings, from its folder
+            follower = Follower(_LoggedMarket(folder), folder / "reports" / "monitor",
                                 outcomes=ServiceOutcomes(service.url))
             try:
                 for t, stamp in enumerate(stamps):
@@ -80,9 +82,20 @@ def test_the_follower_moves_the_services_online_weights_as_an_offline_replay(reg
             finally:
                 follower.close()
                 bar_log.close()
-            live = client.post("/model_info", json={}).json()["serving"]["online_weights"]
+            answered = client.post("/model_info", json={}).json()
+            live = answered["serving"]["online_weights"]
         finally:
             service.stop()
+        # /model_info carries the follower's live figures of the served signal, as live.json and live.html say
+        written = json.loads((folder / "reports" / "monitor" / "live.json").read_text())
+        shown = answered["live"]
+        assert shown["available"] is True and shown["updated_at"] == written["updated_at"]
+        champion = shown["variants"]["champion"]
+        assert 0 < champion["requests"] == written["variants"]["champion"]["requests"] <= len(served)
+        assert champion["matured_rows"] > 0 and champion["rank_ic"] == written["variants"]["champion"]["rank_ic"]
+        assert shown["lag_seconds"]["p95"] < 1.0 and shown["age_seconds"] >= 0
+        page = (folder / "reports" / "monitor" / "live.html").read_text()
+        assert "Live figures per variant" in page and "<td>champion</td>" in page
         assert fed["error"] is None and live["weights"] == fed["last"]["weights"]
         assert live["n_updates"] == seed_updates + 12 and live["weights"] != serving["online_weights"]["weights"]
 

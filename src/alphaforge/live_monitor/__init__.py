@@ -24,7 +24,7 @@ sources every ``monitor.follow_poll_seconds`` (100 ms) and keeps rolling figures
   per-bar rank IC and net P&L, a z-test with Newey-West standard errors (lags >= h - 1: overlapping labels)
   that fires at ``drift.performance_z`` standard errors, as the drift stage's performance check does.
 
-Each update writes ``live.json`` and ``live.prom`` (Prometheus text) atomically under ``monitor.out_dir``.
+Each update writes ``live.json``, ``live.prom`` (Prometheus text) and ``live.html`` (:mod:`.pages`) atomically under ``monitor.out_dir``.
 Matured champion outcomes go to an :class:`OutcomeSink` (the service's ``/admin/outcomes``, or the weights
 directly; what it refuses is kept and sent again, oldest bar first); a blocking alert on the champion triggers ``monitor.retrain_dag_id`` through Airflow's REST API at
 most once per ``monitor.retrain_cooldown``, the last trigger kept in ``retrain_state.json`` so a restart
@@ -42,6 +42,6 @@ from alphaforge.live_monitor.state import LiveMonitor
 from alphaforge.live_monitor.trigger import AirflowTrigger, RetrainCooldown
 
 # the sub-modules: sources (the two tails), outcomes (the sinks), trigger (Airflow, the cooldown), figures (the
-# arithmetic), state (LiveMonitor), follower (the loop)
+# arithmetic), state (LiveMonitor), follower (the loop), pages (the HTML)
 __all__ = ["AirflowTrigger", "BarTail", "DirectOutcomes", "FollowResult", "LiveMonitor", "OutcomeSink", "RequestTail",
            "RetrainCooldown", "ServiceOutcomes", "degradation_z", "follow", "follow_from_params"]

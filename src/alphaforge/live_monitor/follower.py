@@ -19,6 +19,7 @@ from alphaforge.drift import Alert, DriftParams, dispatch_alerts
 from alphaforge.io import atomic_write, write_json_atomic
 from alphaforge.live_monitor.figures import _prometheus, _quantiles
 from alphaforge.live_monitor.outcomes import OutcomeSink, ServiceOutcomes
+from alphaforge.live_monitor.pages import live_page
 from alphaforge.live_monitor.sources import BarTail, RequestTail
 from alphaforge.live_monitor.state import LiveMonitor
 from alphaforge.live_monitor.trigger import AirflowTrigger, RetrainCooldown
@@ -43,7 +44,7 @@ def follow(params: MonitorParams, *, log_dir: str | Path, bar_log: str | Path, h
            retrain: Callable[[str], str] | None = None, stop: threading.Event | None = None,
            max_seconds: float | None = None, clock: Callable[[], float] = time.time) -> FollowResult:
     """Tail the request log and the bar log until ``stop`` is set (or ``max_seconds``), writing ``live.json`` and
-    ``live.prom`` under ``out_dir`` after every poll that changed something (see the module docstring).
+    ``live.prom`` (and the page ``live.html``) under ``out_dir`` after every poll that changed something (see the module docstring).
 
     ``retrain(reason) -> dag_run_id`` is called when the champion's degradation alert is on and the cooldown since
     the last trigger (``retrain_state.json``, kept across restarts) has passed: :class:`AirflowTrigger`."""
@@ -106,6 +107,7 @@ def follow(params: MonitorParams, *, log_dir: str | Path, bar_log: str | Path, h
             }
             write_json_atomic(document, out / "live.json")
             atomic_write(out / "live.prom", lambda tmp: Path(tmp).write_text(_prometheus(document)))
+            atomic_write(out / "live.html", lambda tmp: Path(tmp).write_text(live_page(document)))
             stop.wait(params.follow_poll_seconds)
     finally:
         requests.close()
