@@ -166,3 +166,25 @@ def test_the_monitor_page_carries_the_ab_verdict_or_says_why_there_is_none(tmp_p
                                  drift_report=None)
     assert "No A/B verdict: no challenger rows in the request log" in no_challenger
     assert "No served prediction has matured yet." in no_challenger
+
+
+def test_the_monitor_stage_takes_its_ab_verdict_from_the_request_log_or_the_reason(tmp_path) -> None:
+    from alphaforge.config import load_params
+    from alphaforge.stages.monitor import _ab_verdict
+
+    market = _market(12)
+    traffic = _traffic(market, {"champion": 0.0, "challenger": 1.0}, seed=13)
+    (tmp_path / "params.yaml").write_text("evaluate:\n  cost_bps: 5.0\nab:\n  min_bars: 20\n  planned_bars: 150\n"
+                                          "  lookback_hours: 1.0e6\n")
+    params = load_params(tmp_path / "params.yaml")
+    champion_only = RequestLog(tmp_path / "champion")
+    champion_only.append(traffic[traffic["variant"] == "champion"].assign(features=[{"f": 1.0}] * int(
+        (traffic["variant"] == "champion").sum())))
+    report, reason = _ab_verdict(params, market, str(tmp_path / "champion"), tmp_path / "out")
+    assert report is None and "no challenger rows" in reason
+    RequestLog(tmp_path / "both").append(traffic.assign(features=[{"f": 1.0}] * len(traffic)))
+    report, reason = _ab_verdict(params, market, str(tmp_path / "both"), tmp_path / "out")
+    assert reason is None and report["verdict"] == PROMOTE
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["verdict"] == PROMOTE
+    report, reason = _ab_verdict(params, market.drop(columns="forward_return_1"), str(tmp_path / "both"), tmp_path)
+    assert report is None and "forward_return_1" in reason
