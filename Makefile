@@ -52,8 +52,9 @@ bench: venv  ## run every benchmark; results land in benchmarks/results/ (the tr
 bench-models: venv  ## every model family and the stack in Qlib's benchmark form (docs/benchmarks.md; ~20 min)
 	$(BIN)/python benchmarks/models.py --out benchmarks/results/models.json
 
-lock: venv  ## re-pin requirements.lock from the current environment
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^alphaforge' | grep -v '^fastquant==' > requirements.lock
+lock: venv  ## re-pin requirements.lock from the current environment (less what requirements-nodeps.lock pins)
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^alphaforge' \
+		| grep -v -i -F -f <(grep -v '^#' requirements-nodeps.lock | sed 's/==.*/==/') > requirements.lock
 
 serve: venv  ## serve the registered champion over HTTP (:3000) and gRPC (:50051); Ctrl-C stops it
 	alphaforge serve start
