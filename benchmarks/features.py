@@ -13,7 +13,9 @@ latency per symbol, single-symbol read latency) at ``--redis-url``.
 
 ``--feature-set alpha158`` times the Alpha158 batch library and incremental engine instead (500 symbols x 2,500
 bars; targets: >= 1M rows/s batch, <= 10 us per symbol-bar incremental) and writes them under the key
-``alpha158`` of the same file, keeping the basic set's figures:
+``alpha158`` of the same file, keeping the basic set's figures. Its numba kernels' one-off costs stay out of the
+timed repeats and are reported beside them: ``compile_seconds`` (a fresh process with an empty numba cache) and
+``kernel_load_seconds`` (loading them from the cache, what a new process pays once they are compiled):
 
     PYTHONPATH=src python benchmarks/features.py --feature-set alpha158 --repeats 3 \
         --out benchmarks/results/features.json --note "idle machine"
@@ -26,7 +28,9 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -39,6 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from feature_reference import reference_features  # noqa: E402
 
+from alphaforge import alpha158  # noqa: E402
 from alphaforge.features import FEATURE_VERSION, FeatureParams, compute_features, feature_columns  # noqa: E402
 from alphaforge.featurestore.config import FeatureStoreParams  # noqa: E402
 from alphaforge.featurestore.incremental import IncrementalEngine  # noqa: E402
@@ -70,19 +75,35 @@ def random_ohlcv(n_symbols: int, n_bars: int, seed: int) -> pd.DataFrame:
     )
 
 
-def _timed(function: Callable[[], pd.DataFrame], repeats: int) -> tuple[float, float, pd.DataFrame]:
-    """Median wall time and median CPU time of this process over ``repeats`` calls, and the last result.
+def _timed(function: Callable[[], pd.DataFrame], repeats: int) -> tuple[list[float], list[float], pd.DataFrame]:
+    """Wall and CPU times of this process for each of ``repeats`` calls, and the last result.
 
-    CPU time is reported too because a shared machine's other load inflates wall time.
+    CPU time is reported too because a shared machine's other load inflates wall time. The previous result is
+    dropped before each call: a call's output is not kept alive while the next one allocates its own (the first
+    touch of fresh memory, GBs for alpha158, costs system time that recycled memory does not; the first call's
+    times show it).
     """
     wall, cpu = [], []
     result = pd.DataFrame()
     for _ in range(repeats):
+        del result
         wall_start, cpu_start = time.perf_counter(), time.process_time()
         result = function()
         cpu.append(time.process_time() - cpu_start)
         wall.append(time.perf_counter() - wall_start)
-    return statistics.median(wall), statistics.median(cpu), result
+    return wall, cpu, result
+
+
+def kernel_seconds() -> dict[str, float]:
+    """The Alpha158 kernels' one-off costs, outside the timed repeats: compiling them (in a fresh process with an
+    empty numba cache, as the first run after an install pays) and loading them from the on-disk cache (what a
+    new process pays once the cache exists: this process's warm-up)."""
+    code = "from alphaforge import alpha158; print(alpha158.warm_up())"
+    with tempfile.TemporaryDirectory() as cache:
+        compiled = subprocess.run([sys.executable, "-c", code], env={**os.environ, "NUMBA_CACHE_DIR": cache},
+                                  check=True, capture_output=True, text=True)
+    return {"compile_seconds": round(float(compiled.stdout.split()[-1]), 3),
+            "kernel_load_seconds": round(alpha158.warm_up(), 3)}
 
 
 def incremental_benchmark(bars: pd.DataFrame, features: pd.DataFrame, n_symbols: int, n_bars: int,
@@ -202,10 +223,12 @@ def main(argv: list[str] | None = None) -> int:
     bars = random_ohlcv(args.symbols, args.bars, args.seed)
     params = (FeatureParams() if args.feature_set == "basic"
               else FeatureParams(set="alpha158", cross_sectional_ranks=("ROC5", "ROC20", "STD20")))
+    kernel = kernel_seconds() if args.feature_set == "alpha158" else {}
     compute_features(bars.iloc[: args.bars * 2], params)  # warm-up: lazy imports, first-call costs
 
     load_before = os.getloadavg()[0]
-    library_s, library_cpu_s, features = _timed(lambda: compute_features(bars, params), args.repeats)
+    library_walls, library_cpus, features = _timed(lambda: compute_features(bars, params), args.repeats)
+    library_s, library_cpu_s = statistics.median(library_walls), statistics.median(library_cpus)
     columns = feature_columns(features)
     n_rows = len(bars)
     if args.feature_set == "alpha158":
@@ -214,6 +237,10 @@ def main(argv: list[str] | None = None) -> int:
             "n_symbols": args.symbols, "n_bars_per_symbol": args.bars, "n_rows": n_rows, "n_features": len(columns),
             "library_seconds": round(library_s, 4), "library_rows_per_s": round(n_rows / library_s),
             "library_cpu_seconds": round(library_cpu_s, 4), "library_repeats": args.repeats,
+            "library_seconds_each": [round(x, 4) for x in library_walls],
+            "library_cpu_seconds_each": [round(x, 4) for x in library_cpus],
+            "library_cpu_rows_per_s": round(n_rows / library_cpu_s),
+            **kernel,
             "incremental": incremental_benchmark(bars, features, args.symbols, args.bars,
                                                  min(args.timed_bars, args.bars - 1), params),
             "targets": {"library_rows_per_s": 1_000_000, "incremental_microseconds_per_symbol_bar": 10.0},
@@ -229,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
         print(json.dumps(alpha, indent=2))
         return 0
-    reference_s, reference_cpu_s, reference = _timed(lambda: reference_features(bars, params), args.reference_repeats)
+    reference_walls, reference_cpus, reference = _timed(lambda: reference_features(bars, params),
+                                                        args.reference_repeats)
+    reference_s, reference_cpu_s = statistics.median(reference_walls), statistics.median(reference_cpus)
 
     if columns != feature_columns(reference):
         raise SystemExit(f"library and reference columns differ: {columns} vs {feature_columns(reference)}")

@@ -130,6 +130,16 @@ def test_every_factor_matches_a_direct_pandas_definition(operator: str, ohlcv: p
                                    err_msg=name, **TOLERANCE)
 
 
+def test_the_kernels_number_the_factors_as_the_names_do() -> None:
+    """The compiled kernels know the operators and windows by position: they must be alpha158's, in its order."""
+    from alphaforge.features import alpha158_kernels
+
+    assert alpha158_kernels.OPERATORS == alpha158.ROLLING and alpha158_kernels.WINDOWS == alpha158.WINDOWS
+    assert alpha158_kernels.HISTORY == alpha158.HISTORY
+    assert alpha158_kernels.N_CODES == len(alpha158.all_names())
+    assert alpha158.all_names()[alpha158_kernels.N_SHAPE] == "ROC5"
+
+
 def test_the_set_is_qlibs_158_less_vwap_in_qlibs_order(batch: pd.DataFrame) -> None:
     names = feature_columns(batch)
     assert len(alpha158.all_names()) == 158

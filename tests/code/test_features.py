@@ -266,9 +266,10 @@ def test_every_alpha158_factor_is_causal_with_each_processing(dataset: str, proc
     _assert_causal(lambda frame: compute_features(frame, params), bars, n_cuts=3)
 
 
-def test_alpha158_is_causal_in_panels_of_a_few_symbols(ohlcv: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(features_module, "_ALPHA158_CELL_BUDGET", 700)
-    params = FeatureParams(set="alpha158", cross_sectional_ranks=(), regimes=False)
+def test_alpha360_is_causal_in_panels_of_a_few_symbols(ohlcv: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Alpha360 runs on panels of a few symbols at a time (Alpha158's kernel takes every symbol's run of bars)."""
+    monkeypatch.setattr(features_module, "_ALPHA360_CELL_BUDGET", 700)
+    params = FeatureParams(set="alpha360", cross_sectional_ranks=(), regimes=False)
     _assert_causal(lambda frame: compute_features(frame, params), ohlcv, n_cuts=3)
 
 

@@ -135,9 +135,10 @@ def test_nothing_below_the_stages_imports_the_stages_or_the_command_line() -> No
 
 
 def test_loading_the_params_imports_no_heavy_library() -> None:
-    """``load_params`` is what every stage and the service start with: no torch, gymnasium, lightgbm, mlflow."""
+    """``load_params`` is what every stage and the service start with: no torch, gymnasium, lightgbm, mlflow, nor
+    numba (Alpha158's kernels load it on first use)."""
     code = ("import sys; from alphaforge.config import load_params; "
-            "heavy = sorted(m for m in ('torch', 'gymnasium', 'lightgbm', 'mlflow', 'bentoml', 'evidently') "
+            "heavy = sorted(m for m in ('torch', 'gymnasium', 'lightgbm', 'mlflow', 'bentoml', 'evidently', 'numba') "
             "if m in sys.modules); print(','.join(heavy))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "", f"importing alphaforge.config imports {out}"

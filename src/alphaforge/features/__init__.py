@@ -50,17 +50,18 @@ full gives NaN):
 live beside it (every name stays importable from ``alphaforge.features``): ``kernels`` (input checks, the panel
 layout, rolling-window primitives), ``technical`` (the basic indicators and calendar), ``processing`` (per-timestamp
 cross-sectional work), ``labels`` (targets), ``alpha158`` and ``alpha360`` (the factor families; also importable
-as ``alphaforge.alpha158`` / ``alphaforge.alpha360``). Exogenous and sentiment inputs are in
+as ``alphaforge.alpha158`` / ``alphaforge.alpha360``) and ``alpha158_kernels`` (Alpha158's numba kernels, imported
+on first use only). Exogenous and sentiment inputs are in
 :mod:`alphaforge.featurestore`.
 
 **Feature sets and processing.** ``features.set: alpha158`` replaces the per-symbol indicators above with
-Qlib's Alpha158 factors (:mod:`alphaforge.alpha158`, formulas written once over batch and incremental window
-primitives), ``features.set: alpha360`` with Qlib's raw normalised 60-bar history (:mod:`alphaforge.alpha360`);
-the calendar, rank, exogenous, sentiment and regime columns follow any set. ``features.processing``
-(``cs_rank``/``cs_zscore``, :func:`process_rows`) then transforms each per-symbol feature among the symbols
-of its timestamp and fills NaN with 0: no fitted state, one timestamp at a time, so it stays causal and the
-same in training and serving. ``robust_zscore`` (and ``[robust_zscore, fillna]``) is fitted on training rows,
-so the model carries it (:mod:`alphaforge.models.normalise`) and the features stay raw here.
+Qlib's Alpha158 factors (:mod:`alphaforge.alpha158`: one compiled numba routine per symbol, the same for the batch
+library and the incremental engine), ``features.set: alpha360`` with Qlib's raw normalised 60-bar history
+(:mod:`alphaforge.alpha360`); the calendar, rank, exogenous, sentiment and regime columns follow any set.
+``features.processing`` (``cs_rank``/``cs_zscore``, :func:`process_rows`) then transforms each per-symbol feature
+among the symbols of its timestamp and fills NaN with 0: no fitted state, one timestamp at a time, so it stays
+causal and the same in training and serving. ``robust_zscore`` (and ``[robust_zscore, fillna]``) is fitted on
+training rows, so the model carries it (:mod:`alphaforge.models.normalise`) and the features stay raw here.
 ``labels.normalise`` (:func:`normalised_label`) is the training label's analogue.
 
 Features whose input columns the bars lack are skipped, with one INFO log line naming
@@ -143,15 +144,8 @@ FEATURE_VERSION: str = "1"
 FACTOR_SETS = {"alpha158": alpha158, "alpha360": alpha360}
 
 
-def factor_values(feature_set: str, panels: dict[str, np.ndarray], names: list[str], *, last_only: bool
-                  ) -> dict[str, np.ndarray]:
-    """The factor family ``feature_set``'s columns ``names`` of (rows, bars) panels; shared by the batch library
-    and the incremental engine (``last_only``: the value at each row's last bar)."""
-    if feature_set == "alpha360":
-        return alpha360.alpha360_values(panels, names, last_only=last_only)
-    return alpha158.alpha158_values(panels, names, last_only=last_only)
-# Alpha158 works on (symbols, bars, window) views: smaller panels keep its temporaries (x 60 bars) small.
-_ALPHA158_CELL_BUDGET: int = 1 << 15
+# Alpha360 works on (symbols, bars) panels of its 60 lags: small panels keep them in cache.
+_ALPHA360_CELL_BUDGET: int = 1 << 15
 
 
 class FeatureParams(BaseModel):
@@ -342,9 +336,12 @@ def compute_features(bars: pd.DataFrame, params: FeatureParams, regime_model: Re
         for c in ("open", "close", "high", "low", "volume")
         if c in columns
     }
-    for chunk in _chunks(groups, 1, budget=_ALPHA158_CELL_BUDGET) if factors else ():
+    if factors and params.set == "alpha158":  # one compiled pass over every symbol's bars, into the rows of values
+        alpha158.compute_batch(long_columns, groups.starts, groups.lengths,
+                               alpha158.layout(factors, [slot[n] for n in factors]), values)
+    for chunk in _chunks(groups, 1, budget=_ALPHA360_CELL_BUDGET) if factors and params.set == "alpha360" else ():
         inputs = {c: chunk.panel(long_columns[c]) for c in needed}
-        for name, result in factor_values(params.set, inputs, factors, last_only=False).items():
+        for name, result in alpha360.alpha360_values(inputs, factors, last_only=False).items():
             chunk.write(values[slot[name]], result)
     block = _feature_block(params)
     for chunk in _chunks(groups, block, budget=_PANEL_CELL_BUDGET) if params.set == "basic" else ():

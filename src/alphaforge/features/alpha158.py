@@ -1,17 +1,18 @@
 """Alpha158: equivalents of Qlib's Alpha158 factor set (``qlib/contrib/data/loader.py``, ``Alpha158DL``).
 
-The formulas are written once (:func:`_evaluate`) over a small set of window primitives (sums, index-weighted
-sums, extremes, sorted windows, rank counts, flatness), which come in two implementations: :class:`_Panel`
-for whole (rows, bars) panels, O(1) per bar and window (cumulative sums over overlapping blocks, running
-max/min filters), used by the batch library (:func:`alphaforge.features.compute_features`, ``features.set:
-alpha158``); and :class:`_Latest` for each symbol's last :data:`HISTORY` bars (the incremental engine's ring
-buffer, ``last_only``), where every window is a prefix of the history read backwards, so one cumulative sum
-serves all five window lengths. Both sum values relative to a nearby level (a block's first bar, the current
-bar), so they agree inside 1e-9 (``tests/test_featurestore.py`` checks every factor on real bars; on the
-benchmark's 500 x 2,500 random bars the largest gap is ~1e-10, in the correlations and R^2 of short, nearly
-flat windows, which are ill-conditioned whatever the summation order). Sums of gains and losses count |change|
-as gains + losses, so a window with no gains has exactly 0 of them in both engines (cross-sectional processing
-would otherwise amplify rounding among tied symbols).
+Every factor is computed by one compiled routine per symbol (:mod:`alphaforge.features.alpha158_kernels`,
+numba, loaded on first use): :func:`compute_batch` runs it over each symbol's whole run of bars, in parallel over
+the symbols, for the batch library (:func:`alphaforge.features.compute_features`, ``features.set: alpha158``),
+and :func:`compute_latest` for the last bar of each symbol's last :data:`HISTORY` bars (the incremental engine's
+ring buffers). Window sums are differences of running sums over blocks of bars, each relative to a nearby level
+(the block's first bar; the incremental call is a block of one bar, relative to the current bar), O(1) per bar and
+window; quantiles, ranks, extremes, flatness and counts are exact. So the two engines agree to rounding: inside
+1e-9 (``tests/integration/test_featurestore.py`` checks every factor on real bars; on the benchmark's 500 x 2,500
+random bars the largest gap is ~6e-11, in the R^2 of 5-bar windows, ill-conditioned whatever the summation
+order). Sums of gains and losses count |change| as gains + losses, so a window with no gains has exactly 0 of
+them in both engines (cross-sectional processing would otherwise amplify rounding among tied symbols). The
+kernels compile once per machine into numba's cache (``__pycache__``; :func:`warm_up` loads or compiles them,
+which the incremental engine does when it is built, so its first update does not pay it).
 
 Names and formulas are Qlib's (``$close`` is the bar's close, ``Ref(x, d)`` its value ``d`` bars
 earlier, windows ``d`` in 5, 10, 20, 30, 60):
@@ -47,12 +48,16 @@ Where this differs from Qlib, on purpose (house rules: no value from a partial w
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 
-# the window geometry (WINDOWS, HISTORY, BLOCK: read as alpha158.X) and the two window engines
-from alphaforge.features.alpha158_ops import BLOCK, HISTORY, WINDOWS, _Latest, _Panel, _Series  # noqa: F401
+WINDOWS: tuple[int, ...] = (5, 10, 20, 30, 60)
+#: Bars of a symbol's history the incremental engine keeps: the longest window of one-bar changes.
+HISTORY: int = max(WINDOWS) + 1
 
 KBAR: tuple[str, ...] = ("KMID", "KLEN", "KMID2", "KUP", "KUP2", "KLOW", "KLOW2", "KSFT", "KSFT2")
 PRICE: tuple[str, ...] = ("OPEN0", "HIGH0", "LOW0", "VWAP0")
@@ -147,221 +152,94 @@ def plan(present: set[str]) -> tuple[list[str], list[str]]:
 
 
 # --------------------------------------------------------------------------------------------
-# The kernel: the formulas once, over two ways of summing windows
+# The engines: one numba kernel (alpha158_kernels), loaded on first use
 # --------------------------------------------------------------------------------------------
 
 
-@functools.lru_cache(maxsize=64)
-def _windows_by_operator(names: tuple[str, ...]) -> dict[str, tuple[int, ...]]:
-    """The windows each rolling operator among ``names`` is wanted over."""
-    by_operator: dict[str, tuple[int, ...]] = {}
-    for name in names:
-        if name not in KBAR and name not in PRICE:
-            operator, d = operator_of(name)
-            by_operator[operator] = (*by_operator.get(operator, ()), d)
-    return by_operator
+def _kernels() -> ModuleType:
+    """The compiled kernels (importing numba takes a moment: loading the params must not pay it)."""
+    import alphaforge.features.alpha158_kernels as kernels
+
+    return kernels
 
 
-def _lag1(x: np.ndarray) -> np.ndarray:
-    out = np.empty_like(x)
-    out[:, 0] = np.nan
-    out[:, 1:] = x[:, :-1]
-    return out
+@dataclass(frozen=True)
+class Layout:
+    """Where the wanted factors go: factor ``codes[i]`` (its position in :func:`all_names`) to output row
+    ``rows[i]``; ``inputs`` the bar columns they read; ``sorted_windows`` whether QTLU/QTLD/RANK are wanted."""
+
+    codes: np.ndarray
+    rows: np.ndarray
+    inputs: tuple[str, ...]
+    sorted_windows: bool
 
 
-def alpha158_values(panels: dict[str, np.ndarray], names: list[str], *, last_only: bool) -> dict[str, np.ndarray]:
-    """The factors ``names`` of (rows, bars) panels of ``close`` (and ``open``/``high``/``low``/``volume`` as the
-    factors need), each row one symbol's consecutive bars, NaN before its first bar.
+def layout(names: Sequence[str], rows: Sequence[int]) -> Layout:
+    """The :class:`Layout` writing factor ``names[i]`` to output row ``rows[i]``."""
+    if "VWAP0" in names:
+        raise ValueError("alpha158: VWAP0 needs a 'vwap' column, which the canonical bar schema does not have")
+    codes = np.asarray([_codes()[name] for name in names], dtype=np.int64)
+    inputs = tuple(sorted({"close", *(c for n in names for c in inputs_of(n))}))
+    return Layout(codes, np.asarray(rows, dtype=np.int64).reshape(len(codes)), inputs,
+                  any(operator_of(n)[0] in ("QTLU", "QTLD", "RANK") for n in names))
 
-    ``last_only`` False: (rows, bars) arrays, NaN where a window is not full. True: (rows,) arrays, the value
-    at the last bar (the panels must hold at least :data:`HISTORY` bars, NaN-padded in front when shorter).
-    """
-    close = panels["close"]
-    n_bars = close.shape[1]
-    if last_only and n_bars != HISTORY:
-        if n_bars < HISTORY:
-            raise ValueError(f"alpha158_values: last_only needs {HISTORY} bars of history, got {n_bars}")
-        panels = {c: v[:, -HISTORY:] for c, v in panels.items()}
-        close = panels["close"]
-    windows: _Panel | _Latest = _Latest(close) if last_only else _Panel(close)
+
+_BAR_COLUMNS = ("open", "high", "low", "close", "volume")  # the kernels' inputs, in their order
+
+
+@functools.cache
+def _codes() -> dict[str, int]:
+    return {name: code for code, name in enumerate(all_names())}
+
+
+def volume_logs(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``log(volume + 1)`` and ``log(volume / previous volume + 1)`` (NaN where the previous volume is 0, and on
+    the first bar) along axis 0, the time axis of both engines' inputs: taken here, with NumPy's vectorised log,
+    for the kernels (the same call on the same values, so both engines see the same logs)."""
     with np.errstate(divide="ignore", invalid="ignore"):
-        return _evaluate(windows, panels, names)
+        ratio = np.full(volume.shape, np.nan)
+        previous = volume[:-1]
+        ratio[1:] = np.log(np.where(previous == 0.0, np.nan, volume[1:] / previous) + 1.0)
+        return np.log(volume + 1.0), ratio
 
 
-def _evaluate(w: _Panel | _Latest, panels: dict[str, np.ndarray], names: list[str]) -> dict[str, np.ndarray]:
-    """Every factor's formula, once, over the window sums of ``w``."""
-    out: dict[str, np.ndarray] = {}
-    wanted = set(names)
-    close = panels["close"]
-    c = w.current(close)
-    if wanted & set(KBAR):
-        o, h, lo = (w.current(panels[k]) for k in ("open", "high", "low"))
-        span = h - lo + _EPS
-        top, bottom = np.maximum(o, c), np.minimum(o, c)
-        kbar = {"KMID": (c - o) / o, "KLEN": (h - lo) / o, "KMID2": (c - o) / span, "KUP": (h - top) / o,
-                "KUP2": (h - top) / span, "KLOW": (bottom - lo) / o, "KLOW2": (bottom - lo) / span,
-                "KSFT": (2.0 * c - h - lo) / o, "KSFT2": (2.0 * c - h - lo) / span}
-        out.update({n: v for n, v in kbar.items() if n in wanted})
-    for name, column in (("OPEN0", "open"), ("HIGH0", "high"), ("LOW0", "low"), ("VWAP0", "vwap")):
-        if name in wanted:
-            out[name] = w.current(panels[column]) / c
-
-    by_operator = _windows_by_operator(tuple(names))
-
-    def ds(*operators: str) -> tuple[int, ...]:
-        return tuple(sorted({d for op in operators for d in by_operator.get(op, ())}))
-
-    def put(operator: str, d: int, values: np.ndarray, span: int | None = None, extra: np.ndarray | None = None
-            ) -> None:
-        if d in by_operator.get(operator, ()):
-            valid = w.valid(d if span is None else span)
-            if extra is not None:
-                valid = valid & extra
-            out[f"{operator}{d}"] = np.where(valid, values, np.nan)
-
-    for d in ds("ROC"):
-        put("ROC", d, w.earlier(close, d) / c, span=d + 1)
-
-    moments_of_close = ds("MA", "STD", "BETA", "RSQR", "RESI", "CORR")
-    if moments_of_close:
-        series = w.prepare(close, shifted=True)
-        s1 = w.sums(series.values, moments_of_close)
-        s2 = w.sums(series.values * series.values, moments_of_close)
-        flat = w.flat(close, moments_of_close)
-        index = w.index_sums(series.values, ds("BETA", "RSQR", "RESI"), s1)
-        for d in moments_of_close:
-            put("MA", d, (series.shift + s1[d] / d) / c)
-            syy = np.maximum(s2[d] - s1[d] * s1[d] / d, 0.0)
-            put("STD", d, np.where(flat[d], 0.0, np.sqrt(syy / (d - 1))) / c)
-            if d in index:
-                sxx = d * (d * d - 1) / 12.0
-                sxy = index[d] - (d - 1) / 2.0 * s1[d]
-                slope = sxy / sxx
-                put("BETA", d, slope / c)
-                put("RSQR", d, np.where(flat[d], np.nan, sxy * sxy / (sxx * syy)))
-                put("RESI", d, ((c - series.shift) - (s1[d] / d + slope * (d - 1) / 2.0)) / c)
-        if ds("CORR"):
-            _put_correlation(w, put, "CORR", ds("CORR"), series, s1, s2, flat,
-                             np.log(panels["volume"] + 1.0), span_extra=0)
-
-    extreme_windows = ds("MAX", "MIN", "RSV", "IMAX", "IMIN", "IMXD")
-    if ds("MAX", "RSV", "IMAX", "IMXD"):
-        high = w.extremes(panels["high"], ds("MAX", "RSV", "IMAX", "IMXD"), highest=True)
-    if ds("MIN", "RSV", "IMIN", "IMXD"):
-        low = w.extremes(panels["low"], ds("MIN", "RSV", "IMIN", "IMXD"), highest=False)
-    for d in extreme_windows:
-        if d in ds("MAX", "IMAX"):
-            put("MAX", d, high[d][0] / c)
-            put("IMAX", d, (high[d][1] + 1.0) / d)
-        if d in ds("MIN", "IMIN"):
-            put("MIN", d, low[d][0] / c)
-            put("IMIN", d, (low[d][1] + 1.0) / d)
-        if d in ds("RSV"):
-            put("RSV", d, (c - low[d][0]) / (high[d][0] - low[d][0] + _EPS))
-        if d in ds("IMXD"):
-            put("IMXD", d, (high[d][1] - low[d][1]) / float(d))
-
-    for d in ds("QTLU", "QTLD"):
-        ordered = w.sorted_windows(close, d)
-        for operator, q in (("QTLU", 0.8), ("QTLD", 0.2)):
-            position = q * (d - 1)
-            below = int(np.floor(position))
-            above = min(below + 1, d - 1)
-            value = ordered[..., below] + (ordered[..., above] - ordered[..., below]) * (position - below)
-            put(operator, d, value / c)
-    for d, (less, equal) in w.rank_counts(close, ds("RANK")).items():
-        put("RANK", d, (less + (equal + 1) / 2.0) / d)
-
-    _change_factors(w, panels, put, ds)
-
-    volume_windows = ds("VMA", "VSTD")
-    if volume_windows:
-        volume = panels["volume"]
-        v = w.current(volume) + _EPS
-        plain = w.prepare(volume, shifted=False)
-        for d, total in w.sums(plain.values, ds("VMA")).items():
-            put("VMA", d, total / d / v)
-        if ds("VSTD"):
-            moments = w.prepare(volume, shifted=True)
-            s1 = w.sums(moments.values, ds("VSTD"))
-            s2 = w.sums(moments.values * moments.values, ds("VSTD"))
-            flat = w.flat(volume, ds("VSTD"))
-            for d in ds("VSTD"):
-                variance = np.maximum(s2[d] - s1[d] * s1[d] / d, 0.0) / (d - 1)
-                put("VSTD", d, np.where(flat[d], 0.0, np.sqrt(variance)) / v)
-    return {name: out[name] for name in names}
+def _columns(arrays: Mapping[str, np.ndarray], inputs: tuple[str, ...]) -> list[np.ndarray]:
+    """open, high, low, close, volume and the :func:`volume_logs` as the kernels take them: C-contiguous float64,
+    the closes standing in for a column no wanted factor reads."""
+    close = np.ascontiguousarray(arrays["close"], dtype=np.float64)
+    columns = [close if c == "close" or c not in inputs else np.ascontiguousarray(arrays[c], dtype=np.float64)
+               for c in _BAR_COLUMNS]
+    return [*columns, *(volume_logs(columns[-1]) if "volume" in inputs else (close, close))]
 
 
-def _put_correlation(w: _Panel | _Latest, put: Callable[..., None], operator: str, windows: tuple[int, ...],
-                     x: _Series, sx: dict[int, np.ndarray], sxx: dict[int, np.ndarray],
-                     flat_x: dict[int, np.ndarray], y_raw: np.ndarray, span_extra: int) -> None:
-    """Pearson correlation of the prepared ``x`` with ``y_raw`` over each window; NaN where either side is flat
-    or a value is missing (``span_extra``: 1 for series of one-bar changes)."""
-    y = w.prepare(y_raw, shifted=True)
-    sy = w.sums(y.values, windows)
-    syy = w.sums(y.values * y.values, windows)
-    sxy = w.sums(x.values * y.values, windows)
-    missing = w.sums((x.missing | y.missing).astype(np.float64), windows)
-    flat_y = w.flat(y_raw, windows)
-    for d in windows:
-        covariance = sxy[d] - sx[d] * sy[d] / d
-        spread = np.maximum(sxx[d] - sx[d] * sx[d] / d, 0.0) * np.maximum(syy[d] - sy[d] * sy[d] / d, 0.0)
-        value = np.where(flat_x[d] | flat_y[d], np.nan, covariance / np.sqrt(spread))
-        put(operator, d, value, span=d + span_extra, extra=missing[d] == 0)
+def compute_batch(columns: Mapping[str, np.ndarray], starts: np.ndarray, lengths: np.ndarray, where: Layout,
+                  out: np.ndarray) -> None:
+    """Every bar's factors into ``out[row, bar]`` (``out``: C-contiguous float64 (rows, bars)): symbol ``s`` is
+    bars ``starts[s]`` .. ``starts[s] + lengths[s] - 1`` of the long ``columns`` (finite, as validated); NaN where
+    a window is not yet full."""
+    _kernels().run_batch(*_columns(columns, where.inputs), np.ascontiguousarray(starts, dtype=np.int64),
+                         np.ascontiguousarray(lengths, dtype=np.int64), where.codes, where.rows, out,
+                         where.sorted_windows)
 
 
-def _change_factors(w: _Panel | _Latest, panels: dict[str, np.ndarray], put: Callable[..., None],
-                    ds: Callable[..., tuple[int, ...]]) -> None:
-    """The operators on the last ``d`` one-bar changes (``d + 1`` bars: a symbol's first change is NaN)."""
-    close = panels["close"]
-    counted = ds("CNTP", "CNTN", "CNTD", "SUMP", "SUMN", "SUMD")
-    if counted:
-        change = w.prepare(close - _lag1(close), shifted=False).values
-        up = w.sums((change > 0).astype(np.float64), ds("CNTP", "CNTN", "CNTD"))
-        down = w.sums((change < 0).astype(np.float64), ds("CNTP", "CNTN", "CNTD"))
-        for d in up:
-            put("CNTP", d, up[d] / float(d), span=d + 1)
-            put("CNTN", d, down[d] / float(d), span=d + 1)
-            put("CNTD", d, up[d] / float(d) - down[d] / float(d), span=d + 1)
-        _gain_loss(w, ("SUMP", "SUMN", "SUMD"), change, ds("SUMP", "SUMN", "SUMD"), put)
-    if ds("VSUMP", "VSUMN", "VSUMD"):
-        volume = panels["volume"]
-        change = w.prepare(volume - _lag1(volume), shifted=False).values
-        _gain_loss(w, ("VSUMP", "VSUMN", "VSUMD"), change, ds("VSUMP", "VSUMN", "VSUMD"), put)
-    if ds("WVMA"):
-        weighted_raw = np.abs(close / _lag1(close) - 1.0) * panels["volume"]
-        plain = w.sums(w.prepare(weighted_raw, shifted=False).values, ds("WVMA"))
-        weighted = w.prepare(weighted_raw, shifted=True)
-        s1 = w.sums(weighted.values, ds("WVMA"))
-        s2 = w.sums(weighted.values * weighted.values, ds("WVMA"))
-        flat = w.flat(weighted_raw, ds("WVMA"))
-        for d in ds("WVMA"):
-            std = np.where(flat[d], 0.0, np.sqrt(np.maximum(s2[d] - s1[d] * s1[d] / d, 0.0) / (d - 1)))
-            put("WVMA", d, std / (plain[d] / d + _EPS), span=d + 1)
-    if ds("CORD"):
-        volume = panels["volume"]
-        previous = _lag1(volume)
-        ratio = np.log(np.where(previous == 0, np.nan, volume / previous) + 1.0)
-        relative = close / _lag1(close)
-        x = w.prepare(relative, shifted=True)
-        windows = ds("CORD")
-        sx, sxx = w.sums(x.values, windows), w.sums(x.values * x.values, windows)
-        _put_correlation(w, put, "CORD", windows, x, sx, sxx, w.flat(relative, windows), ratio, span_extra=1)
+def compute_latest(registers: Mapping[str, np.ndarray], members: np.ndarray, where: Layout, out: np.ndarray) -> None:
+    """The last bar's factors of each symbol ``i`` into ``out[row, i]``: its bars are column ``members[i]`` of the
+    (:data:`HISTORY`, capacity) time-major ``registers`` (the incremental engine's ring buffers, NaN before its
+    first bar); :func:`compute_batch`'s values at that bar, to rounding."""
+    _kernels().latest(*_columns(registers, where.inputs), members, where.codes, where.rows, out, where.sorted_windows)
 
 
-def _gain_loss(w: _Panel | _Latest, names: tuple[str, str, str], change: np.ndarray, windows: tuple[int, ...],
-               put: Callable[..., None]) -> None:
-    if not windows:
-        return
-    gains = w.sums(np.maximum(change, 0.0), windows)
-    losses = w.sums(np.maximum(-change, 0.0), windows)
-    for d in windows:
-        # |change| summed as gains + losses: a window of only losses has gains exactly 0 in both engines, so
-        # SUMN is l / (l + 1e-12) in both, and cross-sectional processing of such ties cannot amplify rounding
-        total = gains[d] + losses[d] + _EPS
-        put(names[0], d, gains[d] / total, span=d + 1)
-        put(names[1], d, losses[d] / total, span=d + 1)
-        put(names[2], d, (gains[d] - losses[d]) / total, span=d + 1)
+def warm_up() -> float:
+    """Compile the kernels, or load them from numba's on-disk cache (``__pycache__``), so that the first real call
+    does not pay it; the seconds it took (a first compile: ~10-20 s on a 2-core machine; a load: ~0.4 s)."""
+    start = time.perf_counter()
+    every = layout(all_names()[:12] + all_names()[13:], range(157))
+    bars = np.linspace(1.0, 2.0, 2 * HISTORY)
+    compute_batch(dict.fromkeys(_BAR_COLUMNS, bars), np.zeros(1, dtype=np.int64),
+                  np.full(1, bars.size, dtype=np.int64), every, np.empty((157, bars.size)))
+    compute_latest(dict.fromkeys(_BAR_COLUMNS, bars[:HISTORY, None].copy()), np.zeros(1, dtype=np.int64), every,
+                   np.empty((157, 1)))
+    return time.perf_counter() - start
 
 
 def inputs_of(name: str) -> tuple[str, ...]:

@@ -17,7 +17,10 @@ every definition is evaluated the same way:
   an update must carry every symbol's bar of its timestamp;
 * regime probabilities (``regime_prob_*``, with a fitted regime model): the market return of the
   update (mean of its symbols' one-bar log returns) goes through one step of
-  :class:`alphaforge.regimes.RegimeFilter`, the batch filter's own step, once per timestamp.
+  :class:`alphaforge.regimes.RegimeFilter`, the batch filter's own step, once per timestamp;
+* Alpha158 (``features.set: alpha158``): the batch library's compiled routine itself
+  (:func:`alphaforge.alpha158.compute_latest`), on each symbol's last ``alpha158.HISTORY`` bars
+  (shift registers as above), for the last bar; the engine loads or compiles it when it is built.
 
 The state (:meth:`IncrementalEngine.state_bytes`) is the last window of each symbol's bars
 plus the running averages, which no finite window of bars can recover exactly (an EMA
@@ -37,14 +40,13 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from alphaforge import alpha158
+from alphaforge import alpha158, alpha360
 from alphaforge.features import (
     FACTOR_SETS,
     FEATURE_VERSION,
     FeatureParams,
     _pct_rank_rows,
     calendar_values,
-    factor_values,
     feature_plan,
     process_rows,
     processed_columns,
@@ -182,6 +184,13 @@ class IncrementalEngine:
         self._factor_rows = np.asarray([self._column[n] for n in self._factors], dtype=np.int64)
         self._factor_inputs = sorted({"close", *(c for n in self._factors for c in family.inputs_of(n))}
                                      if family is not None else {"close"})
+        # Alpha158's compiled kernel writes straight into the output rows; loaded (or compiled) here, so that the
+        # first update does not pay it
+        self._factor_layout = (alpha158.layout(self._factors, self._factor_rows.tolist())
+                               if self._factors and params.set == "alpha158" else None)
+        if self._factor_layout is not None:
+            alpha158.warm_up()
+        self._member_cache = np.arange(0, dtype=np.int64)  # 0 .. n_known - 1 (see _all_slots)
         self._processed_rows = (np.asarray([self._column[n] for n in processed_columns(self.names)], dtype=np.int64)
                                 if params.per_timestamp_processing != "none" else np.empty(0, dtype=np.int64))
         p = params
@@ -206,6 +215,12 @@ class IncrementalEngine:
         self._last_symbols: list[str] = []
         self._last_slots: np.ndarray | None = None
         self._allocate(capacity)
+
+    def _all_slots(self, n_known: int) -> np.ndarray:
+        """0 .. n_known - 1: every known symbol, in slot order."""
+        if len(self._member_cache) != n_known:
+            self._member_cache = np.arange(n_known, dtype=np.int64)
+        return self._member_cache
 
     def _block_rows(self, names: list[str]) -> tuple[np.ndarray | None, np.ndarray]:
         """(rows of a block to keep, or None for all; their output rows) for a family of feature names."""
@@ -507,12 +522,16 @@ class IncrementalEngine:
             market_return = float(finite.mean()) if finite.size else np.nan
             out[self.regime_rows] = self._regimes.update(market_return)[:, None]
         if self._factors:  # the batch kernel itself, on each symbol's last alpha158.HISTORY bars
-            panels = {}
-            for c in self._factor_inputs:
-                register = _push(getattr(self, f"factor_{c}"), slots, n_known, np.asarray(columns[c], dtype=np.float64))
-                panels[c] = register.T  # a (symbols, bars) view; the kernel copies what it reorders
-            factors = factor_values(p.set, panels, self._factors, last_only=True)
-            out[self._factor_rows] = np.stack([factors[name] for name in self._factors])
+            pushed = {c: _push(getattr(self, f"factor_{c}"), slots, n_known, np.asarray(columns[c], dtype=np.float64))
+                      for c in self._factor_inputs}
+            if self._factor_layout is not None:  # Alpha158 reads the symbols' columns of the whole buffers
+                registers = {c: getattr(self, f"factor_{c}") for c in self._factor_inputs}
+                members = self._all_slots(n_known) if slots is None else slots
+                alpha158.compute_latest(registers, members, self._factor_layout, out)
+            else:
+                panels = {c: rows.T for c, rows in pushed.items()}  # (symbols, bars) views
+                factors = alpha360.alpha360_values(panels, self._factors, last_only=True)
+                out[self._factor_rows] = np.stack([factors[name] for name in self._factors])
         if self.ranked:
             sources = np.stack([out[column[name.removesuffix("_cs_rank")]] for name in self.ranked])
             ranked = _pct_ranks(sources)
