@@ -9,12 +9,12 @@ Keeping validation here, not in a transport, is what makes HTTP and gRPC answer 
 from __future__ import annotations
 
 import io
-import json
 import math
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, Protocol
 
 import numpy as np
+import orjson
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, Strict
 
@@ -193,8 +193,9 @@ def _regime_of_frame(model: ServedModel, frame: pd.DataFrame) -> dict[str, Any] 
 
 
 def to_json(answer: dict[str, Any]) -> bytes:
-    """The answer's JSON body (strict JSON: no NaN, which the answer never holds)."""
-    return json.dumps(answer, allow_nan=False, separators=(",", ":")).encode()
+    """The answer's JSON body, strict JSON (the answer never holds NaN), by orjson: a tenth of ``json.dumps``'s
+    cost, which was a few percent of a one-row request's."""
+    return orjson.dumps(answer)
 
 
 def predict_rows(host: ModelHost, request: RowsRequest, request_id: str | None = None) -> dict[str, Any]:

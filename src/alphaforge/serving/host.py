@@ -67,11 +67,18 @@ _REQUEST_COUNTER = itertools.count()
 
 def new_request_id() -> str:
     """A unique request id, cheaply: process id, start time and a counter (``uuid4`` reads the OS entropy pool,
-    which took milliseconds per call on a loaded virtual machine)."""
-    return f"{os.getpid():x}-{_STARTED_NS:x}-{next(_REQUEST_COUNTER):x}"
+    which took milliseconds per call on a loaded virtual machine; even ``getpid`` is a system call)."""
+    return f"{_REQUEST_ID_PREFIX}{next(_REQUEST_COUNTER):x}"
 
 
-_STARTED_NS = time.time_ns()
+def _new_request_id_prefix() -> None:
+    global _REQUEST_ID_PREFIX
+    _REQUEST_ID_PREFIX = f"{os.getpid():x}-{time.time_ns():x}-"
+
+
+_REQUEST_ID_PREFIX = ""
+_new_request_id_prefix()
+os.register_at_fork(after_in_child=_new_request_id_prefix)  # a forked worker is another process: its own ids
 
 
 class ModelFault(RuntimeError):
