@@ -9,23 +9,32 @@ In one run:
   intervals, trained on a synthetic market and registered as champion in a temporary local registry
   (the same kind of tree ensemble the default pipeline promotes);
 * the service started with ``bentoml serve`` on a free loopback port (request logging on, as in production);
-* sequential single-row requests (``--single`` of them) to ``/v1/predict`` (the mounted fast JSON route) and to
-  ``/predict`` (BentoML's typed API), over one keep-alive connection: p50 / p99 milliseconds;
+* sequential single-row requests (``--single`` of them) to ``/v1/predict`` (the fast JSON route, answered in front
+  of BentoML) and to ``/predict`` (BentoML's typed API), over one keep-alive connection: p50 / p99 milliseconds;
 * sequential 100-row batches to both: p50 / p99;
 * throughput: ``--clients`` processes sending Arrow IPC bodies of ``--batch-rows`` rows to ``/v1/predict_arrow``
   for ``--seconds``: predictions per second;
 * gRPC single-row p50 / p99;
-* concurrent one-row traffic (``serving.batching`` on, as configured): ``--concurrent-clients`` asyncio clients
-  (aiohttp, one connection each) posting one row each to ``/v1/predict`` back to back, and one gRPC
-  ``PredictStream`` with ``--stream-window`` one-row messages in flight, each for ``--concurrent-seconds``:
-  predictions per second and p50 / p99 ms; then the same against a second service with batching off
-  (``--no-unbatched`` skips it);
+* concurrent one-row traffic (``serving.batching`` on, as configured), each run ``--concurrent-seconds`` after a
+  second of warm-up, with cheap load generators (``benchmarks/loadgen.py``: raw asyncio sockets in one process,
+  their CPU reported beside the service's):
+  - HTTP closed loop: ``--concurrent-clients`` keep-alive connections posting one row each to ``/v1/predict``
+    back to back (saturation: predictions per second, p50 / p99 ms);
+  - HTTP open loop: the same connections together offering ``--open-loop-rate`` requests per second on a fixed
+    schedule, latency counted from each request's due time (as wrk2 or k6's constant-arrival-rate): the rate
+    achieved and p50 / p99 ms;
+  - one gRPC ``PredictStream``, each row its own message, at most ``--stream-window`` in flight: predictions per
+    second and p50 / p99 ms;
+  then the same against a second service with batching off (``--no-unbatched`` skips it);
 * the HTTP floor: a bare Starlette endpoint on uvicorn (one worker, same host) answering a one-row POST;
 * in process: the same model's :meth:`ServedModel.predict_matrix` on one row, and the cold load of the
   model folder (ms);
 * an ensemble with a torch sequence member (ridge + LSTM, lookback 20), registered beside it and served by name
   through the same service: sequential one-window requests (each symbol's last 20 rows, one prediction),
-  mean / p95 ms and predictions per second (temporary registry only; ``--no-sequence`` leaves it out).
+  mean / p95 ms and predictions per second (temporary registry only; ``--no-sequence`` leaves it out);
+* the same LightGBM + ridge stack over the alpha158 feature width (162 columns: Qlib's Alpha158 factors, calendar,
+  three cross-sectional ranks), registered beside it and served by name: sequential one-row requests to
+  ``/v1/predict``, p50 / p99 ms (temporary registry only; ``--no-alpha158`` leaves it out).
 
 Timings are wall clock on a shared machine: run it on an idle one for figures to quote.
 """
@@ -155,7 +164,7 @@ def _concurrency(service: object, body: bytes, message: object, args: argparse.N
     closed["preds_per_s"] = closed["n"] / seconds
     open_loop = _measured(service, lambda: loadgen.http_open_loop(host, port, request, connections=clients,
                                                                   rate=args.open_loop_rate, seconds=seconds))
-    open_loop["achieved_per_s"] = open_loop["n"] / seconds
+    open_loop["achieved_per_s"] = open_loop["answered_in_window"] / seconds  # answers within the window
     stream = _measured(service, lambda: loadgen.grpc_stream(
         grpc_host, int(grpc_port), "/alphaforge.serving.v1.Predictor/PredictStream",
         message.SerializeToString(), _stream_answers, window=args.stream_window, seconds=seconds))  # type: ignore[attr-defined]
@@ -525,7 +534,8 @@ def _concurrent_summary(concurrent: dict[str, Any], prefix: str) -> dict[str, fl
             f"{prefix}concurrent_http_server_cpu_share": http["server_cpu_share"],
             f"{prefix}open_loop_http_offered_per_s": open_loop["offered_per_s"],
             f"{prefix}open_loop_http_achieved_per_s": open_loop["achieved_per_s"],
-            f"{prefix}open_loop_http_p50_ms": open_loop.get("p50"), f"{prefix}open_loop_http_p99_ms": open_loop.get("p99"),
+            f"{prefix}open_loop_http_p50_ms": open_loop.get("p50"),
+            f"{prefix}open_loop_http_p99_ms": open_loop.get("p99"),
             f"{prefix}open_loop_http_client_cpu_share": open_loop["client_cpu_share"],
             f"{prefix}open_loop_http_server_cpu_share": open_loop["server_cpu_share"],
             f"{prefix}grpc_stream_preds_per_s": stream["preds_per_s"],

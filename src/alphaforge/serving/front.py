@@ -58,7 +58,8 @@ class FastRoutes:
             return 503, _error("the service is starting"), []
         try:
             request = api.PredictRequest.model_validate_json(body)
-            answer = await self.batcher.predict(request) if self.batcher is not None else api.predict_rows(host, request)
+            batcher = self.batcher
+            answer = await batcher.predict(request) if batcher is not None else api.predict_rows(host, request)
         except ValidationError as err:
             host.count_bad_request()
             return 400, _json({"error": f"{err.error_count()} validation error(s)",

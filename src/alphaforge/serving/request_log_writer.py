@@ -83,7 +83,7 @@ class RequestLogWriter:
                                   x[rows], symbols[rows], timestamps[rows], prediction[rows], latency_ms,
                                   max_rows=max_rows)
             return
-        if len(symbols) > max_rows:  # one bulk request: an evenly spaced sample
+        if len(request_ids) == 1 and len(symbols) > max_rows:  # one bulk request: an evenly spaced sample
             keep = np.linspace(0, len(symbols) - 1, max_rows).round().astype(int)
             symbols = [symbols[i] for i in keep]
             timestamps = (timestamps[keep] if isinstance(timestamps, pd.DatetimeIndex)
@@ -179,14 +179,30 @@ def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
     return data if data is not None and len(data) == size else None
 
 
+def _per_request(block: dict[str, Any]) -> list[dict[str, Any]]:
+    """A block of several requests (``request_id`` one per row) as one block per request, in order."""
+    ids = block.get("request_id")
+    if isinstance(ids, str) or not isinstance(ids, (list, tuple)) or len(set(ids)) < 2:
+        return [block]
+    blocks, start = [], 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or ids[end] != ids[start]:
+            rows = slice(start, end)
+            blocks.append({**block, "request_id": ids[start], "symbols": block["symbols"][rows],
+                           "timestamps_us": block["timestamps_us"][rows], "features": block["features"][rows],
+                           "predictions": block["predictions"][rows]})
+            start = end
+    return blocks
+
+
 def _append(request_log: Any, blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    """All blocks in one transaction per file; if that is refused, block by block, so one bad block (named in
-    the error) does not cost the others."""
+    """All blocks in one transaction per file; if that is refused, request by request (a micro-batch's block split
+    into its requests), so one bad request (named in the error) does not cost the others."""
     try:
         return {"written": request_log.append_blocks(blocks), "failed": 0, "error": None}
     except Exception:  # retried one by one below; what still fails is reported to the service
         written, failed, errors = 0, 0, []
-        for block in blocks:
+        for block in (single for block in blocks for single in _per_request(block)):
             try:
                 written += request_log.append_blocks([block])
             except Exception as err:
