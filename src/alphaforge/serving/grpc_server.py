@@ -18,8 +18,11 @@ each) answered in order. A reader task drains the client's messages into an inbo
 whatever waits there (up to ``serving.batching.max_batch_size`` messages, one when batching is off),
 answers it with one model call (:func:`alphaforge.serving.batching.predict_requests`) and sends those
 answers in one ``PredictAnswers`` message: each send is a round trip through gRPC's completion queue. Like
-the HTTP micro-batcher, it waits up to ``serving.batching.max_latency_ms`` for more messages only while they
-queue (the previous batch held more than one); a lone message is answered at once.
+the HTTP micro-batcher it waits for more messages only while they queue (the previous batch held more than
+one; a lone message is answered at once), up to ``serving.batching.stream_max_latency_ms``: a stream's client
+keeps many messages in flight, and each read costs a round trip through gRPC's poller (~100 µs of wall time
+here), so 1 ms gathered ~8 rows a batch and 4 ms ~50, which halved the CPU per row without raising the
+stream's latency (its queue of messages in flight dominates that).
 A message that cannot be answered gets an answer carrying ``error`` and the HTTP ``status`` of the same
 request over ``/v1/predict``, and the stream goes on.
 """
@@ -185,7 +188,7 @@ class _AsyncPredictor(pb_grpc.PredictorServicer):
         self.servicer = servicer
         batching = servicer.batching
         self.limit = batching.max_batch_size if batching.enabled else 1
-        self.wait_s = batching.max_latency_ms / 1000.0 if batching.enabled else 0.0
+        self.wait_s = batching.stream_max_latency_ms / 1000.0 if batching.enabled else 0.0
 
     async def Predict(self, request: pb.PredictRequest, context: grpc.aio.ServicerContext) -> pb.PredictResponse:
         try:
