@@ -265,6 +265,8 @@ class _GrpcStream(asyncio.Protocol):
     """One HTTP/2 connection with one gRPC bidirectional stream on it (module docstring)."""
 
     def __init__(self, message: bytes, window: int, on_reply: Callable[[bytes], int]) -> None:
+        if len(message) + 5 > 16_384:  # HTTP/2's default largest frame; this client does not split messages
+            raise ValueError(f"a {len(message)}-byte message does not fit one HTTP/2 DATA frame (16,384 bytes)")
         self.frame = _frame(_DATA, 0, _STREAM, b"\x00" + struct.pack(">I", len(message)) + message)
         self.frame_cost = len(self.frame) - 9  # what one DATA frame takes of the flow-control windows
         self.window = window
