@@ -7,15 +7,17 @@ section and the environment (``MLFLOW_TRACKING_URI``, ``ALPHAFORGE_MODEL_NAME``,
 
 Endpoints (POST unless noted): ``/predict`` (feature rows, JSON), ``/predict_bars`` (raw recent bars: the
 features are computed by the training code), ``/predict_symbols`` (latest stored features per symbol, from
-the online feature store when one is configured), ``/model_info``, ``/admin/reload``; the mounted fast
-routes ``/v1/predict_arrow`` (Arrow IPC body and answer, for large batches) and ``/v1/predict`` (the same
-JSON as ``/predict`` without BentoML's request model; with ``serving.batching`` on, concurrent requests are
-predicted together, see :mod:`alphaforge.serving.batching`); BentoML's ``/livez``, ``/readyz`` (ready once the
-champion is loaded) and ``/metrics`` (with the service's own counters appended).
+the online feature store when one is configured), ``/model_info``, ``/admin/reload``; the fast routes
+``/v1/predict_arrow`` (Arrow IPC body and answer, for large batches) and ``/v1/predict`` (the same JSON as
+``/predict`` without BentoML's request model; with ``serving.batching`` on, concurrent requests are predicted
+together, see :mod:`alphaforge.serving.batching`), answered in front of BentoML's middleware
+(:mod:`alphaforge.serving.front`); BentoML's ``/livez``, ``/readyz`` (ready once the champion is loaded) and
+``/metrics`` (with the service's own counters appended).
 
-Lean on purpose: BentoML's per-request metrics middleware and OpenTelemetry spans skip the predict routes and
-the access log is off (together they cost more than the model); ``/metrics`` stays, with BentoML's metrics of
-the other routes and the service's own counters of the predict routes (cheap increments under a lock).
+Lean on purpose: the fast routes skip BentoML's middleware altogether, OpenTelemetry spans skip the other predict
+routes and the access log is off (together they cost more than the model); ``/metrics`` stays, with BentoML's
+metrics of the other routes and the service's own counters of every predict route (cheap increments under a
+lock).
 """
 
 from __future__ import annotations
@@ -27,10 +29,7 @@ from typing import Any
 
 import bentoml
 from bentoml.exceptions import BentoMLException
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import Response
 
 from alphaforge.serving import api
 from alphaforge.serving.admin import (
@@ -42,14 +41,12 @@ from alphaforge.serving.admin import (
     stop_the_server,
 )
 from alphaforge.serving.batching import MicroBatcher
+from alphaforge.serving.front import FAST_ROUTES, FrontedService
 from alphaforge.serving.host import ModelFault, ModelHost, NoModel
 from alphaforge.serving.live import LiveFigures
 from alphaforge.serving.model import BadRequest
 
 log = logging.getLogger("alphaforge.serving")
-
-_HOST: ModelHost | None = None  # the service instance's host, shared with the mounted fast routes
-_BATCHER: MicroBatcher | None = None  # serving.batching on: concurrent /v1/predict requests predicted together
 
 
 class RequestRefused(BentoMLException):
@@ -122,66 +119,14 @@ def _settle_the_heap() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-# ------------------------------------------------------------------------------------- mounted fast routes
-
-
-async def fast_predict(request: Request) -> Response:
-    """``/v1/predict``: the ``/predict`` JSON without BentoML's request model (the lowest-latency JSON path)."""
-    from pydantic import ValidationError
-
-    host = _HOST
-    if host is None:
-        return JSONResponse({"error": "the service is starting"}, status_code=503)
-    try:
-        body = api.PredictRequest.model_validate_json(await request.body())
-        answer = await _BATCHER.predict(body) if _BATCHER is not None else api.predict_rows(host, body)
-    except ValidationError as err:
-        host.count_bad_request()
-        return JSONResponse({"error": f"{err.error_count()} validation error(s)",
-                             "detail": err.errors(include_context=False, include_input=False)}, status_code=400)
-    except BadRequest as err:
-        host.count_bad_request()
-        return JSONResponse({"error": str(err)}, status_code=err.status)
-    except NoModel as err:
-        return JSONResponse({"error": str(err)}, status_code=503)
-    except ModelFault as err:
-        return JSONResponse({"error": str(err)}, status_code=500)
-    return Response(api.to_json(answer), media_type="application/json")
-
-
-async def fast_predict_arrow(request: Request) -> Response:
-    """``/v1/predict_arrow``: an Arrow IPC stream (symbol, timestamp with time zone, features) in and out."""
-    host = _HOST
-    if host is None:
-        return JSONResponse({"error": "the service is starting"}, status_code=503)
-    try:
-        columns, symbols, timestamps = api.read_arrow(await request.body())
-        prediction, model, request_id = api.predict_columns(
-            host, columns, symbols, timestamps, model_name=request.query_params.get("model"),
-            request_id=request.headers.get("x-request-id"), variant=request.query_params.get("variant"))
-    except BadRequest as err:
-        host.count_bad_request()
-        return JSONResponse({"error": str(err)}, status_code=err.status)
-    except NoModel as err:
-        return JSONResponse({"error": str(err)}, status_code=503)
-    except ModelFault as err:
-        return JSONResponse({"error": str(err)}, status_code=500)
-    return Response(api.write_arrow(prediction), media_type=api.ARROW_MEDIA_TYPE, headers={
-        "x-model-name": model.name, "x-model-version": model.version, "x-variant": prediction.variant,
-        "x-feature-version": model.feature_version, "x-request-id": request_id})
-
-
-fast_app = Starlette(routes=[Route("/predict", fast_predict, methods=["POST"]),
-                             Route("/predict_arrow", fast_predict_arrow, methods=["POST"])])
-
 _HOT_PATHS = ["/predict", "/predict_bars", "/predict_symbols", "/v1/predict", "/v1/predict_arrow", "/metrics", "/healthz", "/livez",
               "/readyz"]
 _QUIET_URLS = ",".join(path.lstrip("/") for path in _HOT_PATHS)
 
 
-@bentoml.asgi_app(fast_app, path="/v1")
 @bentoml.service(
     name="alphaforge",
+    service_class=FrontedService,  # /v1/predict and /v1/predict_arrow answered in front of BentoML's middleware
     workers=1,  # one process: the gRPC twin and the alias poller live beside it
     traffic={"timeout": 60},
     # /metrics stays on; BentoML's per-request metrics middleware skips the hot routes (the service counts them
@@ -196,7 +141,6 @@ class AlphaforgeService:
     """The champion (and challenger) ensemble, reloaded when its alias moves; see the module docstring."""
 
     def __init__(self) -> None:
-        global _HOST, _BATCHER
         from alphaforge.config import load_params
 
         logging.getLogger("alphaforge").setLevel(logging.INFO)
@@ -222,9 +166,8 @@ class AlphaforgeService:
         except NoModel as err:  # stay up, not ready: /readyz says 503 and the poller keeps trying
             log.error("serving: %s", err)
             self.host.start_polling()
-        _HOST = self.host
         self.batcher = MicroBatcher(self.host, self.params.batching) if self.params.batching.enabled else None
-        _BATCHER = self.batcher
+        FAST_ROUTES.host, FAST_ROUTES.batcher = self.host, self.batcher
         _settle_the_heap()
         self.grpc_server = None
         if self.params.grpc_port:

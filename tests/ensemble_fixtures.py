@@ -28,15 +28,16 @@ FAMILIES: dict[str, dict[str, Any]] = {
 
 
 def train_small_ensemble(trained_dir: Path, *, seed: int = 5, n_symbols: int = 12, n_bars: int = 700,
-                         families: Mapping[str, Mapping[str, Any]] = FAMILIES, regimes: bool = False
-                         ) -> dict[str, Any]:
+                         families: Mapping[str, Mapping[str, Any]] = FAMILIES, regimes: bool = False,
+                         feature_params: FeatureParams | None = None) -> dict[str, Any]:
     """Walk-forward train ``families`` (conformal intervals) on a synthetic market; OOF, metrics, spec, models.
 
     ``regimes``: as the pipeline does with ``features.regimes``, fit a regime model on the first training
     window, add its probabilities to the features and record it in the spec (``regime_model``).
+    ``feature_params``: the feature set (default: the basic one), e.g. ``FeatureParams(set="alpha158", ...)``.
     """
     bars, _ = make_synthetic(SyntheticParams(n_symbols=n_symbols, n_bars=n_bars, seed=seed))
-    feature_params = FeatureParams()
+    feature_params = feature_params or FeatureParams()
     splitter = WalkForward(WalkForwardParams(n_splits=3, min_train_size=250, embargo=2), purge=HORIZON)
     regime_model = None
     if regimes:

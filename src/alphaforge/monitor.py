@@ -197,25 +197,33 @@ class RequestLog:
         ``timestamps_us`` (bar times, UTC microseconds), ``feature_names``, ``features`` (rows x names),
         ``predictions``, ``latency_ms`` and optionally ``logged_at``. The same table and rules as :meth:`append`,
         checked once per block rather than per row, so the service's background writer keeps up with batched
-        traffic. NaN features and predictions become null.
+        traffic. NaN features and predictions become null. A block may hold the rows of several requests answered
+        together (the service's micro-batches): ``request_id`` (and ``latency_ms``) then one per row.
         """
         return self.append_blocks([block])
 
-    def _block_records(self, *, request_id: str, received_at: datetime, model_name: str, model_version: str,
-                       variant: str, symbols: Sequence[str], timestamps_us: np.ndarray,
+    def _block_records(self, *, request_id: str | Sequence[str], received_at: datetime, model_name: str,
+                       model_version: str, variant: str, symbols: Sequence[str], timestamps_us: np.ndarray,
                        feature_names: Sequence[str], features: np.ndarray, predictions: np.ndarray,
-                       latency_ms: float, logged_at: datetime | None = None) -> tuple[str, list[tuple[Any, ...]]]:
+                       latency_ms: float | Sequence[float], logged_at: datetime | None = None
+                       ) -> tuple[str, list[tuple[Any, ...]]]:
         if variant not in VARIANTS:
             raise DataError(f"request log: column 'variant': {variant!r}; rule: one of {VARIANTS}")
         n_rows = len(symbols)
+        per_row = not isinstance(request_id, str)
+        label = f"of {len(set(request_id))} requests" if per_row else str(request_id)
         if not (len(timestamps_us) == features.shape[0] == len(predictions) == n_rows):
-            raise DataError(f"request log block {request_id}: {n_rows} symbols, {len(timestamps_us)} timestamps, "
+            raise DataError(f"request log block {label}: {n_rows} symbols, {len(timestamps_us)} timestamps, "
                             f"{features.shape[0]} feature rows, {len(predictions)} predictions; rule: one each per row")
         if features.shape[1] != len(feature_names):
-            raise DataError(f"request log block {request_id}: {features.shape[1]} feature columns for "
+            raise DataError(f"request log block {label}: {features.shape[1]} feature columns for "
                             f"{len(feature_names)} names")
-        if not latency_ms >= 0:
-            raise DataError(f"request log block {request_id}: latency_ms {latency_ms!r}; rule: >= 0")
+        request_ids = [str(r) for r in request_id] if per_row else [str(request_id)] * n_rows
+        latencies = ([float(latency_ms)] * n_rows if isinstance(latency_ms, (int, float))
+                     else [float(v) for v in latency_ms])
+        if len(request_ids) != n_rows or len(latencies) != n_rows or not all(v >= 0 for v in latencies):
+            raise DataError(f"request log block {label}: {len(request_ids)} request ids, latencies {latency_ms!r} "
+                            f"for {n_rows} rows; rule: one each per row (or one for the block), latency_ms >= 0")
         received_us = _micros(received_at, "received_at", 0)
         logged_us = _micros(logged_at or _now(), "logged_at", 0)
         names = [str(name) for name in feature_names]
@@ -229,9 +237,10 @@ class RequestLog:
         values = [(v if math.isfinite(v) else None) for v in np.asarray(predictions, dtype=np.float64).tolist()]
         day = datetime.fromtimestamp(received_us / 1e6, UTC).strftime("%Y-%m-%d")
         stamps = np.asarray(timestamps_us, dtype=np.int64).tolist()
-        records = [(str(request_id), received_us, logged_us, str(model_name), str(model_version), variant, str(symbol),
-                    stamp, text, value, float(latency_ms))
-                   for symbol, stamp, text, value in zip(symbols, stamps, encoded, values, strict=True)]
+        name, version = str(model_name), str(model_version)
+        records = [(rid, received_us, logged_us, name, version, variant, str(symbol), stamp, text, value, latency)
+                   for rid, symbol, stamp, text, value, latency in zip(request_ids, symbols, stamps, encoded, values,
+                                                                      latencies, strict=True)]
         return day, records
 
     def _insert(self, by_day: Mapping[str, list[tuple[Any, ...]]]) -> None:

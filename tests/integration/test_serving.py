@@ -147,8 +147,10 @@ def test_predictions_equal_the_registered_pyfunc(registry, service) -> None:
     fast = client.post("/v1/predict", json=_request(frame, features)).json()
     assert [p["prediction"] for p in fast["predictions"]] == [p["prediction"] for p in body["predictions"]]
     arrow = client.post("/v1/predict_arrow", content=api.arrow_body(frame),
-                        headers={"content-type": api.ARROW_MEDIA_TYPE})
+                        headers={"content-type": api.ARROW_MEDIA_TYPE, "x-request-id": "arrow-1"})
     assert arrow.status_code == 200 and arrow.headers["x-model-version"] == registry["versions"][0]
+    assert arrow.headers["x-request-id"] == "arrow-1" and arrow.headers["content-type"] == api.ARROW_MEDIA_TYPE
+    assert client.get("/v1/predict").status_code == 405  # the fast routes take POST only
     import io
 
     import pyarrow as pa

@@ -300,3 +300,42 @@ def test_the_request_log_holds_one_entry_per_batched_request(registry, batched) 
         found = set(zip(log["request_id"], log["variant"], strict=True)) if len(log) else set()
         time.sleep(0.3)
     assert wanted <= found, f"not logged: {sorted(wanted - found)[:5]}"
+
+
+def test_the_benchmark_load_generators_are_answered_in_full_by_the_real_service(registry, batched) -> None:
+    """``benchmarks/loadgen.py`` (raw sockets: HTTP/1.1, and HTTP/2 for the gRPC stream) against the service: every
+    request sent is answered, none fails, the counts agree with what the service counted."""
+    import sys
+
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    import loadgen
+
+    from alphaforge.serving.grpc_server import request_to_proto
+    from alphaforge.serving.proto import alphaforge_serving_pb2 as pb
+
+    service = batched["process"]
+    features = _info(service.url)["serving"]["features"]
+    body = _one_row_requests(registry, features, "loadgen")[0]
+    host, port = "127.0.0.1", int(service.url.rsplit(":", 1)[1])
+    before = _info(service.url)["variants"]
+    one_row = api.PredictRequest(**{**body, "request_id": None})  # the service gives each request its own id
+    request = loadgen.http_request(host, port, "/v1/predict", one_row.model_dump_json(exclude_none=True).encode())
+    closed = loadgen.http_closed_loop(host, port, request, connections=8, seconds=1.0, warmup=0.2)
+    opened = loadgen.http_open_loop(host, port, request, connections=8, rate=200.0, seconds=1.0, warmup=0.2)
+    assert closed["failures"] == 0 and len(closed["latencies"]) > 0
+    assert opened["failures"] == 0 and len(opened["latencies"]) == opened["offered"] == 200
+
+    def count(payload: bytes) -> tuple[int, int]:
+        reply = pb.PredictAnswers.FromString(payload)
+        assert all(answer.predictions[0].symbol == body["rows"][0]["symbol"] for answer in reply.answers
+                   if not answer.HasField("error"))
+        return len(reply.answers), sum(answer.HasField("error") for answer in reply.answers)
+
+    message = request_to_proto(one_row)
+    grpc_host, grpc_port = service.grpc_target.rsplit(":", 1)
+    stream = loadgen.grpc_stream(grpc_host, int(grpc_port), "/alphaforge.serving.v1.Predictor/PredictStream",
+                                 message.SerializeToString(), count, window=64, seconds=1.0, warmup=0.2)
+    assert stream["failures"] == 0 and stream["stream_error"] is None and stream["answers"] > 0
+    after = _info(service.url)["variants"]
+    served = sum(after[v]["requests"] - before[v]["requests"] for v in ("champion", "challenger"))
+    assert served >= stream["answers"] + len(closed["latencies"]) + len(opened["latencies"])

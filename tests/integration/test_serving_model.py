@@ -122,6 +122,41 @@ def test_request_log_writer_process_keeps_good_blocks_and_survives_its_death(tmp
     assert len(frame) == 42 and frame["f2"].isna().sum() == 21  # NaN features stay null
 
 
+def test_a_micro_batch_is_logged_as_one_block_each_row_under_its_own_request(tmp_path: Path) -> None:
+    """What the micro-batcher logs: one block for the requests predicted together, each row under its own request
+    id; a request above the row limit is sampled on its own; a block whose ids do not match its rows is refused."""
+    from datetime import UTC, datetime
+
+    from alphaforge.monitor import RequestLog
+    from alphaforge.schema import DataError
+    from alphaforge.serving.request_log_writer import RequestLogWriter
+
+    stamp = datetime(2024, 1, 2, tzinfo=UTC)
+    writer = RequestLogWriter(tmp_path, flush_seconds=0.2)
+    writer.log_requests(["a", "b", "c"], [1, 2, 1], "m", "1", ["f1", "f2"], "champion", np.arange(8.0).reshape(4, 2),
+                        ["A", "B", "C", "D"], [stamp] * 4, np.array([0.1, 0.2, 0.3, 0.4]), 0.25, max_rows=3)
+    writer.log_requests(["small", "big"], [1, 5], "m", "1", ["f1", "f2"], "champion", np.ones((6, 2)),
+                        ["A", *"VWXYZ"], [stamp] * 6, np.zeros(6), 0.5, max_rows=3)
+    deadline = time.monotonic() + 30
+    while writer.written < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # a retried request (same id, symbol and bar: the log's key) in a batch costs its own row only
+    writer.log_requests(["b", "d"], [1, 1], "m", "1", ["f1", "f2"], "champion", np.ones((2, 2)), ["B", "E"],
+                        [stamp] * 2, np.zeros(2), 0.5, max_rows=3)
+    writer.close()
+    assert (writer.written, writer.failed) == (9, 1)
+    frame = RequestLog(tmp_path).read(datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
+    rows = sorted(zip(frame["request_id"], frame["symbol"], strict=True))
+    assert rows == [("a", "A"), ("b", "B"), ("b", "C"), ("big", "V"), ("big", "X"), ("big", "Z"), ("c", "D"),
+                    ("d", "E"), ("small", "A")]
+    assert frame.set_index("symbol").loc["C", "f2"] == 5.0 and set(frame["latency_ms"]) == {0.25, 0.5}
+    with pytest.raises(DataError, match="2 request ids"):
+        RequestLog(tmp_path).append_block(
+            request_id=["x", "y"], received_at=stamp, model_name="m", model_version="1", variant="champion",
+            symbols=["A"], timestamps_us=np.array([1]), feature_names=["f1"], features=np.ones((1, 1)),
+            predictions=np.zeros(1), latency_ms=0.1)
+
+
 def test_input_rules_name_row_feature_and_rule(packaged: dict) -> None:
     model = load_served_model(packaged["model_dir"], name="m", version="1")
     row = dict.fromkeys(model.features, 0.1)

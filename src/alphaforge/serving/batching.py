@@ -30,8 +30,8 @@ from typing import Any
 import numpy as np
 
 from alphaforge.serving import api
-from alphaforge.serving.host import BatchingParams, ModelHost, ModelFault, NoModel, new_request_id
-from alphaforge.serving.model import BadRequest, Prediction, check_keys, check_row_count
+from alphaforge.serving.host import BatchingParams, ModelFault, ModelHost, NoModel, new_request_id
+from alphaforge.serving.model import BadRequest, Prediction, ServedModel, check_finite, check_keys, check_row_count
 
 Answer = dict[str, Any] | Exception  # the answer predict_rows gives, or the exception it raises
 
@@ -39,30 +39,30 @@ Answer = dict[str, Any] | Exception  # the answer predict_rows gives, or the exc
 @dataclass
 class _Routed:
     index: int
-    request: api.PredictRequest
+    request: api.RowsRequest
     request_id: str
     symbols: list[str]
     timestamps: list[Any]
-    x: np.ndarray | None = None
 
 
-def _alone(host: ModelHost, request: api.PredictRequest, request_id: str) -> Answer:
+def _alone(host: ModelHost, request: api.RowsRequest, request_id: str) -> Answer:
     """``predict_rows`` on one request, its exception as the answer."""
     try:
-        return api.predict_rows(host, request.model_copy(update={"request_id": request_id}))
+        return api.predict_rows(host, request, request_id)
     except (BadRequest, NoModel, ModelFault) as err:
         return err
 
 
-def predict_requests(host: ModelHost, requests: Sequence[api.PredictRequest]) -> list[Answer]:
+def predict_requests(host: ModelHost, requests: Sequence[api.RowsRequest]) -> list[Answer]:
     """Each request's answer (or the :class:`BadRequest`, :class:`NoModel` or :class:`ModelFault` it raises), in
     order, the rows of requests answered by the same row-path model predicted in one call."""
     answers: list[Answer | None] = [None] * len(requests)
     groups: dict[tuple[str | None, str], list[_Routed]] = {}
+    max_rows = host.params.max_batch_rows
     for index, request in enumerate(requests):
         request_id = request.request_id or new_request_id()
         try:
-            check_row_count(len(request.rows), host.params.max_batch_rows)
+            check_row_count(len(request.rows), max_rows)
             symbols = [row.symbol for row in request.rows]
             timestamps = check_keys(symbols, [row.timestamp for row in request.rows])
         except BadRequest as err:
@@ -82,35 +82,64 @@ def predict_requests(host: ModelHost, requests: Sequence[api.PredictRequest]) ->
             for member in members:
                 answers[member.index] = _alone(host, member.request, member.request_id)
             continue
-        ready = []
-        for member in members:
+        _predict_together(host, name, model, variant, members, answers)
+    return answers  # type: ignore[return-value]
+
+
+def _predict_together(host: ModelHost, name: str | None, model: ServedModel, variant: str, members: list[_Routed],
+                      answers: list[Answer | None]) -> None:
+    """The rows of ``members`` (requests routed to ``model``) in one matrix and one model call; each request's
+    answer, or its own error, into ``answers``."""
+    ready, values = [], []
+    for member in members:  # the names of every row: one check per row, no copy
+        rows = [model.feature_values(row.features) for row in member.request.rows]
+        if None in rows:  # the request's own error, in the words of the one-request path
             try:
-                member.x = model.matrix_from_records([row.features for row in member.request.rows],
-                                                     max_rows=host.params.max_batch_rows, trusted=True)
-                ready.append(member)
+                model.matrix_from_records([row.features for row in member.request.rows],
+                                          max_rows=host.params.max_batch_rows, trusted=True)
             except BadRequest as err:
                 answers[member.index] = err
-        if not ready:
-            continue
-        started = time.perf_counter()
-        try:
-            prediction, lower, upper = model.predict_matrix(np.vstack([member.x for member in ready]))
-        except Exception:  # a model fault: each request alone, so that the fallback answers only those it hits
-            for member in ready:
-                answers[member.index] = _alone(host, member.request, member.request_id)
-            continue
-        latency_ms = (time.perf_counter() - started) * 1000.0 / len(ready)  # the model's time, shared out
-        start = 0
+                continue
+        ready.append(member)
+        values.extend(rows)
+    if not ready:
+        return
+    x = np.array(values, dtype=np.float64)
+    if not np.isfinite(x).all():  # the requests holding NaN or infinity get their error, the others go on
+        kept, blocks, start = [], [], 0
         for member in ready:
-            rows = slice(start, start + len(member.symbols))
-            start = rows.stop
-            answer = Prediction(prediction[rows], None if lower is None else lower[rows],
-                                None if upper is None else upper[rows], model.name, model.version, variant)
-            host.record(name, member.request_id, model, variant, member.x, member.symbols,  # type: ignore[arg-type]
-                        member.timestamps, answer.prediction, latency_ms)
-            answers[member.index] = api.answer_rows(answer, model, member.request_id, member.request,
-                                                    member.timestamps)
-    return answers  # type: ignore[return-value]
+            block = x[start:start + len(member.symbols)]
+            start += len(member.symbols)
+            try:
+                check_finite(block, model.features)
+            except BadRequest as err:
+                answers[member.index] = err
+                continue
+            kept.append(member)
+            blocks.append(block)
+        if not kept:
+            return
+        ready, x = kept, np.vstack(blocks)
+    started = time.perf_counter()
+    try:
+        prediction, lower, upper = model.predict_matrix(x)
+    except Exception:  # a model fault: each request alone, so that the fallback answers only those it hits
+        for member in ready:
+            answers[member.index] = _alone(host, member.request, member.request_id)
+        return
+    latency_ms = (time.perf_counter() - started) * 1000.0 / len(ready)  # the model's time, shared out
+    symbols = [symbol for member in ready for symbol in member.symbols]
+    timestamps = [stamp for member in ready for stamp in member.timestamps]
+    host.record_batch(name, model, variant, [member.request_id for member in ready],
+                      [len(member.symbols) for member in ready], x, symbols, timestamps, prediction, latency_ms)
+    answer = Prediction(prediction, lower, upper, model.name, model.version, variant)
+    values_of_rows = answer.rows()  # one conversion for the whole batch, then each request its slice
+    start = 0
+    for member in ready:
+        stop = start + len(member.symbols)
+        answers[member.index] = api.answer_rows(answer, model, member.request_id, member.request, member.timestamps,
+                                                values=values_of_rows[start:stop])
+        start = stop
 
 
 class MicroBatcher:

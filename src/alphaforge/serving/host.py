@@ -67,11 +67,18 @@ _REQUEST_COUNTER = itertools.count()
 
 def new_request_id() -> str:
     """A unique request id, cheaply: process id, start time and a counter (``uuid4`` reads the OS entropy pool,
-    which took milliseconds per call on a loaded virtual machine)."""
-    return f"{os.getpid():x}-{_STARTED_NS:x}-{next(_REQUEST_COUNTER):x}"
+    which took milliseconds per call on a loaded virtual machine; even ``getpid`` is a system call)."""
+    return f"{_REQUEST_ID_PREFIX}{next(_REQUEST_COUNTER):x}"
 
 
-_STARTED_NS = time.time_ns()
+def _new_request_id_prefix() -> None:
+    global _REQUEST_ID_PREFIX
+    _REQUEST_ID_PREFIX = f"{os.getpid():x}-{time.time_ns():x}-"
+
+
+_REQUEST_ID_PREFIX = ""
+_new_request_id_prefix()
+os.register_at_fork(after_in_child=_new_request_id_prefix)  # a forked worker is another process: its own ids
 
 
 class ModelFault(RuntimeError):
@@ -455,6 +462,27 @@ class ModelHost:
         if self._shadow_pool is not None and variant == CHAMPION:
             self._shadow_pool.submit(self._shadow, name, request_id, x, symbols, timestamps)
 
+    def record_batch(self, name: str | None, model: ServedModel, variant: str, request_ids: Sequence[str],
+                     row_counts: Sequence[int], x: np.ndarray, symbols: Sequence[str], timestamps: Sequence[Any],
+                     prediction: np.ndarray, latency_ms: float) -> None:
+        """:meth:`record` for the requests of a micro-batch predicted in one call (their rows consecutive in ``x``,
+        ``row_counts`` rows each, ``latency_ms`` each): counted under one lock, logged as one block of the request
+        log (each row under its own request id), shadowed request by request."""
+        with self._lock:
+            stats = self.stats[variant]
+            stats.requests += len(request_ids)
+            stats.rows += len(prediction)
+            stats.latency_ms_sum += latency_ms * len(request_ids)
+        if self.request_log is not None:
+            self.request_log.log_requests(request_ids, row_counts, model.name, model.version, model.features, variant,
+                                          x, symbols, timestamps, prediction, latency_ms,
+                                          max_rows=self.params.request_log_max_rows)
+        if self._shadow_pool is not None and variant == CHAMPION:
+            bounds = np.cumsum([0, *row_counts]).tolist()
+            for i, request_id in enumerate(request_ids):
+                rows = slice(bounds[i], bounds[i + 1])
+                self._shadow_pool.submit(self._shadow, name, request_id, x[rows], symbols[rows], timestamps[rows])
+
     def _fall_back(self, name: str | None, failed: ServedModel, variant: str, fault: Exception,
                    build: Callable[[ServedModel], tuple[np.ndarray, Sequence[str], Any]]) -> tuple[Any, ...]:
         """The standby's answer to a request ``failed`` raised on: (model, x, symbols, timestamps, reason,
@@ -521,20 +549,10 @@ class ModelHost:
 
     def _log(self, request_id: str, model: ServedModel, variant: str, x: np.ndarray, symbols: Sequence[str],
              timestamps: Any, prediction: np.ndarray, latency_ms: float) -> None:
-        if self.request_log is None or timestamps is None:
-            return
-        limit = self.params.request_log_max_rows
-        if len(symbols) > limit:  # bulk batches: an evenly spaced sample keeps the log's cost bounded per request
-            keep = np.linspace(0, len(symbols) - 1, limit).round().astype(int)
-            symbols = [symbols[i] for i in keep]
-            timestamps = (timestamps[keep] if isinstance(timestamps, pd.DatetimeIndex)
-                          else [timestamps[i] for i in keep])
-            x, prediction = x[keep], prediction[keep]
-        self.request_log.put({
-            "request_id": request_id, "received_at": datetime.now(UTC), "model_name": model.name,
-            "model_version": model.version, "variant": variant, "symbols": list(symbols),
-            "timestamps_us": timestamps_us(timestamps), "feature_names": model.features, "features": x,
-            "predictions": prediction, "latency_ms": latency_ms})
+        if self.request_log is not None:
+            self.request_log.log_requests([request_id], [len(symbols)], model.name, model.version, model.features,
+                                          variant, x, symbols, timestamps, prediction, latency_ms,
+                                          max_rows=self.params.request_log_max_rows)
 
     def count_bad_request(self) -> None:
         with self._lock:
@@ -578,10 +596,3 @@ class ModelHost:
         """The host's own counters in Prometheus text format (appended to BentoML's ``/metrics``)."""
         return prometheus_text(self.stats, bad_requests=self.bad_requests, model_faults=self.model_faults,
                                slots=self.loaded())
-
-
-def timestamps_us(timestamps: Any) -> np.ndarray:
-    """UTC microseconds of a list of aware datetimes or a DatetimeIndex."""
-    if isinstance(timestamps, pd.DatetimeIndex):
-        return (timestamps.asi8 // 1000).astype(np.int64)
-    return np.fromiter((int(t.timestamp() * 1_000_000) for t in timestamps), dtype=np.int64, count=len(timestamps))

@@ -402,12 +402,18 @@ class ServedModel:
         check_row_count(len(rows), max_rows)
         features, wanted = self.features, self.feature_index
         expected = self._feature_set
-        if all(type(row) is dict and row.keys() == expected for row in rows):
+        if trusted:  # dicts or other mappings (a gRPC feature map) of floats: only the names to check
+            values = [self.feature_values(row) for row in rows]
+            if None not in values:
+                x = np.array(values, dtype=np.float64)
+                check_finite(x, features)
+                return x
+        elif all(type(row) is dict and row.keys() == expected for row in rows):
             try:  # the common case: exactly the model's features, numbers only
                 x = np.array([[row[name] for name in features] for row in rows], dtype=np.float64)
             except (TypeError, ValueError):
                 x = None
-            if x is not None and (trusted or all(type(v) in (float, int) for row in rows for v in row.values())):
+            if x is not None and all(type(v) in (float, int) for row in rows for v in row.values()):
                 check_finite(x, features)
                 return x
         x = np.empty((len(rows), len(self.features)))
@@ -429,6 +435,15 @@ class ServedModel:
                 x[r, wanted[name]] = value
         check_finite(x, self.features)
         return x
+
+    def feature_values(self, row: Mapping[str, Any]) -> list[Any] | None:
+        """The row's values in :attr:`features` order when it holds exactly the model's features (names only are
+        checked: the caller knows the values are floats), else None (:meth:`matrix_from_records` then says what
+        is wrong). For dicts and for other mappings, such as a gRPC message's feature map, without copying."""
+        if type(row) is dict:
+            return [row[name] for name in self.features] if row.keys() == self._feature_set else None
+        values = [row.get(name) for name in self.features]
+        return values if len(row) == len(values) and None not in values else None
 
     def matrix_from_columns(self, columns: Mapping[str, np.ndarray], n_rows: int, *, max_rows: int) -> np.ndarray:
         """The matrix of a columnar body (Arrow, gRPC): same rules as :meth:`matrix_from_records`."""

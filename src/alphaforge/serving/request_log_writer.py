@@ -29,8 +29,13 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
+import pandas as pd
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +65,38 @@ class RequestLogWriter:
     def put(self, block: dict[str, Any]) -> None:
         """One request's rows: the keyword arguments of :meth:`RequestLog.append_block`."""
         self._queue.put(block)
+
+    def log_requests(self, request_ids: Sequence[str], row_counts: Sequence[int], model_name: str,
+                     model_version: str, feature_names: Sequence[str], variant: str, x: np.ndarray,
+                     symbols: Sequence[str], timestamps: Any, prediction: np.ndarray, latency_ms: float, *,
+                     max_rows: int) -> None:
+        """Served requests (their rows consecutive, ``row_counts`` rows each) as one block, each row under its
+        own request id; a request of more than ``max_rows`` rows logs an evenly spaced sample of that many (in a
+        block of its own), so the log's cost per request stays bounded. ``timestamps`` None: nothing to log."""
+        if timestamps is None:
+            return
+        if len(request_ids) > 1 and max(row_counts) > max_rows:
+            bounds = np.cumsum([0, *row_counts]).tolist()
+            for i, request_id in enumerate(request_ids):
+                rows = slice(bounds[i], bounds[i + 1])
+                self.log_requests([request_id], [row_counts[i]], model_name, model_version, feature_names, variant,
+                                  x[rows], symbols[rows], timestamps[rows], prediction[rows], latency_ms,
+                                  max_rows=max_rows)
+            return
+        if len(request_ids) == 1 and len(symbols) > max_rows:  # one bulk request: an evenly spaced sample
+            keep = np.linspace(0, len(symbols) - 1, max_rows).round().astype(int)
+            symbols = [symbols[i] for i in keep]
+            timestamps = (timestamps[keep] if isinstance(timestamps, pd.DatetimeIndex)
+                          else [timestamps[i] for i in keep])
+            x, prediction = x[keep], prediction[keep]
+        ids: str | list[str] = request_ids[0] if len(request_ids) == 1 else (
+            list(request_ids) if len(request_ids) == len(symbols) else
+            [request_id for request_id, count in zip(request_ids, row_counts, strict=True) for _ in range(count)])
+        self._queue.put({
+            "request_id": ids, "received_at": datetime.now(UTC), "model_name": model_name,
+            "model_version": model_version, "variant": variant, "symbols": list(symbols),
+            "timestamps_us": timestamps_us(timestamps), "feature_names": feature_names, "features": x,
+            "predictions": prediction, "latency_ms": latency_ms})
 
     def _run(self) -> None:
         stopping = False
@@ -130,19 +167,42 @@ class RequestLogWriter:
                 child.kill()
 
 
+def timestamps_us(timestamps: Any) -> np.ndarray:
+    """UTC microseconds of a list of aware datetimes or a DatetimeIndex."""
+    if isinstance(timestamps, pd.DatetimeIndex):
+        return (timestamps.asi8 // 1000).astype(np.int64)
+    return np.fromiter((int(t.timestamp() * 1_000_000) for t in timestamps), dtype=np.int64, count=len(timestamps))
+
+
 def _read_exactly(stream: IO[bytes], size: int) -> bytes | None:
     data = stream.read(size)
     return data if data is not None and len(data) == size else None
 
 
+def _per_request(block: dict[str, Any]) -> list[dict[str, Any]]:
+    """A block of several requests (``request_id`` one per row) as one block per request, in order."""
+    ids = block.get("request_id")
+    if isinstance(ids, str) or not isinstance(ids, (list, tuple)) or len(set(ids)) < 2:
+        return [block]
+    blocks, start = [], 0
+    for end in range(1, len(ids) + 1):
+        if end == len(ids) or ids[end] != ids[start]:
+            rows = slice(start, end)
+            blocks.append({**block, "request_id": ids[start], "symbols": block["symbols"][rows],
+                           "timestamps_us": block["timestamps_us"][rows], "features": block["features"][rows],
+                           "predictions": block["predictions"][rows]})
+            start = end
+    return blocks
+
+
 def _append(request_log: Any, blocks: list[dict[str, Any]]) -> dict[str, Any]:
-    """All blocks in one transaction per file; if that is refused, block by block, so one bad block (named in
-    the error) does not cost the others."""
+    """All blocks in one transaction per file; if that is refused, request by request (a micro-batch's block split
+    into its requests), so one bad request (named in the error) does not cost the others."""
     try:
         return {"written": request_log.append_blocks(blocks), "failed": 0, "error": None}
     except Exception:  # retried one by one below; what still fails is reported to the service
         written, failed, errors = 0, 0, []
-        for block in blocks:
+        for block in (single for block in blocks for single in _per_request(block)):
             try:
                 written += request_log.append_blocks([block])
             except Exception as err:
