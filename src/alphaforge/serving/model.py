@@ -386,9 +386,14 @@ class ServedModel:
         return self.predict_panel(frame)
 
     def warm_up(self) -> None:
-        """One prediction on a zero row (row-wise) so the first real request pays no lazy initialisation."""
+        """One prediction on a zero row (row-wise) so the first real request pays no lazy initialisation; a model
+        over Alpha158 also loads (or compiles) the feature kernels that ``/predict_bars`` runs."""
         if self.row_wise:
             self.predict_matrix(np.zeros((1, len(self.features))))
+        if (self.spec.get("feature_params") or {}).get("set") == "alpha158":
+            from alphaforge import alpha158
+
+            log.info("serving: Alpha158 feature kernels ready in %.2f s", alpha158.warm_up())
 
     # ----------------------------------------------------------------------------------- input checks
 
