@@ -64,13 +64,8 @@ class FastRoutes:
             host.count_bad_request()
             return 400, _json({"error": f"{err.error_count()} validation error(s)",
                                "detail": err.errors(include_context=False, include_input=False)}), []
-        except BadRequest as err:
-            host.count_bad_request()
-            return err.status, _error(str(err)), []
-        except NoModel as err:
-            return 503, _error(str(err)), []
-        except ModelFault as err:
-            return 500, _error(str(err)), []
+        except (BadRequest, NoModel, ModelFault) as err:
+            return _refusal(host, err)
         return 200, api.to_json(answer), []
 
     async def predict_arrow(self, body: bytes, query: dict[str, list[str]], request_id: str | None
@@ -84,17 +79,21 @@ class FastRoutes:
             prediction, model, request_id = api.predict_columns(
                 host, columns, symbols, timestamps, model_name=_first(query, "model"), request_id=request_id,
                 variant=_first(query, "variant"))
-        except BadRequest as err:
-            host.count_bad_request()
-            return err.status, _error(str(err)), []
-        except NoModel as err:
-            return 503, _error(str(err)), []
-        except ModelFault as err:
-            return 500, _error(str(err)), []
+        except (BadRequest, NoModel, ModelFault) as err:
+            return _refusal(host, err)
         return 200, api.write_arrow(prediction), [
             (b"content-type", api.ARROW_MEDIA_TYPE.encode()), (b"x-model-name", model.name.encode()),
             (b"x-model-version", model.version.encode()), (b"x-variant", prediction.variant.encode()),
             (b"x-feature-version", model.feature_version.encode()), (b"x-request-id", request_id.encode())]
+
+
+def _refusal(host: Any, err: Exception) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """A request the service could not answer: 400/404/413 for input it refuses (counted), 503 without a model,
+    500 for a model fault no fallback answered."""
+    if isinstance(err, BadRequest):
+        host.count_bad_request()
+        return err.status, _error(str(err)), []
+    return (503 if isinstance(err, NoModel) else 500), _error(str(err)), []
 
 
 def _json(content: Any) -> bytes:
