@@ -54,9 +54,9 @@ def _request(frame: pd.DataFrame, features: list[str], **extra: object) -> dict:
 def registry(mlflow_server, tmp_path_factory: pytest.TempPathFactory):
     """v1 and v2 (different seeds), v3 with a corrupt LightGBM member; champion -> v1."""
     work = tmp_path_factory.mktemp("serving")
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "ALPHAFORGE_HOME")}
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server.uri
-    os.environ["ALPHAFORGE_HOME"] = str(work / "state")
+    env = pytest.MonkeyPatch()  # undone when the module's tests are done
+    env.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    env.setenv("ALPHAFORGE_HOME", str(work / "state"))
     name = f"serving-{uuid.uuid4().hex[:8]}"
     try:
         first = train_small_ensemble(work / "trained1", seed=5)
@@ -75,11 +75,7 @@ def registry(mlflow_server, tmp_path_factory: pytest.TempPathFactory):
                                                             v2["version"]: v2["model_dir"]},
                "bars": first["bars"], "mlflow_uri": mlflow_server.uri}
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        env.undo()
 
 
 def _register_broken(trained: dict, work: Path, name: str, good: dict) -> str:

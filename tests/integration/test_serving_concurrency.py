@@ -11,7 +11,6 @@ timing is asserted here; the speed figures are ``benchmarks/serving.py``'s.
 from __future__ import annotations
 
 import asyncio
-import os
 import threading
 import uuid
 from pathlib import Path
@@ -40,9 +39,9 @@ N_CLIENTS = 64
 def registry(mlflow_server, tmp_path_factory: pytest.TempPathFactory):
     """champion -> an ensemble of seed 5, challenger -> one of seed 6 (other predictions)."""
     work = tmp_path_factory.mktemp("concurrency")
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "ALPHAFORGE_HOME")}
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server.uri
-    os.environ["ALPHAFORGE_HOME"] = str(work / "state")
+    env = pytest.MonkeyPatch()  # undone when the module's tests are done
+    env.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    env.setenv("ALPHAFORGE_HOME", str(work / "state"))
     name = f"concurrency-{uuid.uuid4().hex[:8]}"
     try:
         champion_run = train_small_ensemble(work / "trained1", seed=5, n_symbols=8, n_bars=500)
@@ -54,11 +53,7 @@ def registry(mlflow_server, tmp_path_factory: pytest.TempPathFactory):
         yield {"name": name, "champion": champion["version"], "challenger": challenger["version"],
                "dataset": champion_run["dataset"], "mlflow_uri": mlflow_server.uri}
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        env.undo()
 
 
 def _start(registry: dict, folder: Path, *, batching: bool):

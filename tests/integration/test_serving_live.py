@@ -34,9 +34,9 @@ def registry(mlflow_server, tmp_path_factory: pytest.TempPathFactory):
     from faulty_models import FaultyRegressor
 
     work = tmp_path_factory.mktemp("live")
-    saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "ALPHAFORGE_HOME")}
-    os.environ["MLFLOW_TRACKING_URI"] = mlflow_server.uri
-    os.environ["ALPHAFORGE_HOME"] = str(work / "state")
+    env = pytest.MonkeyPatch()  # undone when the module's tests are done
+    env.setenv("MLFLOW_TRACKING_URI", mlflow_server.uri)
+    env.setenv("ALPHAFORGE_HOME", str(work / "state"))
     name = f"live-{uuid.uuid4().hex[:8]}"
     try:
         trained = train_small_ensemble(work / "trained", seed=5, n_symbols=6, n_bars=500)
@@ -52,11 +52,7 @@ def registry(mlflow_server, tmp_path_factory: pytest.TempPathFactory):
                "good_dir": good["model_dir"],
                "mlflow_uri": mlflow_server.uri, "work": work}
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        env.undo()
 
 
 def _environment(registry: dict, folder: Path, **extra: str) -> dict[str, str]:
