@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +36,10 @@ from alphaforge.serving.model import BadRequest, Prediction, ServedModel, check_
 Answer = dict[str, Any] | Exception  # the answer predict_rows gives, or the exception it raises
 
 
-@dataclass
-class _Routed:
+@dataclass(slots=True)
+class Routed:
+    """A request of a micro-batch, routed: its place in the batch, its id and its rows' keys (times parsed)."""
+
     index: int
     request: api.RowsRequest
     request_id: str
@@ -53,11 +55,32 @@ def _alone(host: ModelHost, request: api.RowsRequest, request_id: str) -> Answer
         return err
 
 
-def predict_requests(host: ModelHost, requests: Sequence[api.RowsRequest]) -> list[Answer]:
+def answers_of(prediction: Prediction, model: ServedModel, members: Sequence[Routed]) -> list[dict[str, Any]]:
+    """The answers to the requests of a batch predicted together (``prediction``: all their rows, in order), each
+    as :func:`alphaforge.serving.api.predict_rows` would have given it alone."""
+    values_of_rows = prediction.rows()  # one conversion for the whole batch, then each request its slice
+    answers, start = [], 0
+    for member in members:
+        stop = start + len(member.symbols)
+        answers.append(api.answer_rows(prediction, model, member.request_id, member.request, member.timestamps,
+                                       values=values_of_rows[start:stop]))
+        start = stop
+    return answers
+
+
+# how the answers of a batch are written: the HTTP routes take the plain data (answers_of); the gRPC stream writes
+# its protobuf answers straight from the prediction's arrays (no dict in between)
+Render = Callable[[Prediction, ServedModel, Sequence["Routed"]], list[Any]]
+
+
+def predict_requests(host: ModelHost, requests: Sequence[api.RowsRequest], render: Render = answers_of
+                     ) -> list[Any]:
     """Each request's answer (or the :class:`BadRequest`, :class:`NoModel` or :class:`ModelFault` it raises), in
-    order, the rows of requests answered by the same row-path model predicted in one call."""
+    order, the rows of requests answered by the same row-path model predicted in one call. A request answered
+    alone (a sequence model, a lone request, a model fault) gets ``predict_rows``'s plain data; one answered in a
+    batch gets what ``render`` writes (:func:`answers_of`: the same plain data)."""
     answers: list[Answer | None] = [None] * len(requests)
-    groups: dict[tuple[str | None, str], list[_Routed]] = {}
+    groups: dict[tuple[str | None, str], list[Routed]] = {}
     max_rows = host.params.max_batch_rows
     for index, request in enumerate(requests):
         request_id = request.request_id or new_request_id()
@@ -70,7 +93,7 @@ def predict_requests(host: ModelHost, requests: Sequence[api.RowsRequest]) -> li
             continue
         chosen = request.variant or host.choose_variant(request_id, request.model)
         groups.setdefault((request.model, chosen), []).append(
-            _Routed(index, request, request_id, symbols, timestamps))
+            Routed(index, request, request_id, symbols, timestamps))
     for (name, chosen), members in groups.items():
         try:
             model, variant = host.route(name, chosen)
@@ -82,12 +105,12 @@ def predict_requests(host: ModelHost, requests: Sequence[api.RowsRequest]) -> li
             for member in members:
                 answers[member.index] = _alone(host, member.request, member.request_id)
             continue
-        _predict_together(host, name, model, variant, members, answers)
+        _predict_together(host, name, model, variant, members, answers, render)
     return answers  # type: ignore[return-value]
 
 
-def _predict_together(host: ModelHost, name: str | None, model: ServedModel, variant: str, members: list[_Routed],
-                      answers: list[Answer | None]) -> None:
+def _predict_together(host: ModelHost, name: str | None, model: ServedModel, variant: str, members: list[Routed],
+                      answers: list[Any], render: Render) -> None:
     """The rows of ``members`` (requests routed to ``model``) in one matrix and one model call; each request's
     answer, or its own error, into ``answers``."""
     ready, values = [], []
@@ -132,14 +155,9 @@ def _predict_together(host: ModelHost, name: str | None, model: ServedModel, var
     timestamps = [stamp for member in ready for stamp in member.timestamps]
     host.record_batch(name, model, variant, [member.request_id for member in ready],
                       [len(member.symbols) for member in ready], x, symbols, timestamps, prediction, latency_ms)
-    answer = Prediction(prediction, lower, upper, model.name, model.version, variant)
-    values_of_rows = answer.rows()  # one conversion for the whole batch, then each request its slice
-    start = 0
-    for member in ready:
-        stop = start + len(member.symbols)
-        answers[member.index] = api.answer_rows(answer, model, member.request_id, member.request, member.timestamps,
-                                                values=values_of_rows[start:stop])
-        start = stop
+    rendered = render(Prediction(prediction, lower, upper, model.name, model.version, variant), model, ready)
+    for member, answer in zip(ready, rendered, strict=True):
+        answers[member.index] = answer
 
 
 class MicroBatcher:

@@ -16,8 +16,9 @@ holds the other gRPC calls meanwhile, as it does the HTTP ones.
 ``PredictStream`` is the row stream: a bidirectional stream of ``PredictRequest`` messages (usually one row
 each) answered in order. A reader task drains the client's messages into an inbox; the handler takes
 whatever waits there (up to ``serving.batching.max_batch_size`` messages, one when batching is off),
-answers it with one model call (:func:`alphaforge.serving.batching.predict_requests`) and sends those
-answers in one ``PredictAnswers`` message: each send is a round trip through gRPC's completion queue. Like
+answers it with one model call (:func:`alphaforge.serving.batching.predict_requests`), writes the answers
+straight from the prediction's arrays (:func:`protos_of`: no plain-data answer in between, ~8 us less per row)
+and sends them in one ``PredictAnswers`` message: each send is a round trip through gRPC's completion queue. Like
 the HTTP micro-batcher it waits for more messages only while they queue (the previous batch held more than
 one; a lone message is answered at once), up to ``serving.batching.stream_max_latency_ms``: a stream's client
 keeps many messages in flight, and each read is a round trip through gRPC's poller thread, so 1 ms gathered
@@ -36,6 +37,7 @@ import asyncio
 import collections
 import json
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -43,12 +45,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import numpy as np
 from pydantic import ValidationError
 
 from alphaforge.serving import api
-from alphaforge.serving.batching import predict_requests
+from alphaforge.serving.batching import Routed, answers_of, predict_requests
 from alphaforge.serving.host import BatchingParams, ModelFault, ModelHost, NoModel
-from alphaforge.serving.model import BadRequest
+from alphaforge.serving.model import BadRequest, Prediction, ServedModel
 from alphaforge.serving.proto import alphaforge_serving_pb2 as pb
 from alphaforge.serving.proto import alphaforge_serving_pb2_grpc as pb_grpc
 
@@ -110,6 +113,40 @@ def response_to_proto(answer: dict) -> pb.PredictResponse:
                               **extra)
 
 
+def protos_of(prediction: Prediction, model: ServedModel, members: Sequence[Routed]) -> list[pb.PredictResponse]:
+    """The answers to the stream messages of a batch predicted together, written straight from the prediction's
+    arrays: the messages :func:`response_to_proto` makes of :func:`alphaforge.serving.batching.answers_of`'s plain
+    data, without that data in between (a :data:`alphaforge.serving.batching.Render`)."""
+    if model.regime_positions:  # the regime report is read from the rows' inputs: the plain path writes it
+        return [response_to_proto(answer) for answer in answers_of(prediction, model, members)]
+    template = pb.PredictResponse(model_name=prediction.model_name, model_version=prediction.model_version,
+                                  variant=prediction.variant, feature_version=model.feature_version,
+                                  target=model.spec.get("target") or "")
+    if prediction.fallback_reason is not None:
+        template.fallback_reason = prediction.fallback_reason
+    columns = [np.asarray(values, dtype=np.float64).tolist() if values is not None else None
+               for values in (prediction.prediction, prediction.lower, prediction.upper)]
+    complete = all(values is not None and np.isfinite(values).all()
+                   for values in (prediction.prediction, prediction.lower, prediction.upper))
+    replies, at = [], 0
+    for member in members:
+        reply = pb.PredictResponse()
+        reply.CopyFrom(template)
+        reply.request_id = member.request_id
+        add = reply.predictions.add
+        for row in member.request.rows:
+            if complete:
+                add(symbol=row.symbol, timestamp=row.timestamp, prediction=columns[0][at], lower=columns[1][at],
+                    upper=columns[2][at])
+            else:  # NaN (no prediction could be made) and absent bounds are left unset, as None is in JSON
+                add(symbol=row.symbol, timestamp=row.timestamp,
+                    **{name: values[at] for name, values in zip(("prediction", "lower", "upper"), columns, strict=True)
+                       if values is not None and math.isfinite(values[at])})
+            at += 1
+        replies.append(reply)
+    return replies
+
+
 def _validation_message(err: ValidationError) -> str:
     return f"{err.error_count()} validation error(s): " + "; ".join(
         f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors())
@@ -164,23 +201,26 @@ class PredictorServicer:
 
     def answer_messages(self, messages: list[pb.PredictRequest]) -> list[pb.PredictResponse]:
         """One answer per stream message, in order: the valid ones predicted together."""
-        answers: list[dict[str, Any] | Exception | None] = [None] * len(messages)
+        answers: list[pb.PredictResponse | dict[str, Any] | Exception | None] = [None] * len(messages)
         valid: list[tuple[int, StreamRequest]] = []
         for index, message in enumerate(messages):
             try:
                 valid.append((index, stream_request_from_proto(message)))
             except BadRequest as err:
                 answers[index] = err
-        for (index, _), answer in zip(valid, predict_requests(self.host, [r for _, r in valid]), strict=True):
+        for (index, _), answer in zip(valid, predict_requests(self.host, [r for _, r in valid], protos_of),
+                                      strict=True):
             answers[index] = answer
         replies = []
         for message, answer in zip(messages, answers, strict=True):
-            if isinstance(answer, Exception):
+            if type(answer) is pb.PredictResponse:  # written by protos_of
+                replies.append(answer)
+            elif isinstance(answer, Exception):
                 if isinstance(answer, BadRequest):
                     self.host.count_bad_request()
                 replies.append(pb.PredictResponse(request_id=message.request_id, error=str(answer),
                                                   status=_error_status(answer)))
-            else:
+            else:  # predict_rows's plain data (a message answered alone)
                 replies.append(response_to_proto(answer))  # type: ignore[arg-type]
         return replies
 
